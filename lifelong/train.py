@@ -1,0 +1,412 @@
+"""Supernet training: sandwich rule, in-place distillation, warm-up and precision transfer.
+
+Schedule (one cosine learning-rate curve over all epochs):
+
+1. ``fp-warmup``: full-precision subnets only. DAQU's warm-up narrows the accuracy gap
+   between architectures before quantization noise is added.
+2. ``int8``: quantizers are initialised once from a fixed batch (LSQ init), then subnets are
+   sampled at 8 bits and above.
+3. ``mixed``: lower precisions start from the ranges learned at 8 bits (DAQU's precision
+   transfer), then every precision is sampled.
+
+Each step follows the sandwich rule of BigNAS/OFA: the largest full-precision subnet learns
+from the labels, the smallest subnet (at the lowest precision of the phase) and ``n_random``
+random subnets learn from its soft predictions (in-place distillation). Bit-sharing itself
+(one weight, one step size per precision) is HQNAS's.
+
+Data-parallel training: run under ``torchrun``; every rank samples the same subnets (the
+sampler is seeded by epoch and step), gradients are averaged with one all-reduce per step,
+and rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from lifelong.data import ArrayDataset
+
+from lifelong.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lifelong.errors import TrainingError
+from lifelong.progress import Progress
+from lifelong.quant import transfer_precision
+from lifelong.space import Precision, SearchSpace, SpaceConfig, SubnetConfig
+from lifelong.supernet import Supernet, init_quantizers
+
+__all__ = ["TrainConfig", "TrainResult", "phase_of", "train_supernet"]
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("fp-warmup", "int8", "mixed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. ``fixed_subnet`` trains one architecture alone (the baseline)."""
+
+    epochs: int = 8
+    warmup_epochs: int = 2
+    int8_epochs: int = 2
+    batch_size: int = 128
+    lr: float = 0.08
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    lr_warmup_steps: int = 200
+    n_random: int = 1
+    kd_temperature: float = 1.0
+    augment: bool = True
+    val_fraction: float = 5000 / 60000
+    max_train_samples: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 100
+    fixed_subnet: str | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.warmup_epochs < 0 or self.int8_epochs < 0:
+            problems.append("warmup_epochs and int8_epochs must be >= 0")
+        if self.batch_size < 2:
+            problems.append(f"batch_size must be >= 2, got {self.batch_size}")
+        if not 0 < self.lr < 10:
+            problems.append(f"lr must be in (0, 10), got {self.lr}")
+        if self.n_random < 0:
+            problems.append(f"n_random must be >= 0, got {self.n_random}")
+        if not 0 <= self.val_fraction < 1:
+            problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.checkpoint_every < 1:
+            problems.append(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if problems:
+            raise TrainingError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    record: list[dict[str, Any]]
+    seconds: float
+    model: Supernet | None = None
+
+
+def phase_of(cfg: TrainConfig, epoch: int) -> str:
+    if epoch < cfg.warmup_epochs:
+        return "fp-warmup"
+    if epoch < cfg.warmup_epochs + cfg.int8_epochs:
+        return "int8"
+    return "mixed"
+
+
+def _phase_precisions(space: SearchSpace, phase: str) -> tuple[Precision, ...]:
+    if phase == "fp-warmup":
+        return (Precision(),)
+    if phase == "int8":
+        return tuple(p for p in space.precisions if p.w >= 8 and p.a >= 8)
+    return space.precisions
+
+
+def tune_allocator() -> None:
+    """Keep freed large blocks in the heap (glibc): CPU training otherwise page-faults on
+    every new activation tensor. Best effort; a no-op where glibc is absent."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+class _Dist:
+    """The process group, when running under torchrun; a single process otherwise."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        if not self.enabled:
+            return
+        grads = []
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset : offset + n].view_as(g))
+            offset += n
+
+    def broadcast_model(self, model: torch.nn.Module) -> None:
+        if not self.enabled:
+            return
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, 0)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random shifts of up to ``pad`` pixels and horizontal flips, per sample."""
+    b, _, h, w = x.shape  # (B, 1, H, W)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    rows = (oy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
+    cols = (ox[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
+    flip = torch.rand(b, generator=gen) < 0.5
+    cols = torch.where(flip[:, None, None], 2 * ox[:, None, None] + w - 1 - cols, cols)
+    out = xp[torch.arange(b)[:, None, None], 0, rows, cols]  # (B, H, W)
+    return out.unsqueeze(1)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() <= 1 or ".steps." in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    warm = min(cfg.lr_warmup_steps, total // 10)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _kd_loss(logits: torch.Tensor, soft: torch.Tensor, temperature: float) -> torch.Tensor:
+    logp = F.log_softmax(logits / temperature, dim=1)
+    return -(soft * logp).sum(1).mean() * temperature**2
+
+
+def train_supernet(
+    train_data: ArrayDataset,
+    out: str | Path,
+    config: TrainConfig | None = None,
+    space: SpaceConfig | None = None,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Train (or resume training) a supernet on ``train_data`` and write it to ``out``.
+
+    The checkpoint at ``out`` is rewritten every ``checkpoint_every`` steps and at each epoch
+    end; after a kill, calling this again with the same arguments resumes from it.
+    ``stop_after_steps`` ends the run early (as a kill would), for tests.
+    """
+    cfg = config or TrainConfig()
+    out = Path(out)
+    tune_allocator()
+    ddp = _Dist()
+    torch.manual_seed(cfg.seed)
+    if train_data.y is None:
+        raise TrainingError(f"training data {train_data.source} has no labels; supernet training needs labels")
+
+    data = train_data
+    if cfg.val_fraction > 0:
+        data, _ = train_data.split(cfg.val_fraction, seed=cfg.seed)
+    if cfg.max_train_samples:
+        data = data.head(cfg.max_train_samples)
+    x_all = torch.from_numpy(data.as_float())  # (N, 1, H, W)
+    y_all = torch.from_numpy(data.y.astype(np.int64))
+    n = len(x_all)
+    per_rank = cfg.batch_size // ddp.world
+    if per_rank < 1:
+        raise TrainingError(f"batch_size {cfg.batch_size} is smaller than the {ddp.world} processes")
+    steps_per_epoch = n // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise TrainingError(f"{n} training samples are fewer than one batch of {cfg.batch_size}")
+    total_steps = steps_per_epoch * cfg.epochs
+
+    space_cfg = space or SpaceConfig()
+    search_space = SearchSpace(space_cfg)
+    model = Supernet(search_space)
+    fixed = search_space.parse(cfg.fixed_subnet) if cfg.fixed_subnet else None
+    optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    record: list[dict[str, Any]] = []
+    step, phase = 0, None
+    config_json = json.dumps(cfg.to_dict(), sort_keys=True)
+
+    if resume and out.exists():
+        ck = load_checkpoint(out)
+        if ck.complete:
+            logger.info("checkpoint %s is already complete; nothing to train", out)
+            return TrainResult(out, ck.record, 0.0, ck.build())
+        if ck.train.get("config") != config_json or ck.space != space_cfg:
+            raise TrainingError(
+                f"{out} holds an unfinished training with other settings; remove it or train to another path"
+            )
+        model.load_state_dict(ck.state_dict)
+        optimizer.load_state_dict(ck.train["optimizer"])
+        step, phase, record = int(ck.train["step"]), ck.train["phase"], ck.record
+        logger.info("resuming %s at step %d/%d (phase %s)", out, step, total_steps, phase)
+    ddp.broadcast_model(model)
+    model = model.to(memory_format=torch.channels_last)
+    model.train()
+
+    def save(complete: bool) -> None:
+        if not ddp.main:
+            return
+        train_state = {
+            "config": config_json,
+            "step": step,
+            "phase": phase or "",
+            "complete": complete,
+            "optimizer": optimizer.state_dict(),
+        }
+        meta = {"fixed_subnet": cfg.fixed_subnet, "steps": total_steps, "train_samples": n, "source": data.source}
+        save_checkpoint(out, Checkpoint(space_cfg, model.state_dict(), record, train_state, meta))
+
+    if ddp.main:
+        logger.info(
+            "training %s on %d samples: %d epochs x %d steps, %d process(es), space of %s",
+            "subnet " + str(fixed) if fixed else "supernet", n, cfg.epochs, steps_per_epoch, ddp.world, search_space.describe(),
+        )  # fmt: skip
+    bar = Progress(total_steps, done=step, phase=phase or "", enabled=progress and ddp.main)
+    calib = x_all[torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:256]]
+    params = list(model.parameters())
+    t_start = time.monotonic()
+    steps_run = 0
+    while step < total_steps:
+        epoch, first = divmod(step, steps_per_epoch)
+        new_phase = phase_of(cfg, epoch)
+        if new_phase != phase:
+            _enter_phase(model, new_phase, phase, calib)
+            ddp.broadcast_model(model)
+            phase = new_phase
+            if ddp.main:
+                logger.info("epoch %d: phase %s", epoch, phase)
+        precisions = _phase_precisions(search_space, phase)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        epoch_loss, epoch_t0 = [], time.monotonic()
+        for in_epoch in range(first, steps_per_epoch):
+            idx = perm[in_epoch * cfg.batch_size : (in_epoch + 1) * cfg.batch_size][ddp.rank :: ddp.world]
+            gen = torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + ddp.rank)
+            x, y = x_all[idx], y_all[idx]
+            if cfg.augment:
+                x = _augment(x, gen)
+            x = x.contiguous(memory_format=torch.channels_last)
+            lr = _lr_at(cfg, step, total_steps)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            rng = np.random.default_rng([cfg.seed, step])  # identical on every rank
+            if fixed is not None:
+                model.set_active_subnet(_restrict(fixed, phase))
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                losses = [loss.item()]
+            else:
+                losses = _sandwich_step(model, search_space, x, y, rng, precisions, cfg)
+            ddp.average_gradients(params)
+            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            optimizer.step()
+            step += 1
+            steps_run += 1
+            epoch_loss.append(losses[0])
+            bar.update(1, phase=f"{phase} e{epoch + 1}/{cfg.epochs}", loss=float(np.mean(epoch_loss[-50:])), lr=lr)
+            if not all(math.isfinite(v) for v in losses):
+                save(False)
+                raise TrainingError(f"loss became {losses} at step {step}; lower --lr (now {cfg.lr})")
+            if step % cfg.checkpoint_every == 0:
+                save(False)
+            if stop_after_steps is not None and steps_run >= stop_after_steps:
+                save(False)
+                bar.close()
+                return TrainResult(out, record, time.monotonic() - t_start, model)
+        entry = {
+            "epoch": epoch + 1,
+            "phase": phase,
+            "loss": float(np.mean(epoch_loss)) if epoch_loss else None,
+            "lr_end": lr,
+            "seconds": round(time.monotonic() - epoch_t0, 2),
+        }
+        record.append(entry)
+        if ddp.main:
+            logger.info("epoch %d/%d done: %s", epoch + 1, cfg.epochs, json.dumps(entry))
+        save(False)
+    bar.close()
+    save(True)
+    ddp.barrier()
+    seconds = time.monotonic() - t_start
+    if ddp.main:
+        logger.info("training done in %.0f s; checkpoint %s", seconds, out)
+    return TrainResult(out, record, seconds, model)
+
+
+def _restrict(cfg: SubnetConfig, phase: str) -> SubnetConfig:
+    """A fixed subnet trains at full precision during the warm-up, like the supernet."""
+    return cfg.with_precision(Precision()) if phase == "fp-warmup" else cfg
+
+
+def _enter_phase(model: Supernet, phase: str, previous: str | None, calib: torch.Tensor) -> None:
+    if phase == "fp-warmup":
+        return
+    calib = calib.contiguous(memory_format=torch.channels_last)
+    if previous in (None, "fp-warmup"):
+        init_quantizers(model, calib)  # LSQ initialisation, every op and precision
+    if phase == "mixed":
+        # Precision transfer: every lower precision starts from the range of the next higher.
+        for bits_list in (model.space.config.weight_bits, model.space.config.act_bits):
+            quantized = sorted(b for b in bits_list if b < 32)
+            for lo, hi in zip(quantized[:-1], quantized[1:], strict=True):
+                transfer_precision(model, hi, lo)
+
+
+def _sandwich_step(
+    model: Supernet,
+    space: SearchSpace,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rng: np.random.Generator,
+    precisions: tuple[Precision, ...],
+    cfg: TrainConfig,
+) -> list[float]:
+    """Largest full-precision on labels; smallest and random subnets distil from it."""
+    model.set_active_subnet(space.largest(Precision()))
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    soft = F.softmax(logits.detach() / cfg.kd_temperature, dim=1)
+    losses = [loss.item()]
+    students = [space.smallest(min(precisions))]
+    students += [space.sample(rng, precisions) for _ in range(cfg.n_random)]
+    for sub in students:
+        model.set_active_subnet(sub)
+        kd = _kd_loss(model(x), soft, cfg.kd_temperature)
+        kd.backward()
+        losses.append(kd.item())
+    return losses
+
+
+def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
+    """``cfg`` with the given fields replaced, ``None`` values ignored."""
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})

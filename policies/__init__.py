@@ -1,0 +1,1 @@
+"""Declarative policy: the Policy schema and shipped presets."""

@@ -1,0 +1,1 @@
+"""The resident daemon and the ``lifelong`` command line. Never imports torch at module level."""

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from service.cli import cli
+
+
+def _commands() -> list[str]:
+    return sorted(cli.commands)
+
+
+@pytest.mark.parametrize("name", _commands())
+def test_every_command_has_help_with_an_example(name: str) -> None:
+    result = CliRunner().invoke(cli, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output, f"`lifelong {name} --help` shows no example"
+
+
+def test_space_command_text_and_json() -> None:
+    runner = CliRunner()
+    out = runner.invoke(cli, ["space", "--sample", "2"])
+    assert out.exit_code == 0 and "search space:" in out.output and "largest" in out.output
+    data = json.loads(runner.invoke(cli, ["space", "--json", "--sample", "1"]).output)
+    assert data["size"] > 10**15 and len(data["subnets"]) == 3
+    assert data["subnets"][0]["macs"] > data["subnets"][1]["macs"]
+
+
+def test_train_then_eval_from_the_cli(fashion_train, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["train", "--state-dir", str(tmp_path), "--epochs", "1", "--batch-size", "32", "--max-samples", "64"]
+    out = runner.invoke(cli, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert [r["name"] for r in rows] == ["largest:w32a32", "largest:w8a8", "smallest:w8a8", "smallest:w4a8"]
+    assert all(0.0 <= r["top1"] <= 1.0 for r in rows)
+    assert (tmp_path / "supernet" / "supernet.pt").exists()
+    assert "training supernet" in (tmp_path / "logs" / "train.log").read_text()
+    ev = runner.invoke(cli, ["eval", "--state-dir", str(tmp_path), "smallest:w8a8"])
+    assert ev.exit_code == 0 and "smallest:w8a8" in ev.output
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = runner.invoke(cli, ["eval", "--checkpoint", str(tmp_path / "none.pt")])
+    assert out.exit_code == 2
+    assert out.output.strip().startswith("error: no checkpoint at") and "Traceback" not in out.output
+    bad = runner.invoke(cli, ["eval", "--checkpoint", str(tmp_path / "none.pt"), "s16w8a8_nonsense"])
+    assert bad.exit_code == 2
+    data = runner.invoke(cli, ["train", "--state-dir", str(tmp_path), "--data", str(tmp_path / "missing.npz")])
+    assert data.exit_code == 2 and data.output.startswith("training") is False and "error:" in data.output
