@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_targets, target, write_results  # noqa: E402
-from lifelong.data import load_fashion_mnist  # noqa: E402
 
 from lifelong.checkpoint import load_checkpoint  # noqa: E402
+from lifelong.data import load_fashion_mnist  # noqa: E402
 from lifelong.evaluate import evaluate_subnet  # noqa: E402
 from lifelong.space import Precision, SearchSpace  # noqa: E402
 from lifelong.train import TrainConfig, train_supernet  # noqa: E402

@@ -330,23 +330,26 @@ class SearchSpace:
         return self.validate(SubnetConfig.parse(text))
 
     # -- named points -------------------------------------------------------------------------
-    def largest(self, prec: Precision | None = None) -> SubnetConfig:
-        """Widest, deepest inverted-residual subnet with the largest kernel and expand ratio."""
+    def largest(self, prec: Precision | None = None, kind: str | None = None) -> SubnetConfig:
+        """Widest, deepest subnet with the largest kernel and expand ratio (inverted residual
+        unless ``kind`` says otherwise), at ``prec`` or the highest precision."""
         c = self.config
-        p = prec or Precision(max(c.weight_bits), max(c.act_bits))
-        kind = "ir" if "ir" in c.block_kinds else "conv"
-        block = BlockConfig(kind, max(c.kernels), max(c.expands) if kind == "ir" else None, p)
-        stages = tuple(StageConfig(max(s.widths), (block,) * max(s.depths)) for s in c.stages)
-        return SubnetConfig(max(c.stem_widths), p, stages, p)
+        return self._extreme(max, prec or Precision(max(c.weight_bits), max(c.act_bits)), kind)
 
-    def smallest(self, prec: Precision | None = None) -> SubnetConfig:
-        """Narrowest, shallowest subnet with the smallest kernel and expand ratio."""
+    def smallest(self, prec: Precision | None = None, kind: str | None = None) -> SubnetConfig:
+        """Narrowest, shallowest subnet with the smallest kernel and expand ratio, at ``prec``
+        or the lowest precision."""
         c = self.config
-        p = prec or Precision(min(c.weight_bits), min(c.act_bits))
-        kind = "ir" if "ir" in c.block_kinds else "conv"
-        block = BlockConfig(kind, min(c.kernels), min(c.expands) if kind == "ir" else None, p)
-        stages = tuple(StageConfig(min(s.widths), (block,) * min(s.depths)) for s in c.stages)
-        return SubnetConfig(min(c.stem_widths), p, stages, p)
+        return self._extreme(min, prec or Precision(min(c.weight_bits), min(c.act_bits)), kind)
+
+    def _extreme(self, pick: Any, prec: Precision, kind: str | None) -> SubnetConfig:
+        c = self.config
+        kind = kind or ("ir" if "ir" in c.block_kinds else "conv")
+        if kind not in c.block_kinds:
+            raise SpaceError(f"block kind {kind!r} not in {c.block_kinds}")
+        block = BlockConfig(kind, pick(c.kernels), pick(c.expands) if kind == "ir" else None, prec)
+        stages = tuple(StageConfig(pick(s.widths), (block,) * pick(s.depths)) for s in c.stages)
+        return SubnetConfig(pick(c.stem_widths), prec, stages, prec)
 
     # -- sampling and variation, on a fixed-length genome --------------------------------------
     # The genome holds every gene, including those of blocks past the active depth, so that

@@ -179,15 +179,7 @@ def init_quantizers(model: Supernet, images: torch.Tensor) -> None:
         if prec.is_full:
             continue
         for kind in space.config.block_kinds:
-            cfg = space.largest(prec)
-            stages = tuple(
-                type(st)(
-                    st.width,
-                    tuple(type(b)(kind, b.kernel, b.expand if kind == "ir" else None, prec) for b in st.blocks),
-                )
-                for st in cfg.stages
-            )
-            model.set_active_subnet(type(cfg)(cfg.stem_width, prec, stages, prec))
+            model.set_active_subnet(space.largest(prec, kind=kind))
             model(images)
     model.active = saved
     model.train(was_training)

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from lifelong.data import ArrayDataset
 
 from lifelong.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lifelong.data import ArrayDataset
 from lifelong.errors import TrainingError
 from lifelong.progress import Progress
 from lifelong.quant import transfer_precision
@@ -55,7 +55,7 @@ PHASES = ("fp-warmup", "int8", "mixed")
 class TrainConfig:
     """How to train. ``fixed_subnet`` trains one architecture alone (the baseline)."""
 
-    epochs: int = 8
+    epochs: int = 12
     warmup_epochs: int = 2
     int8_epochs: int = 2
     batch_size: int = 128

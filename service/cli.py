@@ -113,8 +113,8 @@ def train(
         torchrun --nproc-per-node 2 -m service.cli train --preset full
     """
     import torch
-    from lifelong.data import load_dataset, load_fashion_mnist
 
+    from lifelong.data import load_dataset, load_fashion_mnist
     from lifelong.train import TrainConfig, train_supernet, with_overrides
 
     state = resolve_state_dir(state_dir)
@@ -153,9 +153,8 @@ def _resolve_subnet(space: object, name: str) -> object:
 
 
 def _evaluate_named(ckpt: Path, data_spec: str | None, names: list[str]) -> list[dict[str, object]]:
-    from lifelong.data import load_dataset, load_fashion_mnist
-
     from lifelong.checkpoint import load_checkpoint
+    from lifelong.data import load_dataset, load_fashion_mnist
     from lifelong.evaluate import evaluate_subnet
 
     model = load_checkpoint(ckpt).build()
