@@ -1,6 +1,6 @@
 """Rewrite the README's benchmark table from ``benchmarks/results/*.json``.
 
-    .venv/bin/python benchmarks/report.py
+.venv/bin/python benchmarks/report.py
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ def table() -> str:
         for t in doc.get("targets", []):
             v = t["value"]
             vs = "n/a" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
-            lines.append(f"| {doc['benchmark']} | {t['name']} | {vs} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
+            lines.append(
+                f"| {doc['benchmark']} | {t['name']} | {vs} | {t['target']} | {'yes' if t['met'] else '**no**'} |"
+            )
     return "\n".join(lines)
 
 

@@ -97,6 +97,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """``seconds`` is the whole training time, across interruptions."""
+
     checkpoint: Path
     record: list[dict[str, Any]]
     seconds: float
@@ -253,13 +255,14 @@ def train_supernet(
     optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     record: list[dict[str, Any]] = []
     step, phase = 0, None
+    seconds_before = 0.0  # training time spent by earlier, interrupted runs
     config_json = json.dumps(cfg.to_dict(), sort_keys=True)
 
     if resume and out.exists():
         ck = load_checkpoint(out)
         if ck.complete:
             logger.info("checkpoint %s is already complete; nothing to train", out)
-            return TrainResult(out, ck.record, 0.0, ck.build())
+            return TrainResult(out, ck.record, float(ck.train.get("seconds", 0.0)), ck.build())
         if ck.train.get("config") != config_json or ck.space != space_cfg:
             raise TrainingError(
                 f"{out} holds an unfinished training with other settings; remove it or train to another path"
@@ -267,6 +270,7 @@ def train_supernet(
         model.load_state_dict(ck.state_dict)
         optimizer.load_state_dict(ck.train["optimizer"])
         step, phase, record = int(ck.train["step"]), ck.train["phase"], ck.record
+        seconds_before = float(ck.train.get("seconds", 0.0))
         logger.info("resuming %s at step %d/%d (phase %s)", out, step, total_steps, phase)
     ddp.broadcast_model(model)
     model = model.to(memory_format=torch.channels_last)
@@ -280,6 +284,7 @@ def train_supernet(
             "step": step,
             "phase": phase or "",
             "complete": complete,
+            "seconds": seconds_before + time.monotonic() - t_start,
             "optimizer": optimizer.state_dict(),
         }
         meta = {"fixed_subnet": cfg.fixed_subnet, "steps": total_steps, "train_samples": n, "source": data.source}
@@ -341,7 +346,7 @@ def train_supernet(
             if stop_after_steps is not None and steps_run >= stop_after_steps:
                 save(False)
                 bar.close()
-                return TrainResult(out, record, time.monotonic() - t_start, model)
+                return TrainResult(out, record, seconds_before + time.monotonic() - t_start, model)
         entry = {
             "epoch": epoch + 1,
             "phase": phase,
@@ -356,7 +361,7 @@ def train_supernet(
     bar.close()
     save(True)
     ddp.barrier()
-    seconds = time.monotonic() - t_start
+    seconds = seconds_before + time.monotonic() - t_start
     if ddp.main:
         logger.info("training done in %.0f s; checkpoint %s", seconds, out)
     return TrainResult(out, record, seconds, model)

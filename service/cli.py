@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -125,15 +126,17 @@ def train(
         TrainConfig(**PRESETS[preset]),
         epochs=epochs, batch_size=batch_size, lr=lr, max_train_samples=max_samples, seed=seed, fixed_subnet=subnet,
     )  # fmt: skip
-    if cfg.epochs < cfg.warmup_epochs + cfg.int8_epochs:
-        cfg = with_overrides(cfg, warmup_epochs=max(0, cfg.epochs // 4), int8_epochs=max(0, cfg.epochs // 4))
+    if cfg.epochs <= cfg.warmup_epochs + cfg.int8_epochs:
+        # keep every phase when the epochs were cut: a third each, the rest mixed precision
+        third = cfg.epochs // 3
+        cfg = with_overrides(cfg, warmup_epochs=third, int8_epochs=third)
     data = load_dataset(data_spec, split="train") if data_spec else load_fashion_mnist("train")
     ckpt = out or default_checkpoint(state)
     if fresh and ckpt.exists():
         ckpt.unlink()
     click.echo(f"training -> {ckpt} (log: {log_file})", err=True)
     result = train_supernet(data, ckpt, cfg)
-    if no_eval:
+    if no_eval or os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     report = _evaluate_named(ckpt, data_spec, ["largest:w32a32", "largest:w8a8", "smallest:w8a8", "smallest:w4a8"])
     _print_evals(report, as_json, header=f"trained in {result.seconds:.0f} s")
