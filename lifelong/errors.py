@@ -11,7 +11,9 @@ what was expected; the CLI and the service turn them into exit codes and HTTP st
     ├── SpaceError (ValueError)           a subnet outside the search space, a bad string
     ├── CheckpointError (ValueError)      an unreadable or inconsistent checkpoint
     │   └── FormatVersionError            written by a format this code cannot read
-    └── TrainingError (RuntimeError)      training cannot start or continue
+    ├── TrainingError (RuntimeError)      training cannot start or continue
+    └── ExportError (RuntimeError)        a subnet that cannot become a deployable model
+        └── ParityError                   the exported model disagrees with the torch subnet
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "DataError",
+    "ExportError",
     "FormatVersionError",
     "LifelongError",
+    "ParityError",
     "SpaceError",
     "TrainingError",
 ]
@@ -57,3 +61,15 @@ class FormatVersionError(CheckpointError):
 
 class TrainingError(LifelongError, RuntimeError):
     """Training cannot start or cannot go on."""
+
+
+class ExportError(LifelongError, RuntimeError):
+    """A subnet that cannot be exported, or an export that cannot be written."""
+
+
+class ParityError(ExportError):
+    """The exported model does not compute what the torch subnet computes (the parity gate)."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report

@@ -18,6 +18,8 @@ from lifelong.space import Precision
 
 __all__ = ["Classifier", "ConvBlock", "IRBlock", "QConvBN"]
 
+INT32_MAX = 2**31 - 1
+
 
 class QConvBN(nn.Module):
     """Conv (dense or depthwise) + BN + optional ReLU with bit-shared quantizers."""
@@ -63,6 +65,8 @@ class QConvBN(nn.Module):
             w = w.contiguous(memory_format=torch.channels_last)  # keeps oneDNN on its fast path
         y = F.conv2d(x, w, None, self.stride, k // 2, 1, cin if self.depthwise else 1)  # (B, Cout, H', W')
         bn = self.bn
+        if not self.training and prec.w == 8 and prec.a == 8:
+            return self._integer_bias_bn(y, cout, float(self.aq.step(8)))
         if self.training and bn.track_running_stats:
             bn.num_batches_tracked.add_(1)
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
@@ -78,6 +82,23 @@ class QConvBN(nn.Module):
             factor,
             bn.eps,
         )
+        return F.relu(y) if self.relu else y
+
+    def _integer_bias_bn(self, y: torch.Tensor, cout: int, x_step: float) -> torch.Tensor:
+        """Inference BN as an integer kernel computes it: folded, bias on the accumulator grid.
+
+        An 8-bit conv runs in onnxruntime as ``QLinearConv``, which adds the folded BN bias as an
+        int32 on the grid ``s_x * s_w * |gamma / sigma|``. Rounding the bias here too makes every
+        evaluation of a W8A8 layer the number the device will get (see lifelong.onnx_graph).
+        """
+        bn = self.bn
+        gain = bn.weight[:cout] / torch.sqrt(bn.running_var[:cout] + bn.eps)  # (Cout,)
+        bias = bn.bias[:cout] - gain * bn.running_mean[:cout]
+        grid = x_step * self.wq.step(8)[:cout] * gain.abs().clamp_min(1e-30)
+        q = torch.round(bias / grid)
+        if bool((q.abs() <= INT32_MAX).all()):
+            bias = q * grid
+        y = y * gain.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
         return F.relu(y) if self.relu else y
 
     @torch.no_grad()

@@ -1,0 +1,233 @@
+"""Export a static subnet to a deployable ONNX model, behind a parity gate.
+
+``export_subnet`` turns the learned quantizers into QDQ (see :mod:`lifelong.onnx_graph`),
+runs the model in onnxruntime beside the torch subnet on labelled images, and writes the file
+only if the two agree: top-1 agreement >= ``min_agreement`` and an accuracy difference
+<= ``max_accuracy_gap``. The file is written to a temporary name, synced, and renamed, so a
+failed gate or a crash leaves nothing where a deployable model would be.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from lifelong.errors import ExportError, ParityError
+from lifelong.layers import Classifier, ConvBlock, IRBlock, QConvBN
+from lifelong.model_format import (
+    EMBEDDING_OUTPUT,
+    INPUT_NAME,
+    LOGITS_OUTPUT,
+    META_CHECKPOINT,
+    META_SUBNET,
+    ORT_DISABLED_OPTIMIZERS,
+)
+from lifelong.onnx_graph import BlockSpec, ConvSpec, LinearSpec, NetSpec, build_model
+from lifelong.supernet import PIXEL_MEAN, PIXEL_STD, StaticSubnet
+
+__all__ = ["ExportReport", "ParityReport", "check_parity", "export_subnet", "onnx_session", "subnet_to_onnx"]
+
+FULL_BITS = 32
+
+
+def _bits(quantizer: torch.nn.Module) -> int:
+    """The one precision a static layer's quantizer holds (32 when it holds none)."""
+    choices = quantizer.bits_choices
+    assert len(choices) <= 1, f"a static layer holds one precision, found {choices}"
+    return choices[0] if choices else FULL_BITS
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().float().numpy().copy()
+
+
+def _conv_spec(layer: QConvBN) -> ConvSpec:
+    wb, ab = _bits(layer.wq), _bits(layer.aq)
+    bn = layer.bn
+    return ConvSpec(
+        weight=_np(layer.weight),
+        gamma=_np(bn.weight), beta=_np(bn.bias), mean=_np(bn.running_mean), var=_np(bn.running_var), eps=bn.eps,
+        stride=layer.stride, groups=layer.out_max if layer.depthwise else 1, relu=layer.relu,
+        w_bits=wb, w_step=_np(layer.wq.step(wb)) if wb < FULL_BITS else None,
+        a_bits=ab, a_step=float(layer.aq.step(ab).detach()) if ab < FULL_BITS else None, a_signed=layer.aq.signed,
+    )  # fmt: skip
+
+
+def _block_spec(block: torch.nn.Module) -> BlockSpec:
+    if isinstance(block, IRBlock):
+        convs = (block.expand, block.dw, block.project)
+        residual = block.stride == 1 and block.expand.in_max == block.project.out_max
+        return BlockSpec(tuple(_conv_spec(c) for c in convs), residual)
+    assert isinstance(block, ConvBlock), f"unknown block type {type(block).__name__}"
+    return BlockSpec((_conv_spec(block.conv),), False)
+
+
+def _linear_spec(fc: Classifier) -> LinearSpec:
+    wb, ab = _bits(fc.wq), _bits(fc.aq)
+    return LinearSpec(
+        weight=_np(fc.linear.weight), bias=_np(fc.linear.bias),
+        w_bits=wb, w_step=_np(fc.wq.step(wb)) if wb < FULL_BITS else None,
+        a_bits=ab, a_step=float(fc.aq.step(ab).detach()) if ab < FULL_BITS else None, a_signed=fc.aq.signed,
+    )  # fmt: skip
+
+
+def subnet_to_onnx(sub: StaticSubnet, checkpoint_sha256: str = "") -> onnx.ModelProto:
+    """The ONNX model of ``sub`` with its learned quantizers (BN statistics as they are now)."""
+    net = NetSpec(
+        stem=_conv_spec(sub.stem),
+        blocks=tuple(_block_spec(b) for b in sub.blocks),
+        head=_conv_spec(sub.head),
+        classifier=_linear_spec(sub.classifier),
+        pixel_mean=PIXEL_MEAN,
+        pixel_std=PIXEL_STD,
+        metadata={META_SUBNET: str(sub.cfg), META_CHECKPOINT: checkpoint_sha256},
+    )
+    model = build_model(net)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def onnx_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 1) -> object:
+    """An onnxruntime CPU session with capped threads and spinning off."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(
+        src if isinstance(src, bytes) else str(src),
+        so,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
+    )
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """How the exported model compares with the torch subnet on labelled images."""
+
+    images: int
+    agreement: float
+    torch_top1: float
+    onnx_top1: float
+    max_logit_diff: float
+
+    @property
+    def accuracy_gap(self) -> float:
+        return abs(self.torch_top1 - self.onnx_top1)
+
+    def to_dict(self) -> dict[str, float]:
+        return {**asdict(self), "accuracy_gap": self.accuracy_gap}
+
+
+def run_onnx(session: object, images: np.ndarray, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and embeddings of ``images`` (float32 (N, 1, 28, 28) in [0, 1])."""
+    logits, embs = [], []
+    for i in range(0, len(images), batch_size):
+        lo, em = session.run([LOGITS_OUTPUT, EMBEDDING_OUTPUT], {INPUT_NAME: images[i : i + batch_size]})
+        logits.append(lo)
+        embs.append(em)
+    return np.concatenate(logits), np.concatenate(embs)
+
+
+@torch.no_grad()
+def check_parity(
+    sub: StaticSubnet, model: onnx.ModelProto | bytes, images: np.ndarray, labels: np.ndarray
+) -> ParityReport:
+    from lifelong.evaluate import predict_logits
+
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    ref = predict_logits(sub, images)
+    got, _ = run_onnx(onnx_session(model, threads=max(1, torch.get_num_threads())), images)
+    return ParityReport(
+        images=len(images),
+        agreement=float((ref.argmax(1) == got.argmax(1)).mean()),
+        torch_top1=float((ref.argmax(1) == labels).mean()),
+        onnx_top1=float((got.argmax(1) == labels).mean()),
+        max_logit_diff=float(np.abs(ref - got).max()),
+    )
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    subnet: str
+    bytes: int
+    parity: ParityReport
+    seconds: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "path": str(self.path),
+            "subnet": self.subnet,
+            "bytes": self.bytes,
+            "parity": self.parity.to_dict(),
+            "seconds": self.seconds,
+        }
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def export_subnet(
+    sub: StaticSubnet,
+    out: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    checkpoint_sha256: str = "",
+    min_agreement: float = 0.995,
+    max_accuracy_gap: float = 0.003,
+) -> ExportReport:
+    """Export ``sub`` (BN already re-calibrated) to ``out`` if it passes the parity gate.
+
+    Raises:
+        ParityError: the exported model disagrees with the torch subnet; ``out`` is untouched.
+        ExportError: the subnet cannot be expressed in ONNX, or the file cannot be written.
+    """
+    t0 = time.monotonic()
+    out = Path(out)
+    try:
+        model = subnet_to_onnx(sub, checkpoint_sha256)
+    except (onnx.checker.ValidationError, AssertionError) as exc:
+        raise ExportError(f"subnet {sub.cfg} does not export to a valid ONNX model: {exc}") from exc
+    data = model.SerializeToString()
+    parity = check_parity(sub, data, images, labels)
+    if parity.agreement < min_agreement or parity.accuracy_gap > max_accuracy_gap:
+        raise ParityError(
+            f"export of {sub.cfg} failed the parity gate on {parity.images} images: top-1 agreement "
+            f"{100 * parity.agreement:.2f}% (need >= {100 * min_agreement:.2f}%), accuracy torch "
+            f"{100 * parity.torch_top1:.2f}% vs onnx {100 * parity.onnx_top1:.2f}% (gap allowed "
+            f"{100 * max_accuracy_gap:.2f} pt); nothing was written to {out}",
+            parity,
+        )
+    try:
+        _write_atomic(out, data)
+    except OSError as exc:
+        raise ExportError(f"cannot write the model to {out}: {exc}") from exc
+    return ExportReport(out, str(sub.cfg), len(data), parity, time.monotonic() - t0)

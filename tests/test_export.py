@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+import lifelong.export as export_mod
+from lifelong.checkpoint import Checkpoint, save_checkpoint
+from lifelong.errors import ParityError
+from lifelong.export import check_parity, export_subnet, onnx_session, run_onnx, subnet_to_onnx
+from lifelong.model_format import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OUTPUT, META_CHECKPOINT, META_SUBNET
+from lifelong.space import Precision, SearchSpace
+from lifelong.supernet import Supernet, init_quantizers, recalibrate_bn
+from service.cli import cli
+
+
+@pytest.fixture(scope="module")
+def supernet(fashion_train) -> Supernet:
+    """A supernet whose weights and BN statistics are off their initial values (no training needed)."""
+    torch.manual_seed(0)
+    model = Supernet(SearchSpace())
+    images = torch.from_numpy(fashion_train.head(64).as_float())
+    init_quantizers(model, images)
+    model.train()
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for _ in range(3):
+            model.sample_active_subnet(rng)
+            model(images)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def images(fashion_train, fashion_test):
+    return fashion_train.head(256).as_float(), fashion_test.as_float()[:400], fashion_test.y[:400]
+
+
+def _static(supernet: Supernet, cfg, calib: np.ndarray):
+    sub = supernet.get_subnet(cfg)
+    recalibrate_bn(sub, torch.from_numpy(calib))
+    sub.eval()
+    return sub
+
+
+@pytest.mark.parametrize("prec", SearchSpace().precisions, ids=str)
+def test_export_matches_the_torch_subnet_at_every_precision(supernet: Supernet, images, prec: Precision) -> None:
+    calib, x, y = images
+    rng = np.random.default_rng(hash(str(prec)) % 2**32)
+    for _ in range(2):
+        sub = _static(supernet, supernet.space.sample(rng, (prec,)), calib)
+        report = check_parity(sub, subnet_to_onnx(sub).SerializeToString(), x, y)
+        assert report.agreement >= 0.995, report
+        if prec.is_full:
+            assert report.max_logit_diff < 1e-3, report
+
+
+def test_export_matches_at_mixed_precision(supernet: Supernet, images) -> None:
+    calib, x, y = images
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        sub = _static(supernet, supernet.space.sample(rng), calib)
+        report = check_parity(sub, subnet_to_onnx(sub).SerializeToString(), x, y)
+        assert report.agreement >= 0.995, (str(sub.cfg), report)
+
+
+def test_model_follows_the_contract(supernet: Supernet, images) -> None:
+    calib, x, _ = images
+    cfg = supernet.space.sample(np.random.default_rng(3))
+    model = subnet_to_onnx(_static(supernet, cfg, calib), checkpoint_sha256="ab" * 32)
+    onnx.checker.check_model(model, full_check=True)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props[META_SUBNET] == str(cfg) and props[META_CHECKPOINT] == "ab" * 32
+    assert [i.name for i in model.graph.input] == [INPUT_NAME]
+    assert [o.name for o in model.graph.output] == [LOGITS_OUTPUT, EMBEDDING_OUTPUT]
+    session = onnx_session(model)
+    for batch in (1, 7):  # dynamic batch
+        logits, emb = run_onnx(session, x[:batch])
+        assert logits.shape == (batch, 10) and emb.shape == (batch, supernet.space.config.head_width)
+
+
+def test_quantized_weights_are_stored_on_their_integer_grid(supernet: Supernet, images) -> None:
+    calib = images[0]
+    sizes = {}
+    for bits in (32, 8, 4):
+        model = subnet_to_onnx(_static(supernet, supernet.space.largest(Precision(bits, 8)), calib))
+        sizes[bits] = len(model.SerializeToString())
+        kinds = {onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name for t in model.graph.initializer}
+        if bits == 8:
+            assert "int8" in kinds
+        if bits == 4:
+            assert "int4" in kinds
+    assert sizes[8] < sizes[32] / 3, sizes
+    assert sizes[4] < sizes[8] * 0.65, sizes
+
+
+def test_failed_gate_raises_and_writes_nothing(supernet: Supernet, images, tmp_path: Path, monkeypatch) -> None:
+    calib, x, y = images
+    sub = _static(supernet, supernet.space.largest(Precision(8, 8)), calib)
+    good = subnet_to_onnx
+
+    def broken(sub, checkpoint_sha256=""):
+        model = good(sub, checkpoint_sha256)
+        for t in model.graph.initializer:  # the classifier's rows shifted by one class: a wrong export
+            if t.name.split("_")[0] in ("fc.w", "fc.b") and len(t.dims) >= 1:
+                arr = onnx.numpy_helper.to_array(t)
+                t.CopyFrom(onnx.numpy_helper.from_array(np.roll(arr, 1, axis=0), t.name))
+        return model
+
+    monkeypatch.setattr(export_mod, "subnet_to_onnx", broken)
+    out = tmp_path / "models" / "m.onnx"
+    with pytest.raises(ParityError, match="failed the parity gate"):
+        export_subnet(sub, out, x, y)
+    assert not out.exists()
+    assert not list(tmp_path.rglob("*tmp*"))
+    monkeypatch.setattr(export_mod, "subnet_to_onnx", good)
+    report = export_subnet(sub, out, x, y)
+    assert out.is_file() and report.parity.agreement >= 0.995 and report.bytes == out.stat().st_size
+
+
+def test_export_command(supernet: Supernet, tmp_path: Path) -> None:
+    ckpt = save_checkpoint(
+        tmp_path / "supernet.pt",
+        Checkpoint(supernet.space.config, supernet.state_dict(), train={"complete": True}),
+    )
+    out = tmp_path / "small.onnx"
+    args = ["export", "smallest:w8a8", "--checkpoint", str(ckpt), "--out", str(out), "--calib", "200"]
+    result = CliRunner().invoke(cli, [*args, "--parity-images", "300"])
+    assert result.exit_code == 0, result.output
+    assert "agreement" in result.output and out.is_file()
+    bad = CliRunner().invoke(cli, ["export", "nonsense", "--checkpoint", str(ckpt)])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
