@@ -1,0 +1,576 @@
+"""The daemon's local HTTP API: a WSGI app served by waitress on a Unix socket (and loopback TCP).
+
+Why waitress: onnxruntime releases the GIL while a model runs, so a pool of threads serves
+concurrent requests on several cores, and a threaded WSGI server is all the daemon needs.
+Waitress is pure Python (nothing to compile on an Arm gateway), has no dependencies, is
+meant for production (werkzeug's server says it is for development only), bounds request
+bodies and idle connections, and serves sockets handed to it. So :class:`ApiServer` binds
+the Unix socket itself: it removes a stale socket file only when nobody answers on it
+(waitress would unlink any socket file, taking a running daemon's path), and sets the file
+mode before ``listen()`` so that no client ever connects through looser permissions.
+
+Endpoints (JSON answers; errors are ``{"error": message}`` with a 4xx/5xx status):
+
+- ``POST /v1/predict``: ``.npy`` bytes (``application/x-npy``) or JSON ``{"inputs": [...]}``,
+  any shape and dtype :func:`~service.runtime.as_model_input` accepts;
+- ``POST /v1/feedback``: JSON ``{"labels": [{"request_id", "index", "label"}, ...]}`` for
+  earlier predictions, or new labelled samples: ``.npz`` with ``x`` and ``y``, ``.npy``
+  with ``?labels=3,1,4``, or JSON ``{"inputs": [...], "labels": [...]}``;
+- ``GET /v1/status``, ``GET /v1/health`` (503 while no model serves), ``GET /metrics``
+  (Prometheus text format).
+
+The app owns nothing but its metrics: the runtime, the feedback sink and the status
+provider are injected, so it is tested without the store or the daemon.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+import uuid
+import zipfile
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import numpy as np
+
+from service.errors import (
+    AddressInUse,
+    NoModelError,
+    PayloadTooLarge,
+    RecordNotFound,
+    RequestError,
+    ServiceError,
+    UnsupportedMediaType,
+)
+from service.runtime import Prediction, Runtime, RuntimeStats, as_model_input
+
+__all__ = ["ApiApp", "ApiServer", "ApiSettings", "FeedbackLabel", "FeedbackSink", "MemoryFeedback"]
+
+logger = logging.getLogger(__name__)
+
+NPY, NPZ, JSON = "application/x-npy", "application/x-npz", "application/json"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Where and how the API listens.
+
+    Attributes:
+        socket_path: Unix socket to serve on (None: none).
+        socket_mode: Its file mode; 0660 lets the service's group in and nobody else.
+        tcp_port: Loopback TCP port to serve on as well (None: none; 0: any free port).
+        tcp_host: Loopback address for ``tcp_port``; other addresses are refused.
+        max_body_bytes: Larger request bodies are answered 413.
+        threads: Requests answered at once.
+        idle_timeout_s: Idle keep-alive connections are closed after this.
+    """
+
+    socket_path: Path | None = None
+    socket_mode: int = 0o660
+    tcp_port: int | None = None
+    tcp_host: str = "127.0.0.1"
+    max_body_bytes: int = 8 * 2**20
+    threads: int = 4
+    idle_timeout_s: int = 60
+
+    def __post_init__(self) -> None:
+        if self.socket_path is None and self.tcp_port is None:
+            raise ValueError("ApiSettings needs a socket_path or a tcp_port; both are None")
+        if self.socket_path is not None and len(os.fsencode(self.socket_path)) > 100:
+            raise ValueError(f"socket_path {self.socket_path} is too long for a Unix socket (at most 100 bytes)")
+        if not 0 <= self.socket_mode <= 0o777:
+            raise ValueError(f"socket_mode={oct(self.socket_mode)}; expected permission bits such as 0o660")
+        if self.tcp_port is not None and not 0 <= self.tcp_port <= 65535:
+            raise ValueError(f"tcp_port={self.tcp_port}; expected 0..65535")
+        if self.tcp_host != "localhost" and not ipaddress.ip_address(self.tcp_host).is_loopback:
+            raise ValueError(f"tcp_host={self.tcp_host!r}; the API listens on loopback only (127.0.0.1 or ::1)")
+        for name in ("max_body_bytes", "threads", "idle_timeout_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ApiSettings.{name}={getattr(self, name)!r}; expected >= 1")
+
+
+@dataclass(frozen=True)
+class FeedbackLabel:
+    """The true class of sample ``index`` of an earlier ``/v1/predict`` request."""
+
+    request_id: str
+    index: int
+    label: int
+
+
+class FeedbackSink(ABC):
+    """Where the API sends what it learns; the daemon's implementation writes to its store."""
+
+    @abstractmethod
+    def record(self, request_id: str, images: np.ndarray, prediction: Prediction) -> None:
+        """Remember a served prediction so that later labels can name it."""
+
+    @abstractmethod
+    def label(self, items: list[FeedbackLabel]) -> int:
+        """Attach labels to earlier predictions, all or none; returns how many were taken.
+
+        Raises:
+            RecordNotFound: a request id or index it does not know (404).
+        """
+
+    @abstractmethod
+    def add_samples(self, images: np.ndarray, labels: np.ndarray) -> int:
+        """Take new labelled samples ``(N,1,28,28)`` float32 and ``(N,)`` int64."""
+
+
+class MemoryFeedback(FeedbackSink):
+    """Keeps the last ``capacity`` predictions and every label in memory (tests, no store)."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[str, tuple[np.ndarray, Prediction]] = OrderedDict()
+        self.labelled: list[tuple[np.ndarray, int, int, str]] = []  # (image, label, predicted, model)
+        self.samples: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def record(self, request_id: str, images: np.ndarray, prediction: Prediction) -> None:
+        with self._lock:
+            self._recent[request_id] = (images, prediction)
+            while len(self._recent) > self.capacity:
+                self._recent.popitem(last=False)
+
+    def label(self, items: list[FeedbackLabel]) -> int:
+        with self._lock:
+            for it in items:
+                if it.request_id not in self._recent or it.index >= len(self._recent[it.request_id][0]):
+                    raise RecordNotFound(
+                        f"no prediction {it.request_id!r} sample {it.index} among the last {self.capacity}; "
+                        "send the labelled image as a new sample instead"
+                    )
+            for it in items:
+                images, pred = self._recent[it.request_id]
+                self.labelled.append((images[it.index], it.label, int(pred.classes[it.index]), pred.model_id))
+        return len(items)
+
+    def add_samples(self, images: np.ndarray, labels: np.ndarray) -> int:
+        with self._lock:
+            self.samples.append((images, labels))
+        return len(images)
+
+
+class _Metrics:
+    """Request counts and latency histograms, rendered in the Prometheus text format."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self._counts: dict[tuple[str, int], int] = {}
+        self._hist: dict[str, list[float]] = {}  # endpoint -> [count <= each bucket..., sum, count]
+
+    def track(self, delta: int) -> None:
+        with self._lock:
+            self.in_flight += delta
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self._counts[endpoint, status] = self._counts.get((endpoint, status), 0) + 1
+            h = self._hist.setdefault(endpoint, [0.0] * (len(LATENCY_BUCKETS) + 2))
+            for i, le in enumerate(LATENCY_BUCKETS):
+                h[i] += seconds <= le
+            h[-2:] = [h[-2] + seconds, h[-1] + 1]
+
+    def render(self, stats: RuntimeStats) -> str:
+        with self._lock:
+            counts, hist = dict(self._counts), {k: list(v) for k, v in self._hist.items()}
+        lines: list[str] = []
+
+        def family(name: str, kind: str, text: str, samples: Iterable[tuple[str, object]]) -> None:
+            lines.extend([f"# HELP lifelong_{name} {text}", f"# TYPE lifelong_{name} {kind}"])
+            lines.extend(f"lifelong_{name}{labels} {value}" for labels, value in samples)
+
+        family(
+            "requests_total",
+            "counter",
+            "API requests by endpoint and status.",
+            ((f'{{endpoint="{e}",status="{s}"}}', n) for (e, s), n in sorted(counts.items())),
+        )
+        buckets = []
+        for e, h in sorted(hist.items()):
+            for le, n in zip((*LATENCY_BUCKETS, "+Inf"), (*h[:-2], h[-1]), strict=True):
+                buckets.append((f'_bucket{{endpoint="{e}",le="{le}"}}', int(n)))
+            buckets += [(f'_sum{{endpoint="{e}"}}', f"{h[-2]:.6f}"), (f'_count{{endpoint="{e}"}}', int(h[-1]))]
+        family("request_seconds", "histogram", "API request latency.", buckets)
+        if stats.model_id is not None:
+            subnet = stats.model_metadata.get("lifelong.subnet", "")
+            info = f'{{model="{_esc(stats.model_id)}",subnet="{_esc(subnet)}"}}'
+            family("model_info", "gauge", "The model serving now.", [(info, 1)])
+        family("model_swaps_total", "counter", "Models swapped in.", [("", stats.swaps)])
+        family(
+            "model_swap_failures_total", "counter", "Models refused at load or validation.", [("", stats.failed_swaps)]
+        )
+        family("predicted_samples_total", "counter", "Samples classified.", [("", stats.samples)])
+        family("requests_in_flight", "gauge", "Requests being answered.", [("", self.in_flight)])
+        return "\n".join(lines) + "\n"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+
+
+class ApiApp:
+    """The WSGI application: routes requests to the injected runtime, sink and status provider.
+
+    Args:
+        runtime: What answers predictions.
+        feedback: Where labels and labelled samples go (it also remembers predictions so
+            that later labels can name them); None answers 503 on ``/v1/feedback``.
+        status: Extra fields for ``/v1/status`` (the daemon's drift, jobs, store...).
+        max_body_bytes: Larger bodies are answered 413 before they are parsed.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        feedback: FeedbackSink | None = None,
+        status: Callable[[], Mapping[str, Any]] | None = None,
+        *,
+        max_body_bytes: int = 8 * 2**20,
+    ) -> None:
+        self.runtime, self.feedback, self.status_provider = runtime, feedback, status
+        self.max_body_bytes = max_body_bytes
+        self.metrics = _Metrics()
+        self._routes: dict[str, dict[str, Callable[[dict[str, Any]], tuple[int, Any]]]] = {
+            "/v1/predict": {"POST": self._predict},
+            "/v1/feedback": {"POST": self._feedback},
+            "/v1/status": {"GET": self._status},
+            "/v1/health": {"GET": self._health},
+            "/metrics": {"GET": self._metrics},
+        }
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start, path, method = time.perf_counter(), environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
+        route, headers = self._routes.get(path), []
+        self.metrics.track(1)
+        try:
+            if route is None:
+                status, payload = 404, {"error": f"no route {path!r}; routes are {', '.join(self._routes)}"}
+            elif method not in route:
+                status, payload = 405, {"error": f"{method} is not allowed on {path}; use {', '.join(route)}"}
+                headers.append(("Allow", ", ".join(route)))
+            else:
+                status, payload = route[method](environ)
+        except ServiceError as exc:
+            status, payload = exc.http_status, {"error": str(exc), "type": type(exc).__name__}
+        except Exception as exc:  # a bug or an onnxruntime failure: answer, log, keep serving
+            logger.exception("%s %s failed", method, path)
+            status, payload = 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}
+        finally:
+            self.metrics.track(-1)
+        if isinstance(payload, str):
+            body, ctype = payload.encode(), "text/plain; version=0.0.4; charset=utf-8"
+        else:
+            try:
+                body, ctype = json.dumps(payload, allow_nan=False, default=str).encode(), JSON
+            except ValueError as exc:  # NaN from a status provider: a bug, but the answer stays JSON
+                status, body, ctype = 500, json.dumps({"error": f"unserialisable answer: {exc}"}).encode(), JSON
+            if status >= 400:
+                logger.info("%s %s -> %d: %s", method, path, status, payload.get("error"))
+        self.metrics.observe(path if route else "other", status, time.perf_counter() - start)
+        headers += [("Content-Type", ctype), ("Content-Length", str(len(body)))]
+        start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
+        return [body]
+
+    def _predict(self, environ: dict[str, Any]) -> tuple[int, Any]:
+        body = self._read_body(environ)
+        kind = _body_kind(environ, body)
+        if kind == JSON:
+            doc = _json(body)
+            if not isinstance(doc, dict) or "inputs" not in doc:
+                raise RequestError('JSON body must be an object {"inputs": [[...28 x 28 pixels...]]}')
+            images = _array(doc["inputs"], "inputs")
+        elif kind == NPY:
+            images = _npy(body)
+        else:
+            raise UnsupportedMediaType(f"Content-Type {kind!r} is not read here; send {NPY} or {JSON}")
+        x = as_model_input(images)  # (N, 1, 28, 28)
+        pred = self.runtime.predict(x)
+        request_id = uuid.uuid4().hex
+        if self.feedback is not None:
+            self.feedback.record(request_id, x, pred)
+        return 200, {
+            "model": pred.model_id,
+            "request_id": request_id,
+            "classes": pred.classes.tolist(),
+            "probabilities": np.round(pred.probabilities.astype(np.float64), 6).tolist(),
+            "latency_ms": round(pred.latency_ms, 3),
+        }
+
+    def _feedback(self, environ: dict[str, Any]) -> tuple[int, Any]:
+        if self.feedback is None:
+            raise NoModelError("this daemon takes no feedback: no feedback sink is configured")
+        body = self._read_body(environ)
+        kind, classes = _body_kind(environ, body), self.runtime.stats().num_classes
+        if kind == JSON:
+            doc = _json(body)
+            if isinstance(doc, dict) and "labels" in doc and "inputs" not in doc:
+                return 200, {"accepted": self.feedback.label(_label_items(doc["labels"], classes))}
+            if not isinstance(doc, dict) or "inputs" not in doc:
+                raise RequestError(
+                    'JSON feedback must be {"labels": [{"request_id", "index", "label"}]} or {"inputs", "labels"}'
+                )
+            images, labels = _array(doc["inputs"], "inputs"), _array(doc.get("labels"), "labels")
+        elif kind == NPZ:
+            images, labels = _npz(body)
+        elif kind == NPY:
+            query = parse_qs(environ.get("QUERY_STRING", "")).get("labels", [""])[0]
+            try:
+                labels = np.array([int(v) for v in query.split(",") if v.strip()], np.int64)
+            except ValueError:
+                raise RequestError(f"?labels={query!r} is not a comma-separated list of integers") from None
+            images = _npy(body)
+        else:
+            raise UnsupportedMediaType(f"Content-Type {kind!r} is not read here; send {JSON}, {NPZ} or {NPY}")
+        x, y = as_model_input(images), _check_labels(labels, classes)
+        if len(y) != len(x):
+            raise RequestError(f"{len(x)} images but {len(y)} labels; expected one label per image")
+        return 200, {"accepted": self.feedback.add_samples(x, y)}
+
+    def _status(self, environ: dict[str, Any]) -> tuple[int, Any]:
+        stats = self.runtime.stats()
+        extra = dict(self.status_provider()) if self.status_provider else {}
+        return 200, {"model": stats.model_id, "runtime": stats.as_dict(), **extra}
+
+    def _health(self, environ: dict[str, Any]) -> tuple[int, Any]:
+        model = self.runtime.current_id
+        if model is None:
+            return 503, {"status": "no model", "error": "no model is deployed yet"}
+        return 200, {"status": "ok", "model": model}
+
+    def _metrics(self, environ: dict[str, Any]) -> tuple[int, Any]:
+        return 200, self.metrics.render(self.runtime.stats())
+
+    def _read_body(self, environ: dict[str, Any]) -> bytes:
+        limit = self.max_body_bytes
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or -1)
+        except ValueError:
+            raise RequestError(f"Content-Length {environ.get('CONTENT_LENGTH')!r} is not an integer") from None
+        if length > limit:
+            raise PayloadTooLarge(f"body of {length} bytes is over the limit of {limit} bytes; send smaller batches")
+        body = environ["wsgi.input"].read(length if length >= 0 else limit + 1)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes; send smaller batches")
+        if not body:
+            raise RequestError("empty body; expected .npy bytes or a JSON object")
+        return body
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large"}
+_REASONS |= {415: "Unsupported Media Type", 422: "Unprocessable Entity", 500: "Internal Server Error"}
+_REASONS |= {503: "Service Unavailable"}
+
+
+def _body_kind(environ: Mapping[str, Any], body: bytes) -> str:
+    """The body's format: its Content-Type, or its magic bytes when the type says nothing (curl's default)."""
+    ctype = str(environ.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
+    if ctype in ("", "application/octet-stream", "application/x-www-form-urlencoded"):
+        if body[:6] == b"\x93NUMPY":
+            return NPY
+        if body[:4] == b"PK\x03\x04":
+            return NPZ
+        if body[:64].lstrip()[:1] == b"{":
+            return JSON
+    return ctype or "none"
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"body is not valid JSON ({exc}); expected a JSON object") from None
+
+
+def _array(value: Any, what: str) -> np.ndarray:
+    if value is None:
+        raise RequestError(f"{what!r} is missing")
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nesting
+        raise RequestError(f"{what!r} is not a rectangular array of numbers: {exc}") from None
+
+
+def _npy(body: bytes) -> np.ndarray:
+    if body[:6] != b"\x93NUMPY":
+        raise RequestError("body is not a .npy file (no \\x93NUMPY magic); write it with numpy.save")
+    try:
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise RequestError(f"body is not a readable .npy array: {exc}") from None
+
+
+def _npz(body: bytes) -> tuple[np.ndarray, np.ndarray]:
+    if body[:4] != b"PK\x03\x04":
+        raise RequestError("body is not a .npz archive (no zip header); write it with numpy.savez(x=..., y=...)")
+    try:
+        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+            if not {"x", "y"} <= set(npz.files):
+                raise RequestError(f"the .npz holds {npz.files}; expected arrays 'x' (images) and 'y' (labels)")
+            return npz["x"], npz["y"]
+    except RequestError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise RequestError(f"body is not a readable .npz archive: {exc}") from None
+
+
+def _check_labels(labels: np.ndarray, classes: int | None) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise RequestError(f"labels are {y.dtype} of shape {y.shape}; expected a list of integer class indices")
+    if y.size and (y.min() < 0 or (classes is not None and y.max() >= classes)):
+        want = f"0..{classes - 1}" if classes else ">= 0"
+        raise RequestError(f"labels span {int(y.min())}..{int(y.max())}; expected class indices {want}")
+    return y.astype(np.int64)
+
+
+def _label_items(raw: Any, classes: int | None) -> list[FeedbackLabel]:
+    if not isinstance(raw, list) or not raw:
+        raise RequestError('"labels" must be a non-empty list of {"request_id", "index", "label"} objects')
+    items = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("request_id"), str):
+            raise RequestError(f"labels[{i}] is {item!r}; expected {{'request_id': str, 'index': int, 'label': int}}")
+        index, label = item.get("index", 0), item.get("label")
+        for name, v in (("index", index), ("label", label)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise RequestError(f"labels[{i}].{name} is {v!r}; expected an integer >= 0")
+        _check_labels(np.array([label]), classes)
+        items.append(FeedbackLabel(item["request_id"], index, label))
+    return items
+
+
+class ApiServer:
+    """Serves an :class:`ApiApp` with waitress on the configured sockets, in a background thread."""
+
+    def __init__(self, app: ApiApp, settings: ApiSettings) -> None:
+        self.app, self.settings = app, settings
+        self.tcp_address: tuple[str, int] | None = None
+        self._servers: list[Any] = []
+        self._thread: threading.Thread | None = None
+        self._socket_inode: int | None = None
+
+    def start(self) -> None:
+        """Bind, then serve until :meth:`stop`.
+
+        Raises:
+            AddressInUse: the socket path or TCP port is served by another process.
+        """
+        import waitress
+
+        if self._thread is not None:
+            raise RuntimeError(f"this server already serves {', '.join(self.addresses)}")
+        s = self.settings
+        socks = []
+        try:
+            if s.socket_path is not None:
+                socks.append(self._bind_unix(Path(s.socket_path), s.socket_mode))
+            if s.tcp_port is not None:
+                try:
+                    socks.append(socket.create_server((s.tcp_host, s.tcp_port)))
+                except OSError as exc:
+                    raise AddressInUse(f"cannot listen on {s.tcp_host}:{s.tcp_port}: {exc.strerror}") from exc
+                self.tcp_address = socks[-1].getsockname()[:2]
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        shared_map: dict[int, Any] = {}  # one event loop thread serves every listener
+        kw = dict(threads=s.threads, channel_timeout=s.idle_timeout_s, ident="lifelong")
+        # waitress refuses bodies over its own limit with a text 413; leave room so the app answers in JSON
+        kw["max_request_body_size"] = 2 * s.max_body_bytes + 65536
+        self._servers = [waitress.create_server(self.app, map=shared_map, sockets=[sock], **kw) for sock in socks]
+        self._thread = threading.Thread(target=self._servers[0].run, name="lifelong-api", daemon=True)
+        self._thread.start()
+        logger.info("API listening on %s", ", ".join(self.addresses))
+
+    @property
+    def addresses(self) -> list[str]:
+        out = [f"unix:{self.settings.socket_path}"] if self.settings.socket_path else []
+        return out + ([f"http://{self.tcp_address[0]}:{self.tcp_address[1]}"] if self.tcp_address else [])
+
+    def _bind_unix(self, path: Path, mode: int) -> socket.socket:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() or path.exists():
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise AddressInUse(f"{path} exists and is not a socket; move it away or choose another socket path")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.settimeout(2.0)
+            try:
+                probe.connect(str(path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                logger.info("removing stale socket %s (nobody listens on it)", path)
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise AddressInUse(
+                    f"socket {path} exists and cannot be probed ({exc}); is another daemon running?"
+                ) from exc
+            else:
+                raise AddressInUse(f"another process serves {path}; stop it first or choose another socket path")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            os.chmod(path, mode)  # before listen(): no connection can arrive in between
+        except OSError as exc:
+            sock.close()
+            raise AddressInUse(f"cannot bind {path}: {exc.strerror}") from exc
+        self._socket_inode = os.stat(path).st_ino
+        return sock
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, let requests in flight finish (up to ``timeout``), close everything."""
+        if self._thread is None:
+            return
+        from waitress import wasyncore
+
+        for server in self._servers:
+            server.accepting = False  # the loop stops polling the listeners
+        shared_map = self._servers[0]._map
+        deadline = time.monotonic() + timeout
+        # Drain: answers being computed, then answers being written out by the loop thread.
+        while time.monotonic() < deadline and (
+            self.app.metrics.in_flight
+            or any(
+                getattr(ch, "requests", None) or getattr(ch, "total_outbufs_len", 0) for ch in list(shared_map.values())
+            )
+        ):
+            time.sleep(0.01)
+        self._servers[0].trigger.pull_trigger(lambda: wasyncore.close_all(shared_map))  # runs in the loop thread
+        self._thread.join(timeout)
+        for server in self._servers:
+            server.task_dispatcher.shutdown(timeout=max(0.1, deadline - time.monotonic()))
+        path = self.settings.socket_path
+        if path is not None and self._socket_inode is not None:
+            try:
+                if os.stat(path).st_ino == self._socket_inode:  # still ours, not a successor's
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._thread, self._servers = None, []
+        logger.info("API stopped")
+
+    def __enter__(self) -> ApiServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

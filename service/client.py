@@ -1,0 +1,265 @@
+"""A small client of the daemon's API, over its Unix socket or loopback TCP.
+
+Standard library only (``http.client``), so applications on the gateway and the CLI can
+talk to the daemon without a web stack. One keep-alive connection per client; a client may
+be shared between threads (requests then take turns), though a thread each is faster.
+
+Errors: :class:`~service.errors.DaemonUnreachable` with a one-line reason when nothing
+answers; otherwise the server's own ``error`` message, raised as the service error class of
+its HTTP status (400 RequestError, 413 PayloadTooLarge, 503 NoModelError, ...).
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import socket
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any
+
+import numpy as np
+
+from service import errors
+from service.errors import (
+    ApiError,
+    DaemonUnreachable,
+    ModelLoadError,
+    NoModelError,
+    PayloadTooLarge,
+    RequestError,
+    ServiceError,
+    UnsupportedMediaType,
+)
+
+__all__ = ["Client", "ClientPrediction"]
+
+_ERRORS: dict[int, type[ServiceError]] = {
+    400: RequestError,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+    422: ModelLoadError,
+    503: NoModelError,
+}
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+@dataclass(frozen=True)
+class ClientPrediction:
+    """The daemon's answer to one ``predict``; ``model`` is the model that computed all of it."""
+
+    model: str
+    request_id: str
+    classes: np.ndarray  # (N,) int64
+    probabilities: np.ndarray  # (N, C) float64
+    latency_ms: float
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over an AF_UNIX stream socket; the Host header says ``localhost``."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Client:
+    """Talks to the daemon.
+
+    Args:
+        socket_path: The daemon's Unix socket.
+        host: Loopback host, when talking TCP instead (with ``port``).
+        port: TCP port.
+        timeout: Seconds to wait for a connection or an answer.
+
+    Example::
+
+        with Client("/var/lib/lifelong/api.sock") as c:
+            answer = c.predict(images)  # uint8 (N, 28, 28)
+            c.feedback(labels=[(answer.request_id, 0, 3)])
+    """
+
+    def __init__(
+        self,
+        socket_path: str | PathLike[str] | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if (socket_path is None) == (port is None):
+            raise ValueError("Client needs exactly one of socket_path or port")
+        self.socket_path = None if socket_path is None else str(socket_path)
+        self.host, self.port, self.timeout = host or "127.0.0.1", port, timeout
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        return f"unix:{self.socket_path}" if self.socket_path else f"http://{self.host}:{self.port}"
+
+    def predict(self, images: Any) -> ClientPrediction:
+        """Classify ``(28,28)``, ``(N,28,28)`` or ``(N,1,28,28)`` images, uint8 0..255 or float 0..1."""
+        doc = self._call("POST", "/v1/predict", _npy_bytes(np.asarray(images)), "application/x-npy")
+        return ClientPrediction(
+            model=doc["model"],
+            request_id=doc["request_id"],
+            classes=np.asarray(doc["classes"], np.int64),
+            probabilities=np.asarray(doc["probabilities"], np.float64),
+            latency_ms=float(doc.get("latency_ms", float("nan"))),
+        )
+
+    def feedback(self, *, labels: Iterable[Any], images: Any | None = None) -> int:
+        """Send labels; returns how many the daemon took.
+
+        Args:
+            labels: Without ``images``: ``(request_id, index, label)`` triples (or objects or
+                dicts with those names) for earlier predictions. With ``images``: one class
+                index per image.
+            images: New labelled samples, sent as ``.npz``.
+        """
+        if images is None:
+            items = [_label_dict(item) for item in labels]
+            body, ctype = json.dumps({"labels": items}).encode(), "application/json"
+        else:
+            buf = io.BytesIO()
+            np.savez(buf, x=np.asarray(images), y=np.asarray(list(labels)))
+            body, ctype = buf.getvalue(), "application/x-npz"
+        return int(self._call("POST", "/v1/feedback", body, ctype)["accepted"])
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's status: the model serving, runtime counters, and what the daemon adds."""
+        return self._call("GET", "/v1/status")
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok", "model": id}``; raises NoModelError while no model serves."""
+        return self._call("GET", "/v1/health")
+
+    def metrics(self) -> str:
+        """The Prometheus text exposition."""
+        status, data = self.request("GET", "/metrics")
+        if status >= 400:
+            raise _error(status, data)
+        return data.decode()
+
+    def _call(self, method: str, path: str, body: bytes | None = None, ctype: str | None = None) -> dict[str, Any]:
+        status, data = self.request(method, path, body, ctype)
+        if status >= 400:
+            raise _error(status, data)
+        return json.loads(data)
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+    ) -> tuple[int, bytes]:
+        """Send one raw request; returns the status and the body, whatever the status.
+
+        Raises:
+            DaemonUnreachable: no daemon answers at this address.
+        """
+        headers = {"Content-Type": content_type} if content_type else {}
+        with self._lock:
+            for attempt in range(2):
+                reused = self._conn is not None
+                conn = self._conn or self._connection()
+                self._conn = conn
+                try:
+                    try:
+                        conn.request(method, path, body=body, headers=headers)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the server may have answered early (413) and closed: read what it said
+                    response = conn.getresponse()
+                    data = response.read()
+                except _STALE as exc:
+                    self._close()
+                    if reused and attempt == 0:
+                        continue  # the server closed an idle keep-alive connection: one fresh try
+                    raise DaemonUnreachable(f"the daemon at {self.address} closed the connection ({exc})") from exc
+                except OSError as exc:
+                    self._close()
+                    raise DaemonUnreachable(self._explain(exc)) from exc
+                except http.client.HTTPException as exc:
+                    self._close()
+                    raise DaemonUnreachable(f"{self.address} does not answer in HTTP: {exc!r}") from exc
+                if response.will_close:
+                    self._close()
+                return response.status, data
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.socket_path is not None:
+            return _UnixHTTPConnection(self.socket_path, self.timeout)
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def _explain(self, exc: OSError) -> str:
+        where = self.address
+        if isinstance(exc, FileNotFoundError):
+            return f"no daemon socket at {self.socket_path}: is the lifelong service running?"
+        if isinstance(exc, ConnectionRefusedError):
+            return f"nothing listens at {where} (a stale socket left by a stopped daemon?): start the service"
+        if isinstance(exc, PermissionError):
+            return f"permission denied on {where}: run as the service's user or a member of its group"
+        if isinstance(exc, TimeoutError):
+            return f"the daemon at {where} did not answer within {self.timeout:g} s"
+        return f"cannot reach the daemon at {where}: {exc}"
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        """Close the keep-alive connection (a later call opens a new one)."""
+        with self._lock:
+            self._close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _label_dict(item: Any) -> dict[str, Any]:
+    if isinstance(item, Mapping):
+        return {"request_id": item["request_id"], "index": item.get("index", 0), "label": item["label"]}
+    if isinstance(item, tuple | list):
+        request_id, index, label = item
+        return {"request_id": request_id, "index": int(index), "label": int(label)}
+    return {"request_id": item.request_id, "index": int(item.index), "label": int(item.label)}
+
+
+def _error(status: int, data: bytes) -> ServiceError:
+    """The server's message, as the service error it raised (``type``) or else one fitting the status."""
+    try:
+        doc = json.loads(data)
+        message, kind = str(doc["error"]), doc.get("type")
+    except (ValueError, KeyError, TypeError):
+        message = " ".join(data.decode(errors="replace").split())[:300] or "(empty body)"
+        kind = None
+    cls = getattr(errors, str(kind), None)
+    if isinstance(cls, type) and issubclass(cls, ServiceError) and cls is not ApiError:
+        try:
+            return cls(message)
+        except TypeError:  # a class whose constructor wants more than a message
+            pass
+    cls = _ERRORS.get(status)
+    return cls(message) if cls else ApiError(f"HTTP {status}: {message}", status)
