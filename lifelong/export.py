@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,17 @@ from lifelong.model_format import (
 from lifelong.onnx_graph import BlockSpec, ConvSpec, LinearSpec, NetSpec, build_model
 from lifelong.supernet import PIXEL_MEAN, PIXEL_STD, StaticSubnet
 
-__all__ = ["ExportReport", "ParityReport", "check_parity", "export_subnet", "onnx_session", "subnet_to_onnx"]
+__all__ = [
+    "ExportReport",
+    "ParityReport",
+    "Requant",
+    "calibrate_requant",
+    "check_parity",
+    "export_subnet",
+    "kernel_counts",
+    "onnx_session",
+    "subnet_to_onnx",
+]
 
 FULL_BITS = 32
 
@@ -77,16 +87,66 @@ def _linear_spec(fc: Classifier) -> LinearSpec:
     )  # fmt: skip
 
 
-def subnet_to_onnx(sub: StaticSubnet, checkpoint_sha256: str = "") -> onnx.ModelProto:
-    """The ONNX model of ``sub`` with its learned quantizers (BN statistics as they are now)."""
+@dataclass(frozen=True)
+class Requant:
+    """Calibrated steps of the tensors a fusing export requantizes (see :mod:`lifelong.onnx_graph`).
+
+    ``blocks[i]`` is the int8 step of block ``i``'s projection output (None where the block
+    has no skip connection), ``head`` the uint8 step of the head output.
+    """
+
+    blocks: tuple[float | None, ...]
+    head: float
+
+
+@torch.no_grad()
+def calibrate_requant(sub: StaticSubnet, images: np.ndarray, batch_size: int = 500) -> Requant:
+    """Min-max steps of the projection and head outputs over ``images``, as onnxruntime's PTQ would."""
+    peaks: dict[str, float] = {}
+
+    def hook(name: str):
+        def record(_module: torch.nn.Module, _inputs: object, out: torch.Tensor) -> None:
+            peaks[name] = max(peaks.get(name, 0.0), float(out.detach().abs().max()))
+
+        return record
+
+    handles = [sub.head.register_forward_hook(hook("head"))]
+    for i, b in enumerate(sub.blocks):
+        if isinstance(b, IRBlock):
+            handles.append(b.project.register_forward_hook(hook(f"block{i}")))
+    try:
+        sub.eval()
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        for i in range(0, len(x), batch_size):
+            sub(x[i : i + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+    blocks = tuple(
+        max(peaks[f"block{i}"], 1e-8) / 127 if _block_spec(b).residual else None for i, b in enumerate(sub.blocks)
+    )
+    return Requant(blocks, max(peaks["head"], 1e-8) / 255)
+
+
+def subnet_to_onnx(sub: StaticSubnet, checkpoint_sha256: str = "", requant: Requant | None = None) -> onnx.ModelProto:
+    """The ONNX model of ``sub`` with its learned quantizers (BN statistics as they are now).
+
+    With ``requant``, the residual additions and the pooling are requantized so that every
+    8-bit layer runs as an integer kernel in onnxruntime (a small change to the function).
+    """
+    blocks = tuple(_block_spec(b) for b in sub.blocks)
+    if requant is not None:
+        assert len(requant.blocks) == len(blocks), "requant steps must match the subnet's blocks"
+        blocks = tuple(replace(b, out_step=s) for b, s in zip(blocks, requant.blocks, strict=True))
     net = NetSpec(
         stem=_conv_spec(sub.stem),
-        blocks=tuple(_block_spec(b) for b in sub.blocks),
+        blocks=blocks,
         head=_conv_spec(sub.head),
         classifier=_linear_spec(sub.classifier),
         pixel_mean=PIXEL_MEAN,
         pixel_std=PIXEL_STD,
         metadata={META_SUBNET: str(sub.cfg), META_CHECKPOINT: checkpoint_sha256},
+        head_out_step=requant.head if requant is not None else None,
     )
     model = build_model(net)
     onnx.checker.check_model(model, full_check=True)
@@ -110,6 +170,33 @@ def onnx_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 1) 
         providers=["CPUExecutionProvider"],
         disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
     )
+
+
+def kernel_counts(model: onnx.ModelProto | bytes) -> dict[str, int]:
+    """What onnxruntime runs after its graph optimisations: integer vs float convolutions.
+
+    A quantized convolution that onnxruntime could not fuse runs in float, with its weights
+    dequantized at every run; this is how an export is checked to fuse.
+    """
+    import tempfile
+
+    import onnxruntime as ort
+
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    with tempfile.TemporaryDirectory(prefix="lifelong-opt-") as tmp:
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(
+            data, so, providers=["CPUExecutionProvider"], disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
+        )
+        ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    return {
+        "integer_convs": ops.count("QLinearConv"),
+        "float_convs": ops.count("Conv") + ops.count("FusedConv"),
+        "dequantize_nodes": ops.count("DequantizeLinear"),
+        "transposes": ops.count("Transpose"),
+    }
 
 
 @dataclass(frozen=True)
@@ -165,6 +252,8 @@ class ExportReport:
     bytes: int
     parity: ParityReport
     seconds: float
+    requantized: bool = False  # the fusing form passed the gate and was written
+    requant_parity: ParityReport | None = None  # the fusing form's parity, kept or not
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -173,6 +262,8 @@ class ExportReport:
             "bytes": self.bytes,
             "parity": self.parity.to_dict(),
             "seconds": self.seconds,
+            "requantized": self.requantized,
+            "requant_parity": self.requant_parity.to_dict() if self.requant_parity else None,
         }
 
 
@@ -203,8 +294,12 @@ def export_subnet(
     checkpoint_sha256: str = "",
     min_agreement: float = 0.995,
     max_accuracy_gap: float = 0.003,
+    calibration: np.ndarray | None = None,
 ) -> ExportReport:
     """Export ``sub`` (BN already re-calibrated) to ``out`` if it passes the parity gate.
+
+    With ``calibration`` images, the fusing (requantized) form is tried first and kept if it
+    passes the gate; otherwise the exact form is exported, behind the same gate.
 
     Raises:
         ParityError: the exported model disagrees with the torch subnet; ``out`` is untouched.
@@ -212,13 +307,24 @@ def export_subnet(
     """
     t0 = time.monotonic()
     out = Path(out)
-    try:
-        model = subnet_to_onnx(sub, checkpoint_sha256)
-    except (onnx.checker.ValidationError, AssertionError) as exc:
-        raise ExportError(f"subnet {sub.cfg} does not export to a valid ONNX model: {exc}") from exc
-    data = model.SerializeToString()
-    parity = check_parity(sub, data, images, labels)
-    if parity.agreement < min_agreement or parity.accuracy_gap > max_accuracy_gap:
+
+    def passes(p: ParityReport) -> bool:
+        return p.agreement >= min_agreement and p.accuracy_gap <= max_accuracy_gap
+
+    def build(requant: Requant | None) -> bytes:
+        try:
+            return subnet_to_onnx(sub, checkpoint_sha256, requant).SerializeToString()
+        except (onnx.checker.ValidationError, AssertionError) as exc:
+            raise ExportError(f"subnet {sub.cfg} does not export to a valid ONNX model: {exc}") from exc
+
+    requant_parity = None
+    if calibration is not None:
+        data = build(calibrate_requant(sub, calibration))
+        requant_parity = parity = check_parity(sub, data, images, labels)
+    if requant_parity is None or not passes(requant_parity):
+        data = build(None)
+        parity = check_parity(sub, data, images, labels)
+    if not passes(parity):
         raise ParityError(
             f"export of {sub.cfg} failed the parity gate on {parity.images} images: top-1 agreement "
             f"{100 * parity.agreement:.2f}% (need >= {100 * min_agreement:.2f}%), accuracy torch "
@@ -230,4 +336,5 @@ def export_subnet(
         _write_atomic(out, data)
     except OSError as exc:
         raise ExportError(f"cannot write the model to {out}: {exc}") from exc
-    return ExportReport(out, str(sub.cfg), len(data), parity, time.monotonic() - t0)
+    requantized = requant_parity is not None and parity is requant_parity
+    return ExportReport(out, str(sub.cfg), len(data), parity, time.monotonic() - t0, requantized, requant_parity)

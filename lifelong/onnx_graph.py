@@ -20,6 +20,17 @@ How the learned quantization becomes QDQ (the parity gate in :mod:`lifelong.expo
   disable onnxruntime's ``WeightBiasQuantization`` (:data:`ORT_DISABLED_OPTIMIZERS`), which
   would otherwise quantize float weights and biases the model did not train quantized.
 - A ReLU before a uint8 quantizer with zero point 0 is what onnxruntime folds away.
+
+onnxruntime turns ``DQ -> Conv -> Q`` into an integer ``QLinearConv`` only where the
+convolution's output is quantized. Inside a residual block the projection feeds the float
+``Add``, and the head feeds the float pooling, so those convolutions would run in float with
+their weights dequantized at every run, and layout transposes around them. An export may
+therefore *requantize* (``BlockSpec.out_step``, ``NetSpec.head_out_step``): the projection
+output and the head output get an int8/uint8 quantize-dequantize at a step calibrated on
+training images, and the skip path reuses the block input's quantized copy (the first
+convolution quantizes it anyway), so the ``Add`` and the pooling become ``QLinearAdd`` and
+``QLinearGlobalAveragePool``. That is a small change to the trained function; the parity
+gate decides whether it is kept (:func:`lifelong.export.export_subnet`).
 """
 
 from __future__ import annotations
@@ -40,7 +51,16 @@ from lifelong.model_format import (
     MODEL_FORMAT,
 )
 
-__all__ = ["OPSET", "BlockSpec", "ConvSpec", "LinearSpec", "NetSpec", "build_model", "build_block_model"]
+__all__ = [
+    "OPSET",
+    "BlockSpec",
+    "ConvSpec",
+    "LinearSpec",
+    "NetSpec",
+    "build_block_model",
+    "build_head_model",
+    "build_model",
+]
 
 OPSET = 21
 """INT4 ``DequantizeLinear`` needs opset 21; onnxruntime 1.18+ runs it."""
@@ -110,6 +130,7 @@ class BlockSpec:
 
     convs: tuple[ConvSpec, ...]
     residual: bool = False
+    out_step: float | None = None  # requantize the projection output (int8) so the block fuses
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,6 +142,7 @@ class NetSpec:
     pixel_mean: float
     pixel_std: float
     metadata: dict[str, str] = field(default_factory=dict)
+    head_out_step: float | None = None  # requantize the head output (uint8) so pooling fuses
 
 
 class _Graph:
@@ -152,9 +174,17 @@ class _Graph:
         return out
 
 
-def _qdq_act(g: _Graph, x: str, step: float, signed: bool, prefix: str) -> str:
+def _qdq_act(g: _Graph, x: str, step: float, signed: bool, prefix: str, relu_folded: bool = False) -> str:
+    """Quantize-dequantize an activation; every activation is uint8 so that convolutions fuse.
+
+    onnxruntime fuses ``DQ -> Conv -> Q`` only when input and output have the same type, so
+    signed tensors use uint8 with zero point 128: ``[-128, 127]`` exactly as int8. With
+    ``relu_folded`` a signed quantizer that follows a ReLU becomes uint8 with zero point 0,
+    which lets onnxruntime drop the ReLU; its range grows from ``127 s`` to ``255 s`` (the one
+    difference from training, for outliers only; the parity gate measures it).
+    """
     s = g.const(prefix + ".a_scale", np.float32(step))
-    z = g.const(prefix + ".a_zero", np.int8(0) if signed else np.uint8(0))
+    z = g.const(prefix + ".a_zero", np.uint8(128 if signed and not relu_folded else 0))
     q = g.node("QuantizeLinear", [x, s, z], prefix + ".q")
     return g.node("DequantizeLinear", [q, s, z], prefix + ".dq")
 
@@ -203,10 +233,14 @@ def _bias_input(
     return g.const(prefix + ".b", bias.astype(np.float32))
 
 
-def _conv(g: _Graph, x: str, c: ConvSpec, prefix: str) -> str:
-    if c.a_bits < FULL_BITS:
+def _conv(g: _Graph, x: str, c: ConvSpec, prefix: str, quantized: bool = False, relu_folded: bool = False) -> str:
+    """``quantized``: ``x`` is already the quantize-dequantize this layer's input quantizer makes.
+
+    ``relu_folded``: ``x`` comes out of a ReLU and the fusing form is wanted (see :func:`_qdq_act`).
+    """
+    if c.a_bits < FULL_BITS and not quantized:
         assert c.a_step is not None
-        x = _qdq_act(g, x, c.a_step, c.a_signed, prefix)
+        x = _qdq_act(g, x, c.a_step, c.a_signed, prefix, relu_folded)
     inv_std = 1.0 / np.sqrt(c.var.astype(np.float64) + c.eps)
     gain = c.gamma.astype(np.float64) * inv_std  # BN folded per output channel
     bias = c.beta.astype(np.float64) - gain * c.mean.astype(np.float64)
@@ -220,11 +254,31 @@ def _conv(g: _Graph, x: str, c: ConvSpec, prefix: str) -> str:
     return g.node("Relu", [y], prefix + ".relu") if c.relu else y
 
 
-def _block(g: _Graph, x: str, b: BlockSpec, prefix: str) -> str:
+def _fuses(c: ConvSpec) -> bool:
+    """Whether onnxruntime can run ``c`` as an integer convolution (8-bit input and weights)."""
+    return c.a_bits == 8 and c.w_bits == 8
+
+
+def _block(g: _Graph, x: str, b: BlockSpec, prefix: str, x_relu_folded: bool = False) -> str:
+    """The block's graph; ``x_relu_folded``: ``x`` is a ReLU output and the fusing form is wanted."""
+    first = b.convs[0]
+    requant = b.residual and b.out_step is not None and _fuses(first) and _fuses(b.convs[-1])
+    if requant:  # the skip path takes the copy of x the first convolution quantizes anyway
+        assert first.a_step is not None
+        x = _qdq_act(g, x, first.a_step, first.a_signed, f"{prefix}.0", x_relu_folded)
     h = x
     for i, c in enumerate(b.convs):
-        h = _conv(g, h, c, f"{prefix}.{i}")
-    return g.node("Add", [h, x], prefix + ".add") if b.residual else h
+        h = _conv(g, h, c, f"{prefix}.{i}", quantized=requant and i == 0, relu_folded=x_relu_folded and i == 0)
+    if not b.residual:
+        return h
+    if requant:
+        assert b.out_step is not None
+        h = _qdq_act(g, h, b.out_step, signed=True, prefix=f"{prefix}.out")
+    return g.node("Add", [h, x], prefix + ".add")
+
+
+def _ends_in_relu(b: BlockSpec) -> bool:
+    return b.convs[-1].relu and not b.residual
 
 
 def _classifier(g: _Graph, emb: str, c: LinearSpec) -> str:
@@ -248,6 +302,24 @@ def _model(g: _Graph, outputs: list[onnx.ValueInfoProto], metadata: dict[str, st
     return model
 
 
+def _tail(
+    g: _Graph,
+    x: str,
+    head: ConvSpec,
+    classifier: LinearSpec,
+    head_out_step: float | None,
+    emb_name: str | None,
+    head_relu_folded: bool = False,
+) -> str:
+    """Head convolution, global pooling, the embedding and the classifier's logits."""
+    x = _conv(g, x, head, "head", relu_folded=head_relu_folded)
+    if head_out_step is not None and _fuses(head):
+        x = _qdq_act(g, x, head_out_step, signed=False, prefix="head.out")  # after the ReLU: uint8
+    pooled = g.node("GlobalAveragePool", [x], "pool")  # (N, C, 1, 1)
+    emb = g.node("Flatten", [pooled], "embedding", output=emb_name, axis=1)  # (N, C)
+    return _classifier(g, emb, classifier)
+
+
 def build_model(net: NetSpec) -> onnx.ModelProto:
     """The deployable classifier: ``image -> (logits, embedding)`` with the QDQ of ``net``."""
     g = _Graph()
@@ -255,12 +327,11 @@ def build_model(net: NetSpec) -> onnx.ModelProto:
     s = g.const("pixel_std", np.float32(net.pixel_std))
     x = g.node("Div", [g.node("Sub", [INPUT_NAME, m], "centred"), s], "normalised")  # as in training, exactly
     x = _conv(g, x, net.stem, "stem")
+    fusing, relu = net.head_out_step is not None, net.stem.relu  # requantized exports also fold ReLUs
     for i, b in enumerate(net.blocks):
-        x = _block(g, x, b, f"block{i}")
-    x = _conv(g, x, net.head, "head")
-    pooled = g.node("GlobalAveragePool", [x], "pool")  # (N, C, 1, 1)
-    emb = g.node("Flatten", [pooled], "embedding", output=EMBEDDING_OUTPUT, axis=1)  # (N, C)
-    _classifier(g, emb, net.classifier)
+        x = _block(g, x, b, f"block{i}", x_relu_folded=fusing and relu)
+        relu = _ends_in_relu(b)
+    _tail(g, x, net.head, net.classifier, net.head_out_step, EMBEDDING_OUTPUT, head_relu_folded=fusing and relu)
     classes, width = net.classifier.weight.shape
     outputs = [
         helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, ["N", int(classes)]),
@@ -287,6 +358,20 @@ def build_block_model(
     inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     graph = helper.make_graph(g.nodes, "block", [inp], [out], g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lifelong")
+    model.ir_version = 10
+    return model
+
+
+def build_head_model(
+    head: ConvSpec, classifier: LinearSpec, in_shape: tuple[int, int, int], head_out_step: float | None = None
+) -> onnx.ModelProto:
+    """The fixed tail of every subnet (head conv, pooling, classifier) on ``in_shape``, for the profile."""
+    g = _Graph()
+    _tail(g, "x", head, classifier, head_out_step, None)
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])
+    out = helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, None)
+    graph = helper.make_graph(g.nodes, "head", [inp], [out], g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lifelong")
     model.ir_version = 10
     return model

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,15 @@ from click.testing import CliRunner
 import lifelong.export as export_mod
 from lifelong.checkpoint import Checkpoint, save_checkpoint
 from lifelong.errors import ParityError
-from lifelong.export import check_parity, export_subnet, onnx_session, run_onnx, subnet_to_onnx
+from lifelong.export import (
+    calibrate_requant,
+    check_parity,
+    export_subnet,
+    kernel_counts,
+    onnx_session,
+    run_onnx,
+    subnet_to_onnx,
+)
 from lifelong.model_format import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OUTPUT, META_CHECKPOINT, META_SUBNET
 from lifelong.space import Precision, SearchSpace
 from lifelong.supernet import Supernet, init_quantizers, recalibrate_bn
@@ -103,8 +112,8 @@ def test_failed_gate_raises_and_writes_nothing(supernet: Supernet, images, tmp_p
     sub = _static(supernet, supernet.space.largest(Precision(8, 8)), calib)
     good = subnet_to_onnx
 
-    def broken(sub, checkpoint_sha256=""):
-        model = good(sub, checkpoint_sha256)
+    def broken(sub, checkpoint_sha256="", requant=None):
+        model = good(sub, checkpoint_sha256, requant)
         for t in model.graph.initializer:  # the classifier's rows shifted by one class: a wrong export
             if t.name.split("_")[0] in ("fc.w", "fc.b") and len(t.dims) >= 1:
                 arr = onnx.numpy_helper.to_array(t)
@@ -134,3 +143,41 @@ def test_export_command(supernet: Supernet, tmp_path: Path) -> None:
     assert "agreement" in result.output and out.is_file()
     bad = CliRunner().invoke(cli, ["export", "nonsense", "--checkpoint", str(ckpt)])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_requantized_export_runs_every_w8a8_conv_as_an_integer_kernel(supernet: Supernet, images) -> None:
+    calib, x, y = images
+    rng = np.random.default_rng(21)
+    for cfg in (supernet.space.largest(Precision(8, 8)), supernet.space.sample(rng, (Precision(8, 8),))):
+        sub = _static(supernet, cfg, calib)
+        exact = kernel_counts(subnet_to_onnx(sub))
+        fused = kernel_counts(subnet_to_onnx(sub, requant=calibrate_requant(sub, calib)))
+        assert exact["float_convs"] > 0, exact  # residual projections, ReLU before a signed quantizer
+        assert fused["float_convs"] == 0, fused
+        assert fused["integer_convs"] == exact["integer_convs"] + exact["float_convs"], (exact, fused)
+        assert fused["dequantize_nodes"] < exact["dequantize_nodes"], (exact, fused)
+
+
+def test_export_keeps_the_requantized_form_only_when_it_passes_the_gate(
+    supernet: Supernet, images, tmp_path: Path, monkeypatch
+) -> None:
+    calib, x, y = images
+    sub = _static(supernet, supernet.space.largest(Precision(8, 8)), calib)
+    ok = export_subnet(sub, tmp_path / "a.onnx", x, y, calibration=calib, min_agreement=0.5, max_accuracy_gap=1.0)
+    assert ok.requantized and ok.requant_parity is ok.parity
+    assert kernel_counts((tmp_path / "a.onnx").read_bytes())["float_convs"] == 0
+
+    real_check = export_mod.check_parity
+
+    def strict_on_requantized(sub, model, images, labels):  # the requantized form fails the gate
+        report = real_check(sub, model, images, labels)
+        if b"head.out" in model:
+            return dataclasses.replace(report, agreement=0.9)
+        return report
+
+    monkeypatch.setattr(export_mod, "check_parity", strict_on_requantized)
+    fallback = export_subnet(sub, tmp_path / "b.onnx", x, y, calibration=calib)
+    assert not fallback.requantized
+    assert fallback.requant_parity is not None and fallback.requant_parity.agreement == 0.9
+    assert fallback.parity.agreement >= 0.995
+    assert kernel_counts((tmp_path / "b.onnx").read_bytes())["float_convs"] > 0
