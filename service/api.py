@@ -20,7 +20,9 @@ Endpoints (JSON answers; errors are ``{"error": message}`` with a 4xx/5xx status
   (Prometheus text format).
 
 The app owns nothing but its metrics: the runtime, the feedback sink and the status
-provider are injected, so it is tested without the store or the daemon.
+provider are injected, so it is tested without the store or the daemon. The daemon adds
+its admin endpoints (deploy, rollback, history) with :meth:`ApiApp.add_route`; they are as
+protected as the rest, by the socket's file permissions.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ class ApiSettings:
         tcp_port: Loopback TCP port to serve on as well (None: none; 0: any free port).
         tcp_host: Loopback address for ``tcp_port``; other addresses are refused.
         max_body_bytes: Larger request bodies are answered 413.
+        max_upload_bytes: The largest body an added route may read (a model upload);
+            waitress refuses anything larger before the app sees it. None: no uploads
+            beyond twice ``max_body_bytes``.
         threads: Requests answered at once.
         idle_timeout_s: Idle keep-alive connections are closed after this.
     """
@@ -84,6 +89,7 @@ class ApiSettings:
     tcp_port: int | None = None
     tcp_host: str = "127.0.0.1"
     max_body_bytes: int = 8 * 2**20
+    max_upload_bytes: int | None = None
     threads: int = 4
     idle_timeout_s: int = 60
 
@@ -98,8 +104,8 @@ class ApiSettings:
             raise ValueError(f"tcp_port={self.tcp_port}; expected 0..65535")
         if self.tcp_host != "localhost" and not ipaddress.ip_address(self.tcp_host).is_loopback:
             raise ValueError(f"tcp_host={self.tcp_host!r}; the API listens on loopback only (127.0.0.1 or ::1)")
-        for name in ("max_body_bytes", "threads", "idle_timeout_s"):
-            if getattr(self, name) < 1:
+        for name in ("max_body_bytes", "max_upload_bytes", "threads", "idle_timeout_s"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"ApiSettings.{name}={getattr(self, name)!r}; expected >= 1")
 
 
@@ -226,6 +232,10 @@ def _esc(value: str) -> str:
     return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
 
 
+Handler = Callable[[dict[str, Any]], tuple[int, Any]]
+"""A route: the WSGI environ -> (HTTP status, JSON-ready payload or Prometheus text)."""
+
+
 class ApiApp:
     """The WSGI application: routes requests to the injected runtime, sink and status provider.
 
@@ -248,13 +258,29 @@ class ApiApp:
         self.runtime, self.feedback, self.status_provider = runtime, feedback, status
         self.max_body_bytes = max_body_bytes
         self.metrics = _Metrics()
-        self._routes: dict[str, dict[str, Callable[[dict[str, Any]], tuple[int, Any]]]] = {
+        self._routes: dict[str, dict[str, Handler]] = {
             "/v1/predict": {"POST": self._predict},
             "/v1/feedback": {"POST": self._feedback},
             "/v1/status": {"GET": self._status},
             "/v1/health": {"GET": self._health},
             "/metrics": {"GET": self._metrics},
         }
+
+    def add_route(self, path: str, method: str, handler: Handler) -> None:
+        """Answer ``method path`` with ``handler``; its ServiceErrors become HTTP errors as for the built-in routes."""
+        if method in self._routes.get(path, {}):
+            raise ValueError(f"{method} {path} is already routed")
+        self._routes.setdefault(path, {})[method] = handler
+
+    def read_body(self, environ: dict[str, Any], limit: int | None = None) -> bytes:
+        """The request body, refused with 413 over ``limit`` bytes (default ``max_body_bytes``) and 400 if empty."""
+        return self._read_body(environ, limit)
+
+    def read_json(self, environ: dict[str, Any], *, optional: bool = False) -> Any:
+        """The body parsed as JSON; with ``optional`` an empty body reads as ``{}``."""
+        if optional and str(environ.get("CONTENT_LENGTH") or "0").strip() == "0":
+            return {}
+        return _json(self._read_body(environ))
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         start, path, method = time.perf_counter(), environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
@@ -358,8 +384,8 @@ class ApiApp:
     def _metrics(self, environ: dict[str, Any]) -> tuple[int, Any]:
         return 200, self.metrics.render(self.runtime.stats())
 
-    def _read_body(self, environ: dict[str, Any]) -> bytes:
-        limit = self.max_body_bytes
+    def _read_body(self, environ: dict[str, Any], limit: int | None = None) -> bytes:
+        limit = self.max_body_bytes if limit is None else limit
         try:
             length = int(environ.get("CONTENT_LENGTH") or -1)
         except ValueError:
@@ -495,7 +521,7 @@ class ApiServer:
         shared_map: dict[int, Any] = {}  # one event loop thread serves every listener
         kw = dict(threads=s.threads, channel_timeout=s.idle_timeout_s, ident="lifelong")
         # waitress refuses bodies over its own limit with a text 413; leave room so the app answers in JSON
-        kw["max_request_body_size"] = 2 * s.max_body_bytes + 65536
+        kw["max_request_body_size"] = max(2 * s.max_body_bytes, s.max_upload_bytes or 0) + 65536
         self._servers = [waitress.create_server(self.app, map=shared_map, sockets=[sock], **kw) for sock in socks]
         self._thread = threading.Thread(target=self._servers[0].run, name="lifelong-api", daemon=True)
         self._thread.start()

@@ -12,11 +12,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from lifelong.errors import LifelongError
-from service.paths import default_checkpoint, resolve_state_dir
+from service.paths import default_checkpoint, default_profile, resolve_state_dir
 
 __all__ = ["cli", "main"]
 
@@ -47,11 +48,17 @@ def _setup_logging(state_dir: Path, name: str, verbose: bool) -> Path:
 
 
 class _Group(click.Group):
-    """Turns library errors into one clean line and exit code 2."""
+    """Turns library errors into one clean line: exit code 1 when the daemon cannot be
+    reached (stopped, or a stale socket), 2 for every other error."""
 
     def invoke(self, ctx: click.Context) -> object:
+        from service.errors import DaemonUnreachable
+
         try:
             return super().invoke(ctx)
+        except DaemonUnreachable as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
         except LifelongError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
@@ -211,6 +218,7 @@ def eval_cmd(
 @click.option("--data", "data_spec", default=None, help="Data with train and test splits [Fashion-MNIST].")
 @click.option("--calib", type=int, default=2000, show_default=True, help="Training images for BN re-calibration.")
 @click.option("--parity-images", type=int, default=10000, show_default=True, help="Test images for the gate.")
+@click.option("--exact", is_flag=True, help="Do not try the requantized (integer-kernel) form first.")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def export(
@@ -220,6 +228,7 @@ def export(
     data_spec: str | None,
     calib: int,
     parity_images: int,
+    exact: bool,
     state_dir: Path | None,
     as_json: bool,
 ) -> None:
@@ -227,7 +236,8 @@ def export(
 
     The model is written only if onnxruntime agrees with the torch subnet on the test images
     (top-1 agreement >= 99.5%, accuracy within 0.3 pt). SUBNET is a canonical name or
-    largest[:wXaY] / smallest[:wXaY].
+    largest[:wXaY] / smallest[:wXaY]. The requantized form, in which every 8-bit layer runs
+    as an integer kernel, is tried first and kept if it passes the gate (--exact skips it).
 
     \b
     Example:
@@ -247,21 +257,107 @@ def export(
     train_data = load_dataset(data_spec, split="train") if data_spec else load_fashion_mnist("train")
     test = load_dataset(data_spec, split="test") if data_spec else load_fashion_mnist("test")
     sub = model.get_subnet(cfg)
-    recalibrate_bn(sub, torch.from_numpy(train_data.head(calib).as_float()))
+    calib_images = train_data.head(calib).as_float()
+    recalibrate_bn(sub, torch.from_numpy(calib_images))
     sub.eval()
     target = out or state / "exports" / f"{cfg}.onnx"
     n = min(parity_images, len(test))
-    report = export_subnet(sub, target, test.as_float()[:n], test.y[:n], checkpoint_sha256=file_sha256(ckpt))
+    report = export_subnet(
+        sub,
+        target,
+        test.as_float()[:n],
+        test.y[:n],
+        checkpoint_sha256=file_sha256(ckpt),
+        calibration=None if exact else calib_images[:1000],
+    )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
     p = report.parity
-    click.echo(f"exported {report.subnet}")
+    form = "requantized: integer kernels" if report.requantized else "exact"
+    if report.requant_parity is not None and not report.requantized:
+        form += f" (requantized form failed the gate: agreement {100 * report.requant_parity.agreement:.2f}%)"
+    click.echo(f"exported {report.subnet} [{form}]")
     click.echo(f"  -> {report.path} ({report.bytes} bytes)")
     click.echo(
         f"  parity on {p.images} images: agreement {100 * p.agreement:.2f}%, top-1 torch {100 * p.torch_top1:.2f}% "
         f"onnx {100 * p.onnx_top1:.2f}%"
     )
+
+
+@cli.command()
+@click.option("--threads", type=int, default=2, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--check", is_flag=True, help="Only say whether the stored profile fits this device.")
+@click.option("--fit-subnets", type=int, default=30, show_default=True, help="Subnets the correction is fitted on.")
+@click.option("--check-subnets", type=int, default=50, show_default=True, help="Subnets the model is checked on.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="[STATE/profile/device.json]")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def profile(
+    threads: int,
+    check: bool,
+    fit_subnets: int,
+    check_subnets: int,
+    out: Path | None,
+    state_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Measure this device: onnxruntime latency of every block choice, then fit the latency model.
+
+    Takes about two minutes on 2 cores. With --check, only compares the stored profile's
+    fingerprint (CPU, cores, onnxruntime, threads) with this device; exit code 1 if stale.
+
+    \b
+    Example:
+        lifelong profile --threads 2
+        lifelong profile --check
+    """
+    import numpy as np
+
+    from lifelong.latency import calibrate
+    from lifelong.profile import DeviceProfile, device_fingerprint, profile_device
+    from lifelong.space import SearchSpace
+
+    path = out or default_profile(resolve_state_dir(state_dir))
+    if check:
+        stale = DeviceProfile.load(path).stale_reasons(device_fingerprint(threads))
+        if as_json:
+            click.echo(json.dumps({"profile": str(path), "stale": bool(stale), "reasons": stale}))
+        else:
+            click.echo(f"{path}: " + ("stale: " + "; ".join(stale) if stale else "fits this device"))
+        if stale:
+            raise SystemExit(1)
+        return
+    space = SearchSpace()
+    prof = profile_device(space, threads=threads)
+    checks = calibrate(prof, space, fit_subnets=fit_subnets, check_subnets=check_subnets)
+    prof.save(path)
+    summary = {
+        "profile": str(path),
+        "rows": len(prof.entries),
+        "seconds": prof.seconds,
+        "fingerprint": prof.fingerprint,
+        "latency_model": {
+            str(c.batch): {k: v for k, v in c.to_dict().items() if k.endswith("error") or k == "within_10pct"}
+            for c in checks
+        },
+        "int8_slower_than_fp32": {str(b): len(prof.int8_slower(b)) for b in prof.batches},
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"profiled {summary['rows']} block choices in {prof.seconds:.0f} s -> {path}")
+    for c in checks:
+        click.echo(
+            f"  latency model at batch {c.batch}: {100 * c.within_10pct:.0f}% of {len(c.subnets)} subnets within +-10% "
+            f"(median error {100 * float(np.median(np.abs(c.rel_errors))):.1f}%)"
+        )
+    w8 = sum(1 for k in prof.entries if k.endswith(":w8a8"))
+    for b in prof.batches:
+        slow = prof.int8_slower(b)
+        click.echo(f"  batch {b}: W8A8 slower than FP32 for {len(slow)} of {w8} block choices")
+        for key, fp, q in sorted(slow, key=lambda r: r[2] / max(r[1], 1e-9), reverse=True)[:3]:
+            click.echo(f"    {key}: fp32 {fp:.3f} ms, int8 {q:.3f} ms")
 
 
 @cli.command()
@@ -297,6 +393,376 @@ def space(sample: int, seed: int, as_json: bool) -> None:
     click.echo(f"search space: {s.describe()}; encoding length {s.encoding_length()}")
     for r in rows:
         click.echo(f"  {r['label']:<9} {r['macs'] / 1e6:6.2f} MMACs {r['params']:>8} params  {r['subnet']}")
+
+
+# -- the service ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="State directory [$STATE_DIRECTORY, else ~/.local/state/lifelong].",
+)
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="API Unix socket [$RUNTIME_DIRECTORY/lifelong.sock, else STATE/lifelong.sock].",
+)
+@click.option("--tcp", "tcp_port", type=click.IntRange(0, 65535), default=None, help="Also listen on 127.0.0.1:PORT.")
+@click.option(
+    "--policy",
+    "policy_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Policy file, watched for edits [$CONFIGURATION_DIRECTORY/policy.toml, else STATE/policy.toml]; "
+    "while it does not exist the 'balanced' preset applies.",
+)
+@click.option(
+    "--threads", type=click.IntRange(1), default=None, help="onnxruntime threads [the policy's target.threads]."
+)
+@click.option("--api-threads", type=click.IntRange(1), default=4, show_default=True, help="Requests answered at once.")
+@click.option(
+    "--probe-interval",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds between latency probes.",
+)
+@click.option(
+    "--retention-interval",
+    type=click.FloatRange(min=1),
+    default=3600.0,
+    show_default=True,
+    help="Seconds between retention passes.",
+)
+@click.option(
+    "--settle-ms",
+    type=click.IntRange(0),
+    default=500,
+    show_default=True,
+    help="Quiet time before a new inbox or policy file is read.",
+)
+@click.option("--poll", is_flag=True, help="Watch files by polling instead of inotify (network file systems).")
+def serve(
+    state_dir: Path | None,
+    socket_path: Path | None,
+    tcp_port: int | None,
+    policy_path: Path | None,
+    threads: int | None,
+    api_threads: int,
+    probe_interval: float,
+    retention_interval: float,
+    settle_ms: int,
+    poll: bool,
+) -> None:
+    """Run the daemon in the foreground: serve the deployed model, watch the inbox and the policy.
+
+    This is the systemd unit's command line (Type=notify: READY, WATCHDOG, RELOADING on
+    SIGHUP, STOPPING and a graceful drain on SIGTERM). It never imports torch.
+
+    \b
+    Example:
+        lifelong serve --state-dir /tmp/ll --socket /tmp/ll/api.sock --policy /tmp/ll/policy.toml
+    """
+    from service.daemon import Daemon, DaemonSettings
+
+    settings = DaemonSettings.from_environment(
+        state_dir=state_dir,
+        socket_path=socket_path,
+        policy_path=policy_path,
+        tcp_port=tcp_port,
+        threads=threads,
+        api_threads=api_threads,
+        probe_interval_s=probe_interval,
+        retention_interval_s=retention_interval,
+        settle_ms=settle_ms,
+        force_polling=poll,
+    )
+    _setup_logging(settings.state_dir, "serve", verbose=True)
+    raise SystemExit(Daemon(settings).run())
+
+
+def _client_options(fn: Any) -> Any:
+    fn = click.option(
+        "--socket",
+        "socket_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="The daemon's socket [$LIFELONG_SOCKET, /run/lifelong/lifelong.sock, else STATE/lifelong.sock].",
+    )(fn)
+    fn = click.option(
+        "--tcp", "tcp_port", type=click.IntRange(1, 65535), default=None, help="Talk to 127.0.0.1:PORT instead."
+    )(fn)
+    return click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="State directory.")(fn)
+
+
+def _client(socket_path: Path | None, tcp_port: int | None, state_dir: Path | None, timeout: float = 30.0) -> Any:
+    from service.client import Client
+    from service.paths import default_socket
+
+    if tcp_port is not None:
+        return Client(port=tcp_port, timeout=timeout)
+    return Client(socket_path or default_socket(resolve_state_dir(state_dir), client=True), timeout=timeout)
+
+
+@cli.command()
+@_client_options
+@click.option("--json", "as_json", is_flag=True, help="Print the whole status document as JSON.")
+def status(socket_path: Path | None, tcp_port: int | None, state_dir: Path | None, as_json: bool) -> None:
+    """Show the deployed model (accuracy, latency, precision map), policy, drift, events, jobs and workers.
+
+    \b
+    Examples:
+        lifelong status
+        lifelong status --json | jq .store.model
+    """
+    from service.status import format_status
+
+    with _client(socket_path, tcp_port, state_dir) as client:
+        doc = client.status()
+    click.echo(json.dumps(doc, indent=2) if as_json else format_status(doc))
+
+
+@cli.command()
+@_client_options
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Deployments shown.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def history(socket_path: Path | None, tcp_port: int | None, state_dir: Path | None, limit: int, as_json: bool) -> None:
+    """List deployments, newest first: when, which model, why, and how each ended.
+
+    \b
+    Example:
+        lifelong history --limit 5
+    """
+    from service.status import format_history
+
+    with _client(socket_path, tcp_port, state_dir) as client:
+        doc = client.history(limit)
+    click.echo(json.dumps(doc, indent=2) if as_json else format_history(doc))
+
+
+def _print_swap(result: dict[str, Any], verb: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    elif not result.get("changed"):
+        click.echo(f"{result['model_id']} already serves; nothing changed")
+    else:
+        took = result.get("load_ms")
+        click.echo(
+            f"{verb} {result['model_id']} (was {result.get('previous_id') or 'nothing'})"
+            + (f"; loaded, validated and warmed up in {took:.0f} ms" if took is not None else "")
+        )
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--reason", default=None, help="Recorded in the history.")
+@_client_options
+@click.option("--timeout", type=click.FloatRange(min=1), default=150.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def deploy(
+    target: str,
+    reason: str | None,
+    socket_path: Path | None,
+    tcp_port: int | None,
+    state_dir: Path | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Deploy an ONNX file or a model id from the registry, through the daemon's validated hot swap.
+
+    A file is uploaded to the daemon (its sandbox need not see your files). The model is
+    loaded, validated and warmed up before it serves; a refused model leaves the current one
+    serving and the command fails with the reason.
+
+    \b
+    Examples:
+        lifelong deploy /tmp/largest-w8a8.onnx
+        lifelong deploy 3f2a9c0d1e4b5a6c --reason "back to last week's model"
+    """
+    path = Path(target)
+    with _client(socket_path, tcp_port, state_dir, timeout) as client:
+        if path.is_file():
+            result = client.deploy(data=path.read_bytes(), name=path.name, reason=reason)
+        elif path.suffix == ".onnx" or os.sep in target:
+            raise click.BadParameter(f"no file {target}; give an ONNX file or a model id", param_hint="TARGET")
+        else:
+            result = client.deploy(model=target, reason=reason)
+    _print_swap(result, "deployed", as_json)
+
+
+@cli.command()
+@click.option("--reason", default=None, help="Recorded in the history.")
+@_client_options
+@click.option("--timeout", type=click.FloatRange(min=1), default=150.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def rollback(
+    reason: str | None,
+    socket_path: Path | None,
+    tcp_port: int | None,
+    state_dir: Path | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Go back to the model deployed before the current one (validated like any deploy).
+
+    \b
+    Example:
+        lifelong rollback --reason "accuracy dropped on line 3"
+    """
+    with _client(socket_path, tcp_port, state_dir, timeout) as client:
+        result = client.rollback(reason)
+    _print_swap(result, "rolled back to", as_json)
+
+
+def _read_inputs(path: Path) -> Any:
+    import numpy as np
+
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"{path} is not a readable .npy array: {exc}", param_hint="FILE") from None
+    if suffix == ".npz":
+        from lifelong.data import load_npz
+
+        return load_npz(path).x
+    if suffix in (".png", ".jpg", ".jpeg"):
+        from service.ingest import read_image
+
+        return read_image(path)
+    raise click.BadParameter(f"{path}: expected a .npy or .npz batch, or a .png/.jpg image", param_hint="FILE")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_client_options
+@click.option("--json", "as_json", is_flag=True, help="Print classes, probabilities and the model as JSON.")
+def predict(file: Path, socket_path: Path | None, tcp_port: int | None, state_dir: Path | None, as_json: bool) -> None:
+    """Classify images with the deployed model: a .npy/.npz batch (28x28) or a PNG/JPEG image.
+
+    \b
+    Examples:
+        lifelong predict shoe.png
+        lifelong predict batch.npz --json
+    """
+    images = _read_inputs(file)
+    with _client(socket_path, tcp_port, state_dir) as client:
+        answer = client.predict(images)
+    if as_json:
+        doc = {
+            "model": answer.model,
+            "request_id": answer.request_id,
+            "classes": answer.classes.tolist(),
+            "probabilities": answer.probabilities.tolist(),
+            "latency_ms": answer.latency_ms,
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"model {answer.model} (request {answer.request_id}, {answer.latency_ms:.2f} ms)")
+    for i, (cls, probs) in enumerate(zip(answer.classes, answer.probabilities, strict=True)):
+        click.echo(f"  {i}: class {int(cls)}  p={float(probs[int(cls)]):.3f}")
+
+
+@cli.group()
+def policy() -> None:
+    """Check and show policy files and the shipped presets.
+
+    \b
+    Examples:
+        lifelong policy check /etc/lifelong/policy.toml
+        lifelong policy show --preset battery-saver
+    """
+
+
+def _policy_problems(file: Path) -> tuple[Any, list[str]]:
+    from policies import PolicyError, PolicyValidationError, load_policy
+
+    try:
+        return load_policy(file), []
+    except PolicyValidationError as exc:
+        return None, [str(p) for p in exc.problems]
+    except PolicyError as exc:
+        return None, [str(exc)]
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def policy_check(file: Path, as_json: bool) -> None:
+    """Validate a policy file: every problem at once, with what was expected; exit code 1 if invalid.
+
+    \b
+    Example:
+        lifelong policy check /etc/lifelong/policy.toml
+    """
+    from policies import policy_to_dict
+
+    pol, problems = _policy_problems(file)
+    if as_json:
+        doc = {"file": str(file), "valid": not problems, "problems": problems}
+        doc["policy"] = policy_to_dict(pol) if pol is not None else None
+        click.echo(json.dumps(doc, indent=2))
+    elif problems:
+        click.echo(f"{file}: invalid policy ({len(problems)} problem{'s' if len(problems) != 1 else ''}):")
+        for line in problems:
+            click.echo(f"  {line}")
+    else:
+        b = pol.budgets
+        click.echo(
+            f"{file}: valid policy {pol.name!r} (objective {pol.objective.kind}, latency budget "
+            f"{'none' if b.latency_ms_p95 is None else f'{b.latency_ms_p95:g} ms p95'})"
+        )
+    if problems:
+        raise SystemExit(1)
+
+
+@policy.command("show")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--preset", default=None, help="Show a shipped preset instead (balanced, low-latency, ...).")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="State directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def policy_show(file: Path | None, preset: str | None, state_dir: Path | None, as_json: bool) -> None:
+    """Print a policy in full, defaults filled in: a file, a preset, or the one the service reads.
+
+    Without FILE or --preset: the service's policy file if it exists, else the 'balanced' preset.
+
+    \b
+    Examples:
+        lifelong policy show
+        lifelong policy show --preset low-latency --json
+    """
+    from policies import PolicyError, load_preset, policy_to_dict, policy_to_toml
+    from service.paths import default_policy
+
+    if file is not None and preset is not None:
+        raise click.UsageError("give a FILE or --preset, not both")
+    if preset is not None:
+        try:
+            pol, source = load_preset(preset), f"preset:{preset}"
+        except PolicyError as exc:
+            raise click.BadParameter(str(exc), param_hint="--preset") from None
+    else:
+        path = file or default_policy(resolve_state_dir(state_dir), client=True)
+        if file is None and not path.exists():
+            pol, source = load_preset("balanced"), f"preset:balanced (no policy file at {path})"
+        else:
+            pol, problems = _policy_problems(path)
+            if problems:
+                click.echo(f"{path}: invalid policy:", err=True)
+                for line in problems:
+                    click.echo(f"  {line}", err=True)
+                raise SystemExit(1)
+            source = str(path)
+    if as_json:
+        click.echo(json.dumps({"source": source, "policy": policy_to_dict(pol)}, indent=2))
+        return
+    click.echo(f"# {source}\n{policy_to_toml(pol)}", nl=False)
 
 
 def main() -> None:

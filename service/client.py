@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -147,6 +148,39 @@ class Client:
     def health(self) -> dict[str, Any]:
         """``{"status": "ok", "model": id}``; raises NoModelError while no model serves."""
         return self._call("GET", "/v1/health")
+
+    def deploy(
+        self,
+        *,
+        model: str | None = None,
+        path: str | PathLike[str] | None = None,
+        data: bytes | None = None,
+        name: str = "model.onnx",
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Deploy a registered model id, a file the daemon reads itself, or uploaded ONNX bytes.
+
+        Returns the swap result (``model_id``, ``previous_id``, ``changed``, ``deployment``).
+        Raises ModelLoadError (the model was refused; the old one serves on) or RecordNotFound.
+        """
+        if sum(v is not None for v in (model, path, data)) != 1:
+            raise ValueError("deploy needs exactly one of model, path or data")
+        if data is not None:
+            query = f"name={quote(name)}" + (f"&reason={quote(reason)}" if reason is not None else "")
+            return self._call("POST", f"/v1/deploy?{query}", bytes(data), "application/octet-stream")
+        doc: dict[str, Any] = {"model": model} if model is not None else {"path": str(path)}
+        if reason is not None:
+            doc["reason"] = reason
+        return self._call("POST", "/v1/deploy", json.dumps(doc).encode(), "application/json")
+
+    def rollback(self, reason: str | None = None) -> dict[str, Any]:
+        """Go back to the previous model; raises RecordNotFound when there is none."""
+        body = json.dumps({"reason": reason}).encode() if reason else None
+        return self._call("POST", "/v1/rollback", body, "application/json" if body else None)
+
+    def history(self, limit: int = 20) -> dict[str, Any]:
+        """Deployments, newest first, with the current model and the rollback target."""
+        return self._call("GET", f"/v1/history?limit={int(limit)}")
 
     def metrics(self) -> str:
         """The Prometheus text exposition."""

@@ -24,7 +24,8 @@ edge.
         ├── WorkerError (RuntimeError)            a worker job failed, timed out or was killed
         ├── WatchError (RuntimeError)             a folder or file to watch is missing or cannot be watched
         ├── SettingsError (ValueError)            a service setting out of range (interval, limit, nice)
-        └── DaemonUnreachable (ConnectionError)   the CLI or client cannot reach the daemon
+        ├── DaemonUnreachable (ConnectionError)   the CLI or client cannot reach the daemon
+        └── DaemonBusy (TimeoutError)             the daemon is stopping, or a command outran its time: 503
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from lifelong.errors import LifelongError
 __all__ = [
     "AddressInUse",
     "ApiError",
+    "DaemonBusy",
     "DaemonUnreachable",
     "InferenceError",
     "MigrationError",
@@ -136,3 +138,9 @@ class WatchError(ServiceError, RuntimeError):
 
 class SettingsError(ServiceError, ValueError):
     """A service setting (an interval, a time limit, a nice value) outside its valid range."""
+
+
+class DaemonBusy(ServiceError, TimeoutError):
+    """The daemon is stopping, or a command it was sent did not finish within its time limit."""
+
+    http_status = 503

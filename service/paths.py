@@ -1,12 +1,31 @@
 """Where the service keeps its state: ``--state-dir``, ``$LIFELONG_STATE_DIR``, systemd's
-``$STATE_DIRECTORY``, else ``~/.local/state/lifelong``."""
+``$STATE_DIRECTORY``, else ``~/.local/state/lifelong``.
+
+The API socket and the policy file follow the same pattern (an option, a ``LIFELONG_*``
+variable, the directory systemd hands the unit, a fallback in the state directory). A client
+outside the unit (``lifelong status`` in a shell) has no ``$RUNTIME_DIRECTORY``, so it also
+looks for the unit's socket at ``/run/lifelong/lifelong.sock``.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["default_checkpoint", "resolve_state_dir"]
+__all__ = [
+    "SOCKET_NAME",
+    "SYSTEM_SOCKET",
+    "default_checkpoint",
+    "default_policy",
+    "default_profile",
+    "default_socket",
+    "resolve_state_dir",
+]
+
+SOCKET_NAME = "lifelong.sock"
+SYSTEM_SOCKET = Path("/run/lifelong") / SOCKET_NAME
+"""Where the systemd unit's daemon listens (``RuntimeDirectory=lifelong``)."""
+SYSTEM_POLICY = Path("/etc/lifelong/policy.toml")
 
 
 def resolve_state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -23,3 +42,43 @@ def resolve_state_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 def default_checkpoint(state_dir: Path) -> Path:
     return state_dir / "supernet" / "supernet.pt"
+
+
+def default_profile(state_dir: Path) -> Path:
+    return state_dir / "profile" / "device.json"
+
+
+def _first_dir(variable: str) -> Path | None:
+    value = os.environ.get(variable, "")
+    return Path(value.split(":")[0]) if value else None
+
+
+def default_socket(state_dir: Path, *, client: bool = False) -> Path:
+    """The API socket: ``$LIFELONG_SOCKET``, ``$RUNTIME_DIRECTORY/lifelong.sock``, else ``STATE/lifelong.sock``.
+
+    With ``client``, the unit's ``/run/lifelong/lifelong.sock`` is preferred to the state
+    directory's when it exists, so a shell finds the service without options.
+    """
+    if os.environ.get("LIFELONG_SOCKET"):
+        return Path(os.environ["LIFELONG_SOCKET"]).expanduser()
+    runtime = _first_dir("RUNTIME_DIRECTORY")
+    if runtime is not None:
+        return runtime / SOCKET_NAME
+    if client and SYSTEM_SOCKET.is_socket():
+        return SYSTEM_SOCKET
+    return state_dir / SOCKET_NAME
+
+
+def default_policy(state_dir: Path, *, client: bool = False) -> Path:
+    """The policy file: ``$LIFELONG_POLICY``, ``$CONFIGURATION_DIRECTORY/policy.toml``, else ``STATE/policy.toml``.
+
+    With ``client``, ``/etc/lifelong/policy.toml`` is preferred to the state directory's when it exists.
+    """
+    if os.environ.get("LIFELONG_POLICY"):
+        return Path(os.environ["LIFELONG_POLICY"]).expanduser()
+    config = _first_dir("CONFIGURATION_DIRECTORY")
+    if config is not None:
+        return config / "policy.toml"
+    if client and SYSTEM_POLICY.is_file():
+        return SYSTEM_POLICY
+    return state_dir / "policy.toml"

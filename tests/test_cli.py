@@ -3,21 +3,34 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from service.cli import cli
 
 
-def _commands() -> list[str]:
-    return sorted(cli.commands)
+def _commands(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and sub-command (``policy check``), groups included."""
+    out = []
+    for name, command in sorted(group.commands.items()):
+        out.append((*prefix, name))
+        if isinstance(command, click.Group):
+            out += _commands(command, (*prefix, name))
+    return out
 
 
-@pytest.mark.parametrize("name", _commands())
-def test_every_command_has_help_with_an_example(name: str) -> None:
-    result = CliRunner().invoke(cli, [name, "--help"])
+def test_the_service_commands_exist() -> None:
+    names = {" ".join(c) for c in _commands()}
+    want = {"serve", "status", "history", "deploy", "rollback", "predict", "policy", "policy check", "policy show"}
+    assert want <= names, want - names
+
+
+@pytest.mark.parametrize("name", _commands(), ids=" ".join)
+def test_every_command_has_help_with_an_example(name: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(cli, [*name, "--help"])
     assert result.exit_code == 0, result.output
-    assert "Example" in result.output, f"`lifelong {name} --help` shows no example"
+    assert "Example" in result.output, f"`lifelong {' '.join(name)} --help` shows no example"
 
 
 def test_space_command_text_and_json() -> None:

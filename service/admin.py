@@ -1,0 +1,102 @@
+"""The daemon's admin endpoints, added to the API app: deploy, rollback, history.
+
+They live on the same socket as predict, so they are exactly as protected: by the socket's
+file mode (0660, the service's user and group) and, over TCP, by listening on loopback only.
+
+- ``POST /v1/deploy``: JSON ``{"model": ID}`` (a model in the registry) or ``{"path": FILE}``
+  (a file the daemon can read; its ``NAME.parity.npz`` sibling is checked as the parity
+  sample), optional ``"reason"``; or the ONNX bytes themselves (``application/octet-stream``,
+  ``?name=FILE.onnx&reason=...``), which is what ``lifelong deploy FILE`` sends, since the daemon's
+  sandbox may not see the caller's files. Answers the :class:`~service.swap.SwapResult`;
+  422 when the model is refused (the old one serves on), 404 for an unknown id.
+- ``POST /v1/rollback``: optional JSON ``{"reason": ...}``; 404 when there is nothing to go back to.
+- ``GET /v1/history?limit=N``: deployments, newest first.
+
+A change is never made on the request's thread: the handler hands a command to the daemon's
+loop (:meth:`~service.loop.EventLoop.submit`) and waits for its result, so deploys and
+rollbacks are serialised with every other change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+from service.api import JSON, ApiApp
+from service.errors import RequestError
+
+__all__ = ["CommandSink", "install_admin_routes"]
+
+MODEL_ID = re.compile(r"[0-9a-f]{16}")
+ONNX_TYPES = ("application/octet-stream", "application/x-onnx", "application/onnx")
+
+
+class CommandSink(Protocol):
+    """Runs a named command where changes are made (the daemon's loop) and returns its result."""
+
+    def submit(self, name: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> Any: ...
+
+
+def _reason(doc: dict[str, Any]) -> str | None:
+    reason = doc.get("reason")
+    if reason is not None and (not isinstance(reason, str) or not reason.strip() or len(reason) > 500):
+        raise RequestError(f'"reason" is {reason!r}; expected a non-empty string of at most 500 characters')
+    return reason
+
+
+def install_admin_routes(
+    app: ApiApp,
+    commands: CommandSink,
+    *,
+    history: Callable[[int], dict[str, Any]],
+    max_upload_bytes: int,
+) -> None:
+    """Add the admin endpoints to ``app``.
+
+    Args:
+        app: The API application.
+        commands: Where deploy and rollback run (``submit("deploy", {...})``).
+        history: Reads the deployment history (on the request's thread: it changes nothing).
+        max_upload_bytes: The largest model upload read.
+    """
+
+    def deploy_route(environ: dict[str, Any]) -> tuple[int, Any]:
+        ctype = str(environ.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
+        if ctype in ONNX_TYPES:
+            query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+            name = query.get("name", "model.onnx")[:200]
+            data = app.read_body(environ, max_upload_bytes)
+            return 200, commands.submit("deploy", {"data": data, "name": name, "reason": _reason(query)})
+        if ctype not in ("", JSON):
+            raise RequestError(f"Content-Type {ctype!r} is not read here; send {JSON} or application/octet-stream")
+        doc = app.read_json(environ)
+        if not isinstance(doc, dict):
+            raise RequestError('expected a JSON object {"model": ID} or {"path": FILE}')
+        unknown = sorted(set(doc) - {"model", "path", "reason"})
+        if unknown:
+            raise RequestError(f"unknown keys {unknown}; expected 'model' or 'path', and optionally 'reason'")
+        given = [k for k in ("model", "path") if doc.get(k) is not None]
+        if len(given) != 1 or not isinstance(doc[given[0]], str) or not doc[given[0]].strip():
+            raise RequestError('expected exactly one of {"model": "<model id>"} or {"path": "/path/to/model.onnx"}')
+        key, value = given[0], doc[given[0]].strip()
+        if key == "model" and not MODEL_ID.fullmatch(value):
+            raise RequestError(f"model id {value!r} is not one; expected 16 hex digits as `lifelong history` shows")
+        return 200, commands.submit("deploy", {key: value, "reason": _reason(doc)})
+
+    def rollback_route(environ: dict[str, Any]) -> tuple[int, Any]:
+        doc = app.read_json(environ, optional=True)
+        if not isinstance(doc, dict) or set(doc) - {"reason"}:
+            raise RequestError('expected no body or a JSON object {"reason": "..."}')
+        return 200, commands.submit("rollback", {"reason": _reason(doc)})
+
+    def history_route(environ: dict[str, Any]) -> tuple[int, Any]:
+        raw = parse_qs(environ.get("QUERY_STRING", "")).get("limit", ["20"])[0]
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise RequestError(f"?limit={raw!r}; expected an integer from 1 to 1000")
+        return 200, history(int(raw))
+
+    app.add_route("/v1/deploy", "POST", deploy_route)
+    app.add_route("/v1/rollback", "POST", rollback_route)
+    app.add_route("/v1/history", "GET", history_route)

@@ -1,0 +1,479 @@
+"""The resident daemon: one loop that owns every change, around the parts that serve.
+
+Who does what, by thread:
+
+- **the main thread runs the loop** (:class:`~service.loop.EventLoop`): it takes events from
+  one queue and handles them one at a time: inbox files, policy edits, ``SIGHUP`` reloads,
+  admin commands (deploy, rollback, prune) and the stop. Every model change therefore runs
+  there, through the one validated path of :class:`~service.swap.Swapper`, and changes never
+  interleave;
+- **API threads** (waitress) answer predict, feedback, status, health and metrics directly
+  (the runtime swaps by one reference change, the store is thread-safe); the admin
+  endpoints (:mod:`service.admin`) submit a command to the loop and wait for its result;
+- **signal handlers, file watchers and scheduler jobs only enqueue** (the latency probe
+  also runs predictions and writes metrics; retention submits a prune);
+- torch work runs in worker processes (:mod:`service.worker`); the serving process never
+  imports torch.
+
+Start-up: open the store and the registry, mark work left running by a dead daemon as
+interrupted, reconcile the two, load the policy (:mod:`service.policy_state`: the file if
+it exists, else the ``balanced`` preset; an invalid file is logged, shown in the status, and
+the preset used), serve the registry's current model (or its rollback target if it does not
+load), start the API, the watchers (``STATE/inbox`` and the policy file) and the scheduler,
+then tell systemd ``READY=1`` with a ``STATUS=`` line that says what serves, or that nothing
+is deployed yet (``/v1/health`` then answers 503 until ``lifelong deploy FILE``).
+
+systemd: the loop sends ``WATCHDOG=1`` every ``watchdog_interval() / 2`` seconds, so a loop
+stuck in a handler misses its pings and is restarted. ``SIGHUP`` sends ``RELOADING=1``,
+re-reads the policy (an invalid one is rejected, the old one stays, the error shows in the
+status), re-opens the model the registry names if it is not the one serving (through the
+same validated swap as a deploy), then ``READY=1``. ``SIGTERM``/``SIGINT`` send
+``STOPPING=1``, stop accepting, drain requests in flight, cancel workers, close the store,
+and :meth:`Daemon.run` returns 0.
+
+The drift check arrives with a later issue: pass its :class:`~service.jobs.JobSpec` named
+:data:`DRIFT_CHECK_JOB` in ``Daemon(settings, jobs=[...])``; the daemon then brings its
+next run forward whenever new samples are ingested (:meth:`Daemon._samples_arrived`).
+
+**Test-only fault injection.** ``LIFELONG_TEST_PAUSE_AT=POINT`` makes the daemon, on
+reaching ``POINT``, write the point's name into ``$LIFELONG_TEST_PAUSE_MARKER`` (default
+``STATE/test-paused``) and sleep for an hour, so that a test can ``kill -9`` it exactly
+there. Points: ``swap`` (the new model serves in memory, the registry not yet switched),
+``registry-write`` (the model's bytes partly written in the registry's temporary folder),
+``registry-rename`` (complete, not yet renamed into place), ``deploy-pending`` (the pending
+deployment row written, the pointer not switched), ``pointer`` (the pointer switched, the
+link and the row not). The registry points set the registry's own hook
+(``LIFELONG_REGISTRY_PAUSE``). Never set these outside tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from lifelong.errors import LifelongError
+from policies import Policy
+from service import status as status_doc
+from service.admin import install_admin_routes
+from service.api import ApiApp, ApiServer, ApiSettings
+from service.daemon_settings import DaemonSettings
+from service.errors import ModelLoadError, SettingsError
+from service.feedback import StoreFeedback
+from service.ingest import RecentInputs, ingest_file
+from service.jobs import JobSpec, Scheduler
+from service.loop import EventLoop, Reload, Stop
+from service.policy_state import PolicyState
+from service.probe import probe_latency
+from service.registry import Registry
+from service.runtime import OrtRuntime, RuntimeSettings
+from service.sdnotify import Notifier
+from service.store import Store
+from service.swap import Swapper
+from service.watch import InboxFile, InboxWatcher, PolicyChanged, PolicyWatcher, WatchSettings
+from service.worker import WorkerSupervisor
+
+__all__ = ["DRIFT_CHECK_JOB", "Daemon", "DaemonSettings", "PAUSE_POINTS"]
+
+logger = logging.getLogger(__name__)
+
+DRIFT_CHECK_JOB = "drift-check"
+"""Name under which the drift check (a later issue) is scheduled; see the module docstring."""
+
+PAUSE_ENV, PAUSE_MARKER_ENV = "LIFELONG_TEST_PAUSE_AT", "LIFELONG_TEST_PAUSE_MARKER"
+_REGISTRY_PAUSES = {
+    "registry-write": "add:writing",
+    "registry-rename": "add:before-rename",
+    "deploy-pending": "deploy:pending",
+    "pointer": "set_current:pointer",
+}
+PAUSE_POINTS = ("swap", *_REGISTRY_PAUSES)
+
+
+def _pause_for_tests(point: str) -> None:
+    """The fault-injection hook described in the module docstring."""
+    if os.environ.get(PAUSE_ENV) != point:
+        return
+    marker = os.environ.get(PAUSE_MARKER_ENV)
+    if marker:
+        Path(marker).write_text(point)
+    logger.warning("test pause at %r (%s): sleeping until killed", point, PAUSE_ENV)
+    time.sleep(3600)
+
+
+def _arm_registry_pause(state_dir: Path) -> None:
+    point = os.environ.get(PAUSE_ENV)
+    if not point:
+        return
+    if point not in PAUSE_POINTS:
+        raise SettingsError(f"{PAUSE_ENV}={point!r}: expected one of {', '.join(PAUSE_POINTS)}")
+    os.environ.setdefault(PAUSE_MARKER_ENV, str(state_dir / "test-paused"))
+    if point in _REGISTRY_PAUSES:
+        os.environ["LIFELONG_REGISTRY_PAUSE"] = _REGISTRY_PAUSES[point]
+        os.environ["LIFELONG_REGISTRY_PAUSE_MARKER"] = os.environ[PAUSE_MARKER_ENV]
+    logger.warning("test fault injection armed: the daemon will pause at %r", point)
+
+
+class Daemon:
+    """The service: serves the deployed model and owns every change to it.
+
+    Args:
+        settings: Where and how.
+        jobs: Extra periodic jobs (the drift check plugs in here as :data:`DRIFT_CHECK_JOB`).
+        notifier: sd_notify target; default ``$NOTIFY_SOCKET`` (a no-op outside systemd).
+    """
+
+    def __init__(
+        self, settings: DaemonSettings, *, jobs: Sequence[JobSpec] = (), notifier: Notifier | None = None
+    ) -> None:
+        self.settings = settings
+        self.notifier = notifier or Notifier()
+        self.loop = EventLoop(
+            self.notifier, heartbeat_s=settings.heartbeat_s, command_timeout_s=settings.command_timeout_s
+        )
+        for kind, handler in ((InboxFile, self._on_inbox_file), (PolicyChanged, self._on_policy_changed)):
+            self.loop.on(kind, handler)
+        self.loop.on(Reload, self._reload)
+        for name, command in (("deploy", self._deploy), ("rollback", self._rollback), ("prune", self._prune)):
+            self.loop.command(name, command)
+        assert settings.policy_path is not None
+        self.policy_state = PolicyState(settings.policy_path)
+        self.state = "created"
+        self.started_at: float | None = None
+        self.recent_events: deque[dict[str, Any]] = deque(maxlen=50)
+        self._events_lock = threading.Lock()  # appended on the loop, read by API threads
+        self.inbox_counts = {"files": 0, "samples": 0, "rejected": 0}
+        self.last_probe: dict[str, Any] | None = None
+        self.recent_inputs = RecentInputs(settings.warmup_samples)
+        self._extra_jobs = list(jobs)
+        self.store: Store | None = None
+        self.registry: Registry | None = None
+        self.runtime: OrtRuntime | None = None
+        self.swapper: Swapper | None = None
+        self.api: ApiServer | None = None
+        self.scheduler: Scheduler | None = None
+        self.supervisor: WorkerSupervisor | None = None
+        self.watchers: list[InboxWatcher | PolicyWatcher] = []
+
+    @property
+    def policy(self) -> Policy:
+        return self.policy_state.policy
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start, loop until SIGTERM/SIGINT, stop; returns the exit code (0)."""
+        put = self.loop.put
+        handlers = {
+            signal.SIGTERM: lambda signum, frame: put(Stop("SIGTERM")),
+            signal.SIGINT: lambda signum, frame: put(Stop("SIGINT")),
+            signal.SIGHUP: lambda signum, frame: put(Reload("SIGHUP")),
+        }
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+        try:
+            self.start()
+            self.loop.run(on_error=self._on_loop_error)
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def start(self) -> None:
+        """Bring everything up and send READY=1; on failure, take down what started and raise."""
+        s = self.settings
+        self.state, self.started_at = "starting", time.time()
+        try:
+            _arm_registry_pause(s.state_dir)
+            s.state_dir.mkdir(parents=True, exist_ok=True)
+            self._make_inbox()
+            self.store = Store.open(s.state_dir)
+            self.registry = Registry(s.state_dir)
+            self.store.recover_after_restart()
+            report = self.registry.reconcile(self.store)
+            if not report.clean:
+                self._event("reconcile", f"registry and store reconciled after a crash: {report}")
+            if self.policy_state.path.exists() and self.policy_state.reload() is None:
+                self._event("policy-rejected", f"start: {self._first_line(self.policy_state.error)}; using the preset")
+            self.runtime = OrtRuntime(RuntimeSettings(intra_op_threads=s.threads or self.policy.target.threads))
+            self.swapper = Swapper(
+                self.store, self.registry, self.runtime, samples=self.recent_inputs.array, pause=_pause_for_tests
+            )
+            serving = self.swapper.serve_current()
+            self._event("start", f"serving {serving}" if serving else "no model deployed")
+            self.supervisor = WorkerSupervisor(s.state_dir / "logs" / "workers")
+            feedback = StoreFeedback(
+                self.store, s.state_dir / "samples" / "feedback", on_samples=self.recent_inputs.add
+            )
+            app = ApiApp(self.runtime, feedback, self.status_extra, max_body_bytes=s.max_body_bytes)
+            install_admin_routes(app, self.loop, history=self.history, max_upload_bytes=s.max_upload_bytes)
+            api_settings = ApiSettings(
+                socket_path=s.socket_path,
+                tcp_port=s.tcp_port,
+                threads=s.api_threads,
+                max_body_bytes=s.max_body_bytes,
+                max_upload_bytes=s.max_upload_bytes,
+            )
+            self.api = ApiServer(app, api_settings)
+            self.api.start()
+            self.loop.accepting = True
+            self._start_watchers()
+            self.scheduler = Scheduler(self._jobs(), max_workers=2)
+            logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
+            self.scheduler.start()
+        except BaseException as exc:
+            logger.error("the daemon failed to start: %s", exc)
+            self.notifier.status(f"failed to start: {exc}")
+            self.stop()
+            raise
+        self.state = "ready"
+        self.notifier.ready(self.status_line())
+        logger.info("ready: %s", self.status_line())
+
+    def stop(self) -> None:
+        """Stop accepting, drain requests in flight, cancel workers, close the store. Idempotent."""
+        if self.state in ("stopped", "created"):
+            return
+        s = self.settings
+        self.state = "stopping"
+        self.notifier.stopping("stopping: draining requests in flight")
+        self.loop.close("the daemon is stopping")
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        for watcher in self.watchers:
+            watcher.stop()
+        if self.api is not None:
+            self.api.stop(timeout=s.drain_timeout_s)
+        if self.supervisor is not None:
+            self.supervisor.cancel_all(timeout=s.drain_timeout_s)
+        if self.scheduler is not None:  # a job half-way through a store write finishes it first
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and any(j.running for j in self.scheduler.stats().values()):
+                time.sleep(0.02)
+        self.loop.close("the daemon is stopping")
+        if self.store is not None:
+            self.store.close()
+        self.state = "stopped"
+        logger.info("stopped")
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Ask the loop to end (thread-safe)."""
+        self.loop.put(Stop(reason))
+
+    def history(self, limit: int = 20) -> dict[str, Any]:
+        """Deployments, newest first, with their models' measured values (read on the caller's thread)."""
+        assert self.store is not None and self.registry is not None and self.runtime is not None
+        return status_doc.history(self.store, self.registry.current_id(), self.runtime.current_id, limit)
+
+    # -- commands (on the loop) ----------------------------------------------------------------
+
+    def _deploy(
+        self,
+        model: str | None = None,
+        path: str | None = None,
+        data: bytes | None = None,
+        name: str | None = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        assert self.swapper is not None
+        what = model or path or f"upload {name or 'model.onnx'}"
+        reason = reason or f"deploy {what}"
+        try:
+            if model is not None:
+                result = self.swapper.deploy_model(model, reason=reason)
+            elif path is not None:
+                result = self.swapper.deploy_file(path, reason=reason, meta={"source": f"file {path}"})
+            elif data is not None:
+                result = self.swapper.deploy_file(data, reason=reason, meta={"source": f"upload {name or '-'}"})
+            else:
+                raise SettingsError("deploy needs a model id, a path or the model's bytes")
+        except LifelongError as exc:
+            self._event("deploy-refused", f"{what}: {exc}")
+            raise
+        if result.changed:
+            self._event("deploy", f"{result.model_id} serves (was {result.previous_id}): {reason}")
+            self.notifier.status(self.status_line())
+        return result.to_dict()
+
+    def _rollback(self, reason: str | None = None) -> dict[str, Any]:
+        assert self.swapper is not None
+        reason = reason or "rollback by command"
+        try:
+            result = self.swapper.rollback(reason=reason)
+        except LifelongError as exc:
+            self._event("rollback-refused", str(exc))
+            raise
+        self._event("rollback", f"{result.model_id} serves again (was {result.previous_id}): {reason}")
+        self.notifier.status(self.status_line())
+        return result.to_dict()
+
+    def _prune(self) -> dict[str, Any]:
+        assert self.store is not None and self.registry is not None
+        keep = self.policy.retention
+        removed = self.registry.prune(keep.keep_models, keep.keep_days, store=self.store)
+        deleted = self.store.delete_older_than(time.time() - keep.keep_days * 86400, ("metrics", "drift_events"))
+        if removed:
+            self._event("retention", f"pruned models {', '.join(removed)}")
+        return {"removed_models": removed, "deleted_rows": deleted}
+
+    # -- events (on the loop) ------------------------------------------------------------------
+
+    def _on_inbox_file(self, event: InboxFile) -> None:
+        assert self.store is not None
+        if not event.path.exists():
+            return  # moved away or deleted before its turn
+        try:
+            got = ingest_file(self.settings.inbox, event.path, self.store, self.runtime)
+        except LifelongError as exc:
+            self.inbox_counts["rejected"] += 1
+            self._event("inbox-rejected", str(exc))
+            return
+        self.inbox_counts["files"] += 1
+        self.inbox_counts["samples"] += len(got.images)
+        self.recent_inputs.add(got.images)
+        self._samples_arrived(len(got.images))
+
+    def _samples_arrived(self, count: int) -> None:
+        """Hook for the drift check: run it soon after new samples, if it is scheduled."""
+        if self.scheduler is not None and DRIFT_CHECK_JOB in self.scheduler.stats():
+            self.scheduler.run_now(DRIFT_CHECK_JOB)
+
+    def _on_policy_changed(self, event: PolicyChanged) -> None:
+        self._reload_policy("the policy file changed")
+
+    def _reload(self, event: Reload) -> None:
+        assert self.swapper is not None and self.registry is not None and self.runtime is not None
+        self.state = "reloading"
+        self.notifier.reloading(f"reloading ({event.reason})")
+        try:
+            self._reload_policy(event.reason)
+            if self.registry.current_id() != self.runtime.current_id:
+                try:  # another process moved the pointer: serve what it names, validated as any model
+                    self.swapper.reload(event.reason)
+                    self._event("reload", f"now serving {self.runtime.current_id}, as the registry names")
+                except ModelLoadError as exc:
+                    self._event("reload-refused", str(exc))
+        finally:
+            self.state = "ready"
+            self.notifier.ready(self.status_line())
+
+    def _reload_policy(self, reason: str) -> None:
+        """Apply the policy file whole, or keep the policy in force and show why not."""
+        policy = self.policy_state.reload()
+        if policy is None:
+            if self.policy_state.error:
+                error = self._first_line(self.policy_state.error)
+                self._event("policy-rejected", f"{reason}: {error} (the policy in force stays)")
+                self.notifier.status(self.status_line())
+            return
+        self._event("policy", f"{reason}: policy {policy.name!r} from {self.policy_state.source} in force")
+        runtime = self.runtime
+        threads = self.settings.threads or policy.target.threads
+        if runtime is not None and threads != runtime.settings.intra_op_threads:
+            runtime.settings = replace(runtime.settings, intra_op_threads=threads)
+            if runtime.current_id is not None and self.swapper is not None:
+                try:  # new session options: re-open the model through the validated swap
+                    self.swapper.reload(f"policy: {threads} onnxruntime threads")
+                except ModelLoadError as exc:
+                    self._event("reload-refused", str(exc))
+        self.notifier.status(self.status_line())
+
+    def _on_loop_error(self, event: object, exc: Exception) -> None:
+        self._event("error", f"handling {type(event).__name__} failed: {type(exc).__name__}: {exc}")
+
+    # -- jobs (on the scheduler's threads) -----------------------------------------------------
+
+    def _jobs(self) -> list[JobSpec]:
+        s = self.settings
+        return [
+            JobSpec("latency-probe", self._probe, s.probe_interval_s),
+            JobSpec("retention", lambda: self.loop.submit("prune"), s.retention_interval_s, run_at_start=True),
+            *self._extra_jobs,
+        ]
+
+    def _probe(self) -> None:
+        if self.runtime is not None and self.store is not None:
+            result = probe_latency(self.runtime, self.store, self.policy.target.batch, self.settings.probe_runs)
+            if result is not None:
+                self.last_probe = {"at": time.time(), **result}
+
+    # -- status --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _first_line(text: str | None) -> str:
+        lines = (text or "").splitlines()
+        return lines[0] if len(lines) <= 1 else f"{lines[0]} {lines[1].strip()}"
+
+    def _event(self, kind: str, message: str) -> None:
+        with self._events_lock:
+            self.recent_events.append({"at": time.time(), "kind": kind, "message": message})
+        log = logger.warning if kind.endswith(("refused", "rejected")) or kind == "error" else logger.info
+        log("%s: %s", kind, message)
+
+    def status_line(self) -> str:
+        """The one line systemd shows (``STATUS=``)."""
+        model = None if self.runtime is None else self.runtime.current_id
+        line = "no model deployed; run lifelong deploy FILE" if model is None else f"serving {model}"
+        line += f"; policy {self.policy.name}"
+        if self.policy_state.error:
+            line += " (policy file rejected: see lifelong status)"
+        return line
+
+    def status_extra(self) -> dict[str, Any]:
+        """What ``/v1/status`` adds to the runtime's own status."""
+        assert self.store is not None
+        api = self.api
+        with self._events_lock:
+            events = list(reversed(self.recent_events))
+        return {
+            "daemon": {
+                "pid": os.getpid(),
+                "state": self.state,
+                "started_at": self.started_at,
+                "uptime_s": None if self.started_at is None else time.time() - self.started_at,
+                "state_dir": str(self.settings.state_dir),
+                "addresses": [] if api is None else api.addresses,
+                "status_line": self.status_line(),
+                "torch_imported": "torch" in sys.modules,
+                "threads": threading.active_count(),
+            },
+            "policy": self.policy_state.to_dict(),
+            "store": self.store.status_summary(),
+            "events": events,
+            "inbox": {"folder": str(self.settings.inbox), **self.inbox_counts},
+            "latency_probe": self.last_probe,
+            "jobs": {} if self.scheduler is None else {k: v.to_dict() for k, v in self.scheduler.stats().items()},
+            "workers": [] if self.supervisor is None else [h.to_dict() for h in self.supervisor.active()],
+        }
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _make_inbox(self) -> None:
+        inbox = self.settings.inbox
+        if not inbox.is_dir():
+            inbox.mkdir(parents=True)
+            try:  # group-writable and setgid: applications in the service's group drop files here
+                os.chmod(inbox, 0o2770)
+            except OSError as exc:
+                logger.warning("cannot make %s group-writable: %s", inbox, exc)
+
+    def _start_watchers(self) -> None:
+        s = self.settings
+        ws = WatchSettings(settle_ms=s.settle_ms, force_polling=s.force_polling)
+        events: Any = self.loop.events  # a SimpleQueue: put_nowait as the watchers expect, never full
+        self.watchers = [InboxWatcher(s.inbox, events, ws)]
+        assert s.policy_path is not None
+        if s.policy_path.parent.is_dir():
+            self.watchers.append(PolicyWatcher(s.policy_path, events, ws))
+        else:
+            self._event("policy-rejected", f"{s.policy_path.parent} does not exist: the policy file is not watched")
+        for watcher in self.watchers:
+            watcher.start()

@@ -1,0 +1,185 @@
+"""The status and history documents, and their text rendering for ``lifelong status``/``history``.
+
+Data access and formatting are kept apart: :func:`history` reads the store (in the daemon);
+:func:`format_status` and :func:`format_history` turn the JSON documents the API returns
+into text (in the CLI), so ``--json`` and the text show the same facts. Formatting reads
+every field with ``.get`` so that a CLI talking to an older or newer daemon still prints
+what it can.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+from service.store import Store
+
+__all__ = ["format_history", "format_status", "history"]
+
+
+def history(store: Store, current: str | None, serving: str | None, limit: int = 20) -> dict[str, Any]:
+    """Deployments, newest first, each with its model's subnet and measured values."""
+    rows = []
+    models: dict[str, Any] = {}
+    for dep in store.deployment_history(limit):
+        if dep.model_id not in models:
+            models[dep.model_id] = store.get_model(dep.model_id)
+        m = models[dep.model_id]
+        row = asdict(dep)
+        row["model"] = None
+        if m is not None:
+            row["model"] = {
+                "subnet": m.subnet,
+                "source": m.source,
+                "accuracy": m.accuracy,
+                "latency_p50_ms": m.latency_p50_ms,
+                "bytes": m.bytes,
+                "removed": m.removed,
+            }
+        rows.append(row)
+    return {"current": current, "serving": serving, "rollback_target": store.previous_model(), "deployments": rows}
+
+
+def _ago(at: float | None, now: float) -> str:
+    if at is None:
+        return "never"
+    s = max(0.0, now - at)
+    if s < 90:
+        return f"{s:.0f} s ago"
+    if s < 5400:
+        return f"{s / 60:.0f} min ago"
+    if s < 172800:
+        return f"{s / 3600:.1f} h ago"
+    return f"{s / 86400:.1f} days ago"
+
+
+def _clock(at: float | None) -> str:
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _ms(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f} ms"
+
+
+def _precision(precision_map: Mapping[str, Any] | None) -> str:
+    if not precision_map:
+        return "unknown"
+    counts = Counter(str(v) for v in precision_map.values())
+    return ", ".join(f"{n} {kind}" for kind, n in counts.most_common()) + f" ({len(precision_map)} layers)"
+
+
+def format_status(doc: Mapping[str, Any]) -> str:
+    """``/v1/status`` as the lines ``lifelong status`` prints."""
+    now = time.time()
+    daemon, policy = doc.get("daemon") or {}, doc.get("policy") or {}
+    store, runtime = doc.get("store") or {}, doc.get("runtime") or {}
+    lines = []
+    where = ", ".join(daemon.get("addresses") or [])
+    up = daemon.get("uptime_s")
+    lines.append(
+        f"lifelong: {daemon.get('state', '?')}, pid {daemon.get('pid', '?')}"
+        + (f", up {_ago(now - up, now).removesuffix(' ago')}" if up is not None else "")
+        + (f" ({where})" if where else "")
+    )
+    model_id = doc.get("model")
+    record, dep = store.get("model") or {}, store.get("deployment") or {}
+    if model_id is None:
+        lines.append("model:    none deployed; run `lifelong deploy FILE`")
+    else:
+        subnet = record.get("subnet") or (runtime.get("model_metadata") or {}).get("lifelong.subnet") or "?"
+        lines.append(f"model:    {model_id}  subnet {subnet}")
+        if dep:
+            lines.append(
+                f"          {dep.get('state')} since {_clock(dep.get('at'))} "
+                f"(deployment {dep.get('id')}: {dep.get('reason')})"
+            )
+        acc = record.get("accuracy")
+        lines.append(
+            f"          accuracy {'?' if acc is None else f'{100 * acc:.2f}%'}, latency p50 "
+            f"{_ms(record.get('latency_p50_ms'))} p95 {_ms(record.get('latency_p95_ms'))} (batch 1, this device)"
+        )
+        lines.append(f"          precision {_precision(record.get('precision_map'))}")
+        lines.append(
+            f"          served: {runtime.get('predictions', 0)} requests (latency probes included), {runtime.get('samples', 0)} samples, "
+            f"p50 {_ms(runtime.get('latency_p50_ms'))} p95 {_ms(runtime.get('latency_p95_ms'))}; "
+            f"{runtime.get('swaps', 0)} swaps, {runtime.get('failed_swaps', 0)} refused"
+        )
+    probe = doc.get("latency_probe")
+    if probe:
+        lines.append(
+            f"probe:    batch {probe.get('batch')}: p50 {_ms(probe.get('p50_ms'))} p95 {_ms(probe.get('p95_ms'))} "
+            f"({_ago(probe.get('at'), now)})"
+        )
+    lines.append(f"rollback: {store.get('rollback_target') or 'none'}")
+    line = f"policy:   {policy.get('name', '?')} ({policy.get('source', '?')})"
+    if policy.get("error"):
+        line += f"\n          REJECTED edit of {policy.get('file')}, the policy above stays:"
+        line += "".join(f"\n            {p.strip()}" for p in str(policy["error"]).splitlines())
+    lines.append(line)
+    drift = store.get("drift_24h") or {}
+    if drift.get("events"):
+        last = drift.get("last") or {}
+        lines.append(
+            f"drift:    {drift['events']} checks in 24 h, {drift.get('detections', 0)} detections "
+            f"(last: {last.get('detector')} statistic {last.get('statistic')}, {_ago(last.get('at'), now)})"
+        )
+    else:
+        lines.append("drift:    no drift checks in the last 24 h")
+    samples = store.get("samples") or {}
+    by = ", ".join(f"{k} {v.get('total')}" for k, v in (samples.get("by_source") or {}).items())
+    lines.append(
+        f"samples:  {samples.get('total', 0)} ({samples.get('labelled', 0)} labelled)" + (f": {by}" if by else "")
+    )
+    workers = doc.get("workers") or []
+    if workers:
+        for w in workers:
+            p = w.get("progress") or {}
+            frac = p.get("fraction")
+            lines.append(
+                f"worker:   {w.get('job_id')} ({w.get('module')}) pid {w.get('pid')} {w.get('state')}"
+                + (f" {100 * frac:.0f}% {p.get('phase', '')}" if frac is not None else "")
+            )
+    else:
+        lines.append("workers:  none running")
+    jobs = doc.get("jobs") or {}
+    if jobs:
+        parts = []
+        for name, j in jobs.items():
+            part = f"{name} {j.get('runs', 0)} runs"
+            if j.get("last_error"):
+                part += f" (last failed: {j['last_error']})"
+            parts.append(part)
+        lines.append("jobs:     " + "; ".join(parts))
+    events = doc.get("events") or []
+    if events:
+        lines.append("events (newest first):")
+        for e in events[:10]:
+            lines.append(f"  {_clock(e.get('at'))}  {e.get('kind', ''):<16} {e.get('message', '')}")
+    return "\n".join(lines)
+
+
+def format_history(doc: Mapping[str, Any]) -> str:
+    """``/v1/history`` as the table ``lifelong history`` prints."""
+    lines = [
+        f"current: {doc.get('current') or 'none'} (serving {doc.get('serving') or 'nothing'}); "
+        f"rollback target: {doc.get('rollback_target') or 'none'}"
+    ]
+    rows = doc.get("deployments") or []
+    if not rows:
+        lines.append("no deployments yet; run `lifelong deploy FILE`")
+        return "\n".join(lines)
+    lines.append(f"{'id':>4}  {'when':<19}  {'state':<11}  {'model':<16}  {'subnet':<24}  reason")
+    for r in rows:
+        m = r.get("model") or {}
+        subnet = str(m.get("subnet") or "-")
+        if len(subnet) > 24:
+            subnet = subnet[:21] + "..."
+        line = f"{r.get('id', ''):>4}  {_clock(r.get('at')):<19}  {r.get('state', ''):<11}  {r.get('model_id', ''):<16}"
+        line += f"  {subnet:<24}  {r.get('reason', '')}"
+        if r.get("detail") and r.get("state") in ("failed", "rolled-back"):
+            line += f"  [{r['detail']}]"
+        lines.append(line)
+    return "\n".join(lines)
