@@ -556,6 +556,12 @@ def _print_swap(result: dict[str, Any], verb: str, as_json: bool) -> None:
             f"{verb} {result['model_id']} (was {result.get('previous_id') or 'nothing'})"
             + (f"; loaded, validated and warmed up in {took:.0f} ms" if took is not None else "")
         )
+        canary = result.get("canary")
+        if canary:
+            click.echo(
+                f"canary: watched over {canary.get('window')} requests against {canary.get('baseline')}, then promoted "
+                "or rolled back by the policy's swap rules (`lifelong status` shows its progress)"
+            )
 
 
 @cli.command()

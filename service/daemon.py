@@ -31,6 +31,18 @@ same validated swap as a deploy), then ``READY=1``. ``SIGTERM``/``SIGINT`` send
 ``STOPPING=1``, stop accepting, drain requests in flight, cancel workers, close the store,
 and :meth:`Daemon.run` returns 0.
 
+**The canary watch** (:mod:`service.canary`): a model deployed over a serving one is
+committed as a ``canary`` deployment, with a baseline of the replaced model's live figures
+taken just before the swap (its latency per batch size from :class:`~service.live.LiveMonitor`,
+its accuracy on its last feedback labels from the store). A scheduler job enqueues a
+:class:`~service.canary.CanaryCheck` every :data:`CANARY_CHECK_S` while a watch runs; the
+loop evaluates it and promotes the deployment to ``active``, or rolls back through the same
+path as ``lifelong rollback`` with the reason ``auto-rollback: ...``, or keeps watching. A
+first deploy (nothing served before) and a rollback go ``active`` at once. A canary found
+live at start (a crash between switch and promotion) is watched again against the replaced
+model's figures in the store. The runtime reports every request to the monitor, the
+feedback sink every label, both from API threads; serving never waits for a check.
+
 The drift check arrives with a later issue: pass its :class:`~service.jobs.JobSpec` named
 :data:`DRIFT_CHECK_JOB` in ``Daemon(settings, jobs=[...])``; the daemon then brings its
 next run forward whenever new samples are ingested (:meth:`Daemon._samples_arrived`).
@@ -61,15 +73,28 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.errors import LifelongError
+from lifelong.model_format import META_SUBNET
 from policies import Policy
 from service import status as status_doc
 from service.admin import install_admin_routes
 from service.api import ApiApp, ApiServer, ApiSettings
+from service.canary import (
+    PROMOTE,
+    ROLLBACK,
+    Baseline,
+    CanaryCheck,
+    CanaryWatch,
+    decide,
+    make_baseline,
+    store_accuracy,
+    store_probe_p95,
+)
 from service.daemon_settings import DaemonSettings
 from service.errors import ModelLoadError, SettingsError
 from service.feedback import StoreFeedback
 from service.ingest import RecentInputs, ingest_file
 from service.jobs import JobSpec, Scheduler
+from service.live import LiveMonitor
 from service.loop import EventLoop, Reload, Stop
 from service.policy_state import PolicyState
 from service.probe import probe_latency
@@ -81,12 +106,17 @@ from service.swap import Swapper
 from service.watch import InboxFile, InboxWatcher, PolicyChanged, PolicyWatcher, WatchSettings
 from service.worker import WorkerSupervisor
 
-__all__ = ["DRIFT_CHECK_JOB", "Daemon", "DaemonSettings", "PAUSE_POINTS"]
+__all__ = ["CANARY_CHECK_JOB", "CANARY_CHECK_S", "DRIFT_CHECK_JOB", "Daemon", "DaemonSettings", "PAUSE_POINTS"]
 
 logger = logging.getLogger(__name__)
 
 DRIFT_CHECK_JOB = "drift-check"
 """Name under which the drift check (a later issue) is scheduled; see the module docstring."""
+CANARY_CHECK_JOB = "canary-check"
+CANARY_CHECK_S = 0.5
+"""Seconds between canary checks while a watch runs (a check is a few numpy operations)."""
+BASELINE_LABELS = 500
+"""Feedback labels (the newest) a model's accuracy is measured on, as baseline and in the status."""
 
 PAUSE_ENV, PAUSE_MARKER_ENV = "LIFELONG_TEST_PAUSE_AT", "LIFELONG_TEST_PAUSE_MARKER"
 _REGISTRY_PAUSES = {
@@ -142,6 +172,7 @@ class Daemon:
         for kind, handler in ((InboxFile, self._on_inbox_file), (PolicyChanged, self._on_policy_changed)):
             self.loop.on(kind, handler)
         self.loop.on(Reload, self._reload)
+        self.loop.on(CanaryCheck, self._check_canary)
         for name, command in (("deploy", self._deploy), ("rollback", self._rollback), ("prune", self._prune)):
             self.loop.command(name, command)
         assert settings.policy_path is not None
@@ -153,6 +184,9 @@ class Daemon:
         self.inbox_counts = {"files": 0, "samples": 0, "rejected": 0}
         self.last_probe: dict[str, Any] | None = None
         self.recent_inputs = RecentInputs(settings.warmup_samples)
+        self.live = LiveMonitor()
+        self.canary: CanaryWatch | None = None  # set and cleared on the loop; read by API threads
+        self._canary_check_queued = False
         self._extra_jobs = list(jobs)
         self.store: Store | None = None
         self.registry: Registry | None = None
@@ -204,14 +238,21 @@ class Daemon:
             if self.policy_state.path.exists() and self.policy_state.reload() is None:
                 self._event("policy-rejected", f"start: {self._first_line(self.policy_state.error)}; using the preset")
             self.runtime = OrtRuntime(RuntimeSettings(intra_op_threads=s.threads or self.policy.target.threads))
+            self.runtime.observer = self.live.observe
             self.swapper = Swapper(
                 self.store, self.registry, self.runtime, samples=self.recent_inputs.array, pause=_pause_for_tests
             )
             serving = self.swapper.serve_current()
             self._event("start", f"serving {serving}" if serving else "no model deployed")
+            if serving is not None:
+                self.live.begin(serving)
+                self._resume_canary(serving)
             self.supervisor = WorkerSupervisor(s.state_dir / "logs" / "workers")
             feedback = StoreFeedback(
-                self.store, s.state_dir / "samples" / "feedback", on_samples=self.recent_inputs.add
+                self.store,
+                s.state_dir / "samples" / "feedback",
+                on_samples=self.recent_inputs.add,
+                on_outcomes=self.live.add_outcomes,
             )
             app = ApiApp(self.runtime, feedback, self.status_extra, max_body_bytes=s.max_body_bytes)
             install_admin_routes(app, self.loop, history=self.history, max_upload_bytes=s.max_upload_bytes)
@@ -286,34 +327,120 @@ class Daemon:
         assert self.swapper is not None
         what = model or path or f"upload {name or 'model.onnx'}"
         reason = reason or f"deploy {what}"
+        baseline = self._baseline()  # the serving model's figures, before the swap replaces it
+        state = "active" if baseline is None else "canary"
         try:
             if model is not None:
-                result = self.swapper.deploy_model(model, reason=reason)
+                result = self.swapper.deploy_model(model, reason=reason, state=state)
             elif path is not None:
-                result = self.swapper.deploy_file(path, reason=reason, meta={"source": f"file {path}"})
+                result = self.swapper.deploy_file(path, reason=reason, meta={"source": f"file {path}"}, state=state)
             elif data is not None:
-                result = self.swapper.deploy_file(data, reason=reason, meta={"source": f"upload {name or '-'}"})
+                meta = {"source": f"upload {name or '-'}"}
+                result = self.swapper.deploy_file(data, reason=reason, meta=meta, state=state)
             else:
                 raise SettingsError("deploy needs a model id, a path or the model's bytes")
         except LifelongError as exc:
             self._event("deploy-refused", f"{what}: {exc}")
             raise
+        out = result.to_dict()
         if result.changed:
-            self._event("deploy", f"{result.model_id} serves (was {result.previous_id}): {reason}")
+            self.live.begin(result.model_id)
+            self.canary = None
+            watched = ""
+            if baseline is not None and result.deployment is not None and result.deployment.state == "canary":
+                self.canary = CanaryWatch(result.deployment.id, result.model_id, baseline)
+                window = self.policy.swap.canary_window
+                out["canary"] = {"window": window, "baseline": baseline.model_id}
+                watched = f"; canary for {window} requests against {baseline.model_id}"
+            self._event("deploy", f"{result.model_id} serves (was {result.previous_id}): {reason}{watched}")
             self.notifier.status(self.status_line())
-        return result.to_dict()
+        return out
 
     def _rollback(self, reason: str | None = None) -> dict[str, Any]:
+        return self._roll_back(reason or "rollback by command", kind="rollback")
+
+    def _roll_back(self, reason: str, *, kind: str) -> dict[str, Any]:
+        """The one rollback path, for ``lifelong rollback`` (``kind`` "rollback") and the canary watch."""
         assert self.swapper is not None
-        reason = reason or "rollback by command"
         try:
             result = self.swapper.rollback(reason=reason)
         except LifelongError as exc:
-            self._event("rollback-refused", str(exc))
+            self._event("rollback-refused", f"{reason}: {exc}" if kind != "rollback" else str(exc))
             raise
-        self._event("rollback", f"{result.model_id} serves again (was {result.previous_id}): {reason}")
+        self.canary = None
+        if result.changed:
+            self.live.begin(result.model_id)
+        self._event(kind, f"{result.model_id} serves again (was {result.previous_id}): {reason}")
         self.notifier.status(self.status_line())
         return result.to_dict()
+
+    # -- the canary watch (on the loop) --------------------------------------------------------
+
+    def _baseline(self) -> Baseline | None:
+        """The serving model's figures for a canary watch; None when nothing serves."""
+        assert self.runtime is not None and self.store is not None
+        serving = self.runtime.current_id
+        if serving is None:
+            return None
+        return make_baseline(
+            serving,
+            self.live.figures(serving),
+            accuracy=store_accuracy(self.store, serving, BASELINE_LABELS),
+            probes=store_probe_p95(self.store, serving),
+        )
+
+    def _resume_canary(self, serving: str) -> None:
+        """At start: a deployment left ``canary`` is watched again, against the store's figures."""
+        assert self.store is not None
+        live = self.store.current_deployment()
+        if live is None or live.state != "canary" or live.model_id != serving:
+            return
+        previous = live.previous_model_id
+        if previous is None:
+            baseline = make_baseline(None)
+        else:
+            baseline = make_baseline(
+                previous,
+                accuracy=store_accuracy(self.store, previous, BASELINE_LABELS),
+                probes=store_probe_p95(self.store, previous),
+            )
+        self.canary = CanaryWatch(live.id, serving, baseline, resumed=True)
+        self._event("canary", f"watching {serving} again (deployment {live.id}) against {previous}'s stored figures")
+
+    def _request_canary_check(self) -> None:
+        """Scheduler job: enqueue a check while a watch runs (at most one queued)."""
+        if self.canary is not None and not self._canary_check_queued:
+            self._canary_check_queued = True
+            self.loop.put(CanaryCheck())
+
+    def _check_canary(self, event: CanaryCheck) -> None:
+        assert self.store is not None and self.runtime is not None
+        self._canary_check_queued = False
+        watch = self.canary
+        if watch is None:
+            return
+        live = self.store.current_deployment()
+        if (
+            live is None
+            or live.id != watch.deployment_id
+            or live.state != "canary"
+            or (self.runtime.current_id != watch.model_id)
+        ):
+            logger.info("canary watch of %s ends: it is no longer the live canary", watch.model_id)
+            self.canary = None
+            return
+        decision = watch.evaluate(self.policy.swap, self.live.figures(watch.model_id))
+        if decision.action == PROMOTE:
+            self.store.update_deployment(watch.deployment_id, "active", f"promoted: {decision.reason}")
+            self.canary = None
+            self._event("canary-promoted", f"{watch.model_id} is active: {decision.reason}")
+            self.notifier.status(self.status_line())
+        elif decision.action == ROLLBACK:
+            self.canary = None
+            try:
+                self._roll_back(f"auto-rollback: {decision.reason}", kind="auto-rollback")
+            except LifelongError:
+                logger.error("the canary %s failed its watch but cannot be rolled back; it serves on", watch.model_id)
 
     def _prune(self) -> dict[str, Any]:
         assert self.store is not None and self.registry is not None
@@ -396,6 +523,7 @@ class Daemon:
         return [
             JobSpec("latency-probe", self._probe, s.probe_interval_s),
             JobSpec("retention", lambda: self.loop.submit("prune"), s.retention_interval_s, run_at_start=True),
+            JobSpec(CANARY_CHECK_JOB, self._request_canary_check, CANARY_CHECK_S),
             *self._extra_jobs,
         ]
 
@@ -450,9 +578,38 @@ class Daemon:
             "events": events,
             "inbox": {"folder": str(self.settings.inbox), **self.inbox_counts},
             "latency_probe": self.last_probe,
+            "canary": self._canary_status(),
+            "live": self._live_status(),
+            "precision": self._precision_status(),
             "jobs": {} if self.scheduler is None else {k: v.to_dict() for k, v in self.scheduler.stats().items()},
             "workers": [] if self.supervisor is None else [h.to_dict() for h in self.supervisor.active()],
         }
+
+    def _canary_status(self) -> dict[str, Any] | None:
+        """The watch with a fresh evaluation (pure: the loop's own decision is not disturbed)."""
+        watch = self.canary
+        if watch is None:
+            return None
+        decision = decide(self.policy.swap, watch.baseline, self.live.figures(watch.model_id))
+        return watch.to_dict(decision)
+
+    def _live_status(self) -> dict[str, Any] | None:
+        """The serving model's live figures since it serves, and its accuracy on its last feedback labels."""
+        serving = None if self.runtime is None else self.runtime.current_id
+        if serving is None or self.store is None:
+            return None
+        labelled, correct = store_accuracy(self.store, serving, BASELINE_LABELS)
+        feedback = {"labelled": labelled, "correct": correct, "accuracy": correct / labelled if labelled else None}
+        return self.live.figures(serving).to_dict() | {"feedback": feedback}
+
+    def _precision_status(self) -> dict[str, Any] | None:
+        """The serving model's per-layer precisions, read from its subnet string (no torch needed)."""
+        if self.runtime is None or self.runtime.current_id is None:
+            return None
+        assert self.store is not None
+        record = self.store.get_model(self.runtime.current_id)
+        subnet = (record.subnet if record else None) or self.runtime.stats().model_metadata.get(META_SUBNET)
+        return status_doc.precision_summary(subnet)
 
     # -- helpers -------------------------------------------------------------------------------
 

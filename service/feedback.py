@@ -55,6 +55,8 @@ class StoreFeedback(FeedbackSink):
         capacity: Images of recent predictions kept for later labels.
         on_samples: Called with the uint8 images of every labelled batch taken (the daemon
             keeps them as warm-up inputs); must return quickly.
+        on_outcomes: Called with ``(model_id, label, predicted)`` for every label of an
+            earlier prediction, once stored (the daemon's live per-model accuracy); quick too.
     """
 
     def __init__(
@@ -64,11 +66,13 @@ class StoreFeedback(FeedbackSink):
         *,
         capacity: int = 4096,
         on_samples: Callable[[np.ndarray], None] | None = None,
+        on_outcomes: Callable[[list[tuple[str, int, int]]], None] | None = None,
     ) -> None:
         self.store = store
         self.folder = Path(folder)
         self.capacity = capacity
         self.on_samples = on_samples
+        self.on_outcomes = on_outcomes
         self._recent: OrderedDict[str, _Remembered] = OrderedDict()
         self._kept = 0
         self._lock = threading.Lock()
@@ -109,6 +113,11 @@ class StoreFeedback(FeedbackSink):
         ]
         self.store.add_samples(rows)
         self._notify(images)
+        if self.on_outcomes is not None:
+            try:
+                self.on_outcomes([(r.model_id, r.label, r.predicted) for r in rows])  # type: ignore[misc]
+            except Exception:
+                logger.exception("on_outcomes callback failed")
         return len(rows)
 
     def add_samples(self, images: np.ndarray, labels: np.ndarray) -> int:

@@ -55,6 +55,7 @@ __all__ = [
     "ModelFn",
     "OrtRuntime",
     "Prediction",
+    "RequestObserver",
     "Runtime",
     "RuntimeSettings",
     "RuntimeStats",
@@ -65,6 +66,9 @@ logger = logging.getLogger(__name__)
 
 ModelFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 """What :class:`MemoryRuntime` serves: images ``(N,1,28,28)`` -> ``(logits, embedding)``."""
+
+RequestObserver = Callable[[str, int, float, str | None], None]
+"""Told of every prediction: ``(model_id, batch size, latency_ms, error or None)``; see ``observer``."""
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,7 @@ class _SwappingRuntime(Runtime):
         self._loading: str | None = None
         self._counts = {"swaps": 0, "failed_swaps": 0, "predictions": 0, "samples": 0}
         self._latencies: deque[float] = deque(maxlen=self.settings.latency_window)
+        self.observer: RequestObserver | None = None  # per-model live figures (service.live); must be quick
 
     @abstractmethod
     def _open(self, model_id: str, path: str | None) -> _LoadedModel:
@@ -274,6 +279,9 @@ class _SwappingRuntime(Runtime):
         try:
             logits, embedding = self._run_chunked(model, x)
             done = True
+        except Exception as exc:
+            self._observe(model.model_id, len(x), (time.perf_counter() - start) * 1e3, f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             latency_ms = (time.perf_counter() - start) * 1e3
             with self._lock:
@@ -283,9 +291,19 @@ class _SwappingRuntime(Runtime):
                     self._counts["samples"] += len(x)
                     self._latencies.append(latency_ms)
         if not (np.isfinite(logits).all() and np.isfinite(embedding).all()):
+            self._observe(model.model_id, len(x), latency_ms, "NaN or infinite outputs")
             raise InferenceError(f"model {model.model_id!r} produced NaN or infinite outputs for this input")
+        self._observe(model.model_id, len(x), latency_ms, None)
         probs = _softmax(logits)
         return Prediction(probs.argmax(axis=1).astype(np.int64), probs, embedding, model.model_id, latency_ms)
+
+    def _observe(self, model_id: str, batch: int, latency_ms: float, error: str | None) -> None:
+        observer = self.observer
+        if observer is not None:
+            try:
+                observer(model_id, batch, latency_ms, error)
+            except Exception:  # the figures are a side line: never fail a request for them
+                logger.exception("the request observer failed")
 
     def _run_chunked(self, model: _LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         step = self.settings.max_batch

@@ -15,9 +15,32 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
+from lifelong.errors import SpaceError
+from lifelong.space import SubnetConfig
 from service.store import Store
 
-__all__ = ["format_history", "format_status", "history"]
+__all__ = ["format_history", "format_status", "history", "precision_summary"]
+
+
+def precision_summary(subnet: str | None) -> dict[str, Any] | None:
+    """Per-layer precisions read from a subnet string (:mod:`lifelong.space`, no torch).
+
+    Returns:
+        ``{"subnet", "layers", "counts": {"w8a8": 12, ...}, "stages": [{"stage", "precisions"}]}``
+        (stages: ``stem``, ``c<width>`` each, ``head``), or None when ``subnet`` is not a
+        lifelong subnet string (a model exported by other tools).
+    """
+    if not subnet:
+        return None
+    try:
+        cfg = SubnetConfig.parse(subnet)
+    except SpaceError:
+        return None
+    layers = [str(p) for p in cfg.layer_precisions()]
+    stages = [{"stage": "stem", "precisions": [str(cfg.stem_prec)]}]
+    stages += [{"stage": f"c{st.width}", "precisions": [str(b.prec) for b in st.blocks]} for st in cfg.stages]
+    stages.append({"stage": "head", "precisions": [str(cfg.head_prec)]})
+    return {"subnet": subnet, "layers": len(layers), "counts": dict(Counter(layers).most_common()), "stages": stages}
 
 
 def history(store: Store, current: str | None, serving: str | None, limit: int = 20) -> dict[str, Any]:
@@ -64,11 +87,72 @@ def _ms(value: float | None) -> str:
     return "?" if value is None else f"{value:.2f} ms"
 
 
-def _precision(precision_map: Mapping[str, Any] | None) -> str:
-    if not precision_map:
-        return "unknown"
-    counts = Counter(str(v) for v in precision_map.values())
-    return ", ".join(f"{n} {kind}" for kind, n in counts.most_common()) + f" ({len(precision_map)} layers)"
+def _precision(precision_map: Mapping[str, Any] | None, summary: Mapping[str, Any] | None, subnet: str) -> str:
+    """``w8a8 x12, w32a32 x3 (15 layers: stem w8a8 | c32 w8a8 x2 | ... | head w32a32)``."""
+    if summary and summary.get("counts"):
+        counts = ", ".join(f"{kind} x{n}" for kind, n in summary["counts"].items())
+        stages = []
+        for st in summary.get("stages") or []:
+            precs = [str(p) for p in st.get("precisions") or []]
+            same = len(set(precs)) == 1
+            stages.append(
+                f"{st.get('stage')} " + (f"{precs[0]} x{len(precs)}" if same and len(precs) > 1 else " ".join(precs))
+            )
+        return f"{counts} ({summary.get('layers')} layers: {' | '.join(stages)})"
+    if precision_map:
+        counts = Counter(str(v) for v in precision_map.values())
+        return ", ".join(f"{kind} x{n}" for kind, n in counts.most_common()) + f" ({len(precision_map)} layers)"
+    return f"unknown (subnet {subnet!r} is not a lifelong subnet string)" if subnet != "?" else "unknown"
+
+
+def _pct(value: float | None) -> str:
+    return "?" if value is None else f"{100 * value:.1f}%"
+
+
+def _canary(doc: Mapping[str, Any]) -> str:
+    """``120/200 requests; latency p95 1.10 ms vs 1.00 ms baseline (batch 1); accuracy ...; 0 errors``."""
+    d = doc.get("decision") or {}
+    parts = [
+        f"{d.get('requests', 0)}/{d.get('window', '?')} requests"
+        + (f", {d['labelled']} labels" if d.get("labelled") else "")
+    ]
+    for c in d.get("checks") or []:
+        figure, state = c.get("figure"), c.get("state")
+        if state in ("waiting", "skipped") or c.get("value") is None:
+            parts.append(str(c.get("detail", "")))
+        elif figure == "latency":
+            parts.append(
+                f"latency p95 {_ms(c.get('value'))} vs {_ms(c.get('reference'))} baseline "
+                f"(batch {c.get('batch')}, rollback above {_ms(c.get('threshold'))})"
+            )
+        elif figure == "accuracy":
+            parts.append(
+                f"accuracy {_pct(c.get('value'))} on {c.get('n')} labels vs {_pct(c.get('reference'))} baseline "
+                f"(rollback below {_pct(c.get('threshold'))} if significant)"
+            )
+        else:
+            parts.append(str(c.get("detail", "")))
+    verdict = {"promote": " -> promote", "rollback": " -> roll back"}.get(str(d.get("action")), "")
+    return "; ".join(parts) + verdict
+
+
+def _live(live: Mapping[str, Any]) -> str:
+    """``accuracy 91.2% on 340 feedback labels; latency p50 0.21 ms p95 0.40 ms (batch 1, 1234 requests); 0 errors``."""
+    fb = live.get("feedback") or {}
+    lat = live.get("latency") or {}
+    acc = (
+        f"accuracy {_pct(fb.get('accuracy'))} on its last {fb.get('labelled')} feedback labels"
+        if fb.get("labelled")
+        else "accuracy unknown (no feedback labels yet)"
+    )
+    latency = (
+        f"latency p50 {_ms(lat.get('p50_ms'))} p95 {_ms(lat.get('p95_ms'))} (batch {lat.get('batch')}, "
+        f"{lat.get('n')} requests)"
+        if lat.get("n")
+        else "no requests yet"
+    )
+    errors = live.get("errors", 0)
+    return f"{acc}; {latency}; {errors} inference errors since it serves"
 
 
 def format_status(doc: Mapping[str, Any]) -> str:
@@ -96,12 +180,18 @@ def format_status(doc: Mapping[str, Any]) -> str:
                 f"          {dep.get('state')} since {_clock(dep.get('at'))} "
                 f"(deployment {dep.get('id')}: {dep.get('reason')})"
             )
+        canary = doc.get("canary")
+        if canary and canary.get("model") == model_id:
+            lines.append(f"          canary:   {_canary(canary)}")
         acc = record.get("accuracy")
         lines.append(
-            f"          accuracy {'?' if acc is None else f'{100 * acc:.2f}%'}, latency p50 "
+            f"          measured: accuracy {'?' if acc is None else f'{100 * acc:.2f}%'}, latency p50 "
             f"{_ms(record.get('latency_p50_ms'))} p95 {_ms(record.get('latency_p95_ms'))} (batch 1, this device)"
         )
-        lines.append(f"          precision {_precision(record.get('precision_map'))}")
+        live = doc.get("live")
+        if live and live.get("model") == model_id:
+            lines.append(f"          live:     {_live(live)}")
+        lines.append(f"          precision {_precision(record.get('precision_map'), doc.get('precision'), subnet)}")
         lines.append(
             f"          served: {runtime.get('predictions', 0)} requests (latency probes included), {runtime.get('samples', 0)} samples, "
             f"p50 {_ms(runtime.get('latency_p50_ms'))} p95 {_ms(runtime.get('latency_p95_ms'))}; "
@@ -179,7 +269,7 @@ def format_history(doc: Mapping[str, Any]) -> str:
             subnet = subnet[:21] + "..."
         line = f"{r.get('id', ''):>4}  {_clock(r.get('at')):<19}  {r.get('state', ''):<11}  {r.get('model_id', ''):<16}"
         line += f"  {subnet:<24}  {r.get('reason', '')}"
-        if r.get("detail") and r.get("state") in ("failed", "rolled-back"):
+        if r.get("detail"):
             line += f"  [{r['detail']}]"
         lines.append(line)
     return "\n".join(lines)

@@ -19,7 +19,8 @@ crash inside 4 is settled by :meth:`~service.registry.Registry.reconcile` at the
 
 Rollback deploys the store's rollback target (:meth:`~service.store.Store.previous_model`)
 through steps 3-4 and marks the deployment it leaves ``rolled-back``, so a second rollback
-goes one model further back instead of flip-flopping.
+goes one model further back instead of flip-flopping. A rollback's deployment is ``active``
+at once: it returns to a model that served before.
 
 A parity sample is optional: next to ``model.onnx`` a ``model.parity.npz`` with ``x`` (the
 inputs) and ``logits`` (and optionally ``embedding``), the outputs the model must reproduce,
@@ -131,11 +132,12 @@ class Swapper:
         reason: str,
         meta: Mapping[str, Any] | None = None,
         parity: tuple[np.ndarray, Mapping[str, np.ndarray]] | None = None,
+        state: str = "active",
     ) -> SwapResult:
         """Add a model file (or its bytes) to the registry and deploy it.
 
         A path's sibling ``NAME.parity.npz`` is used as the parity sample unless ``parity``
-        is given.
+        is given. ``state`` is the deployment's once committed, as for :meth:`deploy_model`.
 
         Raises:
             ModelLoadError: the file is not a readable ONNX model, or it fails to load or
@@ -160,7 +162,7 @@ class Swapper:
                 )
             raise ModelLoadError(f"{what}: {detail}") from exc
         self.store.record_model(record)
-        return self.deploy_model(record.id, reason=reason, parity=parity)
+        return self.deploy_model(record.id, reason=reason, parity=parity, state=state)
 
     def deploy_model(
         self,
@@ -168,13 +170,19 @@ class Swapper:
         *,
         reason: str,
         parity: tuple[np.ndarray, Mapping[str, np.ndarray]] | None = None,
+        state: str = "active",
     ) -> SwapResult:
         """Serve and commit a model already in the registry.
+
+        ``state`` is the committed deployment's: ``"active"``, or ``"canary"`` when the
+        caller watches the new model before promoting it (:mod:`service.canary`).
 
         Raises:
             RecordNotFound: no such model in the registry (404).
             ModelLoadError: it fails to load or validate; the old model serves on.
         """
+        if state not in ("canary", "active"):
+            raise ValueError(f"a deployment goes 'canary' or 'active', got {state!r}")
         if model_id not in self.registry:
             raise RecordNotFound(f"no model {model_id!r} in the registry; `lifelong history` lists the deployed ones")
         live = self.store.current_deployment()
@@ -187,7 +195,7 @@ class Swapper:
         load_ms = self._swap_runtime(model_id, reason, parity)
         self._pause("swap")
         try:
-            deployment = self.registry.deploy(self.store, model_id, reason=reason)
+            deployment = self.registry.deploy(self.store, model_id, reason=reason, state=state)
         except Exception:
             self._restore_committed(model_id)
             raise
