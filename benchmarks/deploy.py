@@ -19,6 +19,7 @@ Writes ``benchmarks/results/deploy.json`` (``deploy-quick.json`` with ``--quick`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -93,6 +94,7 @@ def main() -> None:
     n_test = 2000 if args.quick else len(test)
     x_test, y_test = test.as_float()[:n_test], test.y[:n_test]
 
+    load_start = os.getloadavg()
     # 1. the profile and the latency model
     t0 = time.monotonic()
     prof = profile_device(space, threads=THREADS, only=200 if args.quick else None)
@@ -204,6 +206,7 @@ def main() -> None:
             "checkpoint_sha256": sha,
             "threads": THREADS,
             "test_images": n_test,
+            "load_average": {"start": load_start, "end": os.getloadavg()},
             "profile": {
                 "seconds": profile_seconds,
                 "rows": len(prof.entries),

@@ -169,8 +169,8 @@ def test_export_keeps_the_requantized_form_only_when_it_passes_the_gate(
 
     real_check = export_mod.check_parity
 
-    def strict_on_requantized(sub, model, images, labels):  # the requantized form fails the gate
-        report = real_check(sub, model, images, labels)
+    def strict_on_requantized(sub, model, images, labels, requant=None):  # the requantized form fails the gate
+        report = real_check(sub, model, images, labels, requant)
         if b"head.out" in model:
             return dataclasses.replace(report, agreement=0.9)
         return report
@@ -181,3 +181,28 @@ def test_export_keeps_the_requantized_form_only_when_it_passes_the_gate(
     assert fallback.requant_parity is not None and fallback.requant_parity.agreement == 0.9
     assert fallback.parity.agreement >= 0.995
     assert kernel_counts((tmp_path / "b.onnx").read_bytes())["float_convs"] > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_torch_simulation_of_the_requantized_form_matches_onnx(supernet: Supernet, images, seed: int) -> None:
+    calib, x, y = images
+    rng = np.random.default_rng(100 + seed)
+    cfg = supernet.space.largest(Precision(8, 8)) if seed == 0 else supernet.space.sample(rng, (Precision(8, 8),))
+    sub = _static(supernet, cfg, calib)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # the untrained fixture is nearly constant: give its units a spread
+        for bn in (m for m in sub.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.weight.copy_(0.5 + torch.rand(bn.weight.shape, generator=gen))
+            bn.bias.copy_(0.3 * torch.randn(bn.bias.shape, generator=gen))
+    requant = calibrate_requant(sub, calib)
+    data = subnet_to_onnx(sub, requant=requant).SerializeToString()
+    simulated = check_parity(sub, data, x, y, requant)
+    plain = check_parity(sub, data, x, y)
+    assert simulated.agreement >= 0.995 and simulated.max_logit_diff <= plain.max_logit_diff + 1e-6, (simulated, plain)
+    from lifelong.evaluate import predict_logits
+
+    signs = [m.signed for m in sub.modules() if hasattr(m, "signed")]
+    with export_mod.simulate_requant(sub, requant):
+        changed = predict_logits(sub, x)
+    assert np.abs(changed - predict_logits(sub, x)).max() > 0, "the simulation must change the function"
+    assert [m.signed for m in sub.modules() if hasattr(m, "signed")] == signs, "simulation must be undone"
