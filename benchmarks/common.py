@@ -15,14 +15,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from lifelong.profile import cpu_model
+
+    cpu = cpu_model()
     info: dict[str, Any] = {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -29,6 +29,7 @@ from lifelong.model_format import (
     META_CHECKPOINT,
     META_SUBNET,
     ORT_DISABLED_OPTIMIZERS,
+    ort_session,
 )
 from lifelong.onnx_graph import BlockSpec, ConvSpec, LinearSpec, NetSpec, build_model
 from lifelong.supernet import PIXEL_MEAN, PIXEL_STD, StaticSubnet
@@ -212,21 +213,8 @@ def subnet_to_onnx(sub: StaticSubnet, checkpoint_sha256: str = "", requant: Requ
 
 def onnx_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 1) -> object:
     """An onnxruntime CPU session with capped threads and spinning off."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.log_severity_level = 3
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(
-        src if isinstance(src, bytes) else str(src),
-        so,
-        providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
-    )
+    return ort_session(src if isinstance(src, bytes) else str(src), threads)
 
 
 def kernel_counts(model: onnx.ModelProto | bytes) -> dict[str, int]:

@@ -26,6 +26,7 @@ __all__ = [
     "META_SUBNET",
     "MODEL_FORMAT",
     "ORT_DISABLED_OPTIMIZERS",
+    "ort_session",
 ]
 
 MODEL_FORMAT = 1
@@ -48,3 +49,24 @@ ORT_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 (``InferenceSession(..., disabled_optimizers=...)``). ``WeightBiasQuantization`` quantizes
 float weights (per tensor, int8) and float biases next to quantized inputs, which changes
 what a mixed-precision model computes."""
+
+
+def ort_session(model: bytes | str, threads: int = 1) -> object:
+    """An onnxruntime CPU session as every part of the project opens one.
+
+    Threads capped (``threads`` intra-op, one inter-op), spinning off so an idle session does
+    not burn the cores other work needs, and :data:`ORT_DISABLED_OPTIMIZERS` turned off.
+    ``model`` is the serialized model or a path. onnxruntime is imported here, not at module
+    import, so this module stays importable without it.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(
+        model, so, providers=["CPUExecutionProvider"], disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
+    )

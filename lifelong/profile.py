@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lifelong.errors import FormatVersionError, LifelongError
-from lifelong.model_format import INPUT_NAME, INPUT_SHAPE, ORT_DISABLED_OPTIMIZERS
+from lifelong.model_format import INPUT_NAME, INPUT_SHAPE, ort_session
 from lifelong.onnx_graph import (
     BlockSpec,
     ConvSpec,
@@ -47,6 +47,7 @@ __all__ = [
     "PairedTimer",
     "ProfileError",
     "block_key",
+    "cpu_model",
     "device_fingerprint",
     "measure_model",
     "profile_device",
@@ -68,20 +69,23 @@ class ProfileError(LifelongError, ValueError):
     """A profile file that cannot be read, or one that does not cover the space asked about."""
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (what ``platform`` says where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_fingerprint(threads: int) -> dict[str, Any]:
     """What makes latency measured here valid: the CPU, its cores, onnxruntime, the threads."""
     import onnxruntime as ort
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "onnxruntime": ort.__version__,
@@ -236,17 +240,7 @@ def table_keys(space: SearchSpace) -> list[str]:
 
 # -- measuring ----------------------------------------------------------------------------------
 def _session(model_bytes: bytes, threads: int) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return ort.InferenceSession(
-        model_bytes, so, providers=["CPUExecutionProvider"], disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
-    )
+    return ort_session(model_bytes, threads)
 
 
 def _time(session: Any, x: np.ndarray, warmup: int, repeats: int) -> float:
