@@ -36,6 +36,7 @@ from lifelong.errors import DataError
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
+    "read_image",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_ENV",
     "IMAGE_SUFFIXES",
@@ -345,16 +346,24 @@ def _subfolders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _read_image(path: Path, size: int) -> np.ndarray:
-    with Image.open(path, formats=("PNG", "JPEG")) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-            # Transparent pixels become black, Fashion-MNIST's background.
-            img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img.convert("RGBA"))
-        gray = img.convert("L")
-        if gray.size != (size, size):
-            gray = gray.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(gray, dtype=np.uint8)
+def read_image(path: str | os.PathLike[str], size: int = 28) -> np.ndarray:
+    """A PNG or JPEG file as a grayscale uint8 ``(size, size)`` image (resized if needed).
+
+    Raises:
+        DataError: the file is not a readable PNG or JPEG.
+    """
+    try:
+        with Image.open(path, formats=("PNG", "JPEG")) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                # Transparent pixels become black, Fashion-MNIST's background.
+                img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img.convert("RGBA"))
+            gray = img.convert("L")
+            if gray.size != (size, size):
+                gray = gray.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(gray, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # Pillow's errors on corrupt files
+        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc}); expected a PNG or JPEG") from None
 
 
 def load_image_folder(root: str | Path, image_size: int = 28, classes: Sequence[str] | None = None) -> ArrayDataset:
@@ -410,9 +419,9 @@ def load_image_folder(root: str | Path, image_size: int = 28, classes: Sequence[
     bad = []
     for i, (path, _) in enumerate(files):
         try:
-            x[i] = _read_image(path, image_size)
-        except Exception as exc:  # Pillow raises many exception types on corrupt files
-            bad.append(f"{path}: unreadable image ({type(exc).__name__}: {exc}); expected a PNG or JPEG")
+            x[i] = read_image(path, image_size)
+        except DataError as exc:
+            bad.append(str(exc))
     if bad:
         raise DataError(f"{root}: {len(bad)} of {len(files)} images cannot be read: {_listed(bad)}")
     y = np.array([label for _, label in files], dtype=np.int64)

@@ -639,7 +639,7 @@ def _read_inputs(path: Path) -> Any:
 
         return load_npz(path).x
     if suffix in (".png", ".jpg", ".jpeg"):
-        from service.ingest import read_image
+        from lifelong.data import read_image
 
         return read_image(path)
     raise click.BadParameter(f"{path}: expected a .npy or .npz batch, or a .png/.jpg image", param_hint="FILE")

@@ -26,16 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from lifelong.data import FASHION_MNIST_CLASSES, IMAGE_SUFFIXES, load_npz
+from lifelong.data import FASHION_MNIST_CLASSES, IMAGE_SUFFIXES, load_npz, read_image
 from lifelong.errors import DataError
 from lifelong.model_format import INPUT_SHAPE
 from service.errors import NoModelError, RequestError
 from service.runtime import Runtime
 from service.store import Sample, Store
 
-__all__ = ["Ingested", "PROCESSED", "REJECTED", "RecentInputs", "class_label", "ingest_file", "read_image"]
+__all__ = ["Ingested", "PROCESSED", "REJECTED", "RecentInputs", "class_label", "ingest_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,25 +61,6 @@ class Ingested:
     @property
     def labelled(self) -> int:
         return 0 if self.labels is None else int((self.labels >= 0).sum())
-
-
-def read_image(path: str | os.PathLike[str], size: int = SIDE) -> np.ndarray:
-    """A PNG or JPEG file as a grayscale uint8 ``(size, size)`` image (resized if needed).
-
-    Raises:
-        DataError: the file is not a readable PNG or JPEG.
-    """
-    try:
-        with Image.open(path, formats=("PNG", "JPEG")) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img.convert("RGBA"))
-            gray = img.convert("L")
-            if gray.size != (size, size):
-                gray = gray.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(gray, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc}); expected a PNG or JPEG") from None
 
 
 def class_label(inbox: Path, path: Path) -> int | None:
