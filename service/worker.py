@@ -233,7 +233,7 @@ class WorkerSupervisor:
             env: Variables added to (or replacing) the daemon's environment.
             cwd: Working directory of the worker.
             on_progress: Called with each progress report.
-            on_done: Called once the job is final.
+            on_done: Called once the job is final, before `wait` returns; it must not `wait` itself.
 
         Raises:
             SettingsError: A bad module name, job id or time limit.
@@ -352,11 +352,13 @@ class WorkerSupervisor:
         finally:
             reader.close()
         self._finish(h, proc.returncode, ending)
-        if on_done is not None:
-            try:
+        try:
+            if on_done is not None:
                 on_done(h)
-            except Exception:
-                logger.exception("on_done callback of worker %s failed", h.job_id)
+        except Exception:
+            logger.exception("on_done callback of worker %s failed", h.job_id)
+        finally:
+            h._done.set()  # after on_done: whoever waits sees the job final and its callback run
 
     def _terminate_group(self, pgid: int, reader: ReportReader) -> None:
         _killpg(pgid, signal.SIGTERM)
@@ -402,7 +404,6 @@ class WorkerSupervisor:
             if h.error is None:
                 h.error = _describe_exit(code)
         h.state = ending
-        h._done.set()
         log = logger.info if ending is WorkerState.SUCCEEDED else logger.warning
         took = h.ended_at - h.started_at
         log("worker %s %s after %.1f s (exit %s)%s", h.job_id, ending, took, code, f": {h.error}" if h.error else "")
