@@ -5,9 +5,9 @@ search needs tens of thousands per second. Both tables here number every part a 
 hold (:meth:`lifelong.codec.SubnetCodec.parts`) once, look up each part's figure once, and then
 answer a whole batch of subnets with one gather per block slot:
 
-- :class:`LatencyTable`: ``a + b * sum(rows)`` per profiled batch size, equal to
-  ``DeviceProfile.predict`` to the last bit (the rows are summed in the same order, and an
-  empty slot adds ``0.0``, which changes no float);
+- :class:`LatencyTable`: the four-term correction of :mod:`lifelong.latency` per profiled
+  batch size, equal to ``DeviceProfile.predict`` to the last bit (the rows are summed in the
+  same order, and an empty slot adds ``0.0``, which changes no float);
 - :class:`CostTable`: parameters, MACs, weight bytes and BitOps (equal to
   :func:`lifelong.cost.subnet_cost`) and peak activation bytes (equal to
   :func:`lifelong.cost.peak_activation_bytes`).
@@ -32,7 +32,7 @@ from lifelong.cost import (
     stem_cost,
     stem_trace,
 )
-from lifelong.profile import DeviceProfile, ProfileError, block_key
+from lifelong.profile import DeviceProfile, ProfileError, block_key, runs_integer
 from lifelong.space import SearchSpace, SubnetConfig
 
 __all__ = ["CostTable", "LatencyTable", "part_key"]
@@ -76,20 +76,20 @@ class LatencyTable:
         self.space, self.codec = space, codec or SubnetCodec(space)
         self.batches = tuple(profile.batches)
         n_parts = len(self.codec.part_list)
+        self._pad = n_parts
         # one row per part, plus the pad part (0 ms); NaN marks a part the profile lacks
         self._ms = np.zeros((n_parts + 1, len(self.batches)))  # (parts + 1, B)
         self._missing = np.zeros(n_parts + 1, bool)
+        self._integer = np.zeros(n_parts + 1, bool)  # the part runs integer kernels
         for n, part in enumerate(self.codec.part_list):
+            self._integer[n] = runs_integer(part.prec)
             row = profile.entries.get(part_key(part))
             if row is None or len(row) != len(self.batches):
                 self._missing[n] = True
             else:
                 self._ms[n] = row
         self.coverage = 1.0 - float(self._missing[:-1].mean())
-        self._coef = []
-        for i, b in enumerate(self.batches):
-            a, slope = profile.correction.get(str(b), [profile.overhead_ms[i], 1.0])
-            self._coef.append((float(a), float(slope)))
+        self._coef = [profile.coefficients(b) for b in self.batches]
 
     def _batch_index(self, batch: int) -> int:
         if batch not in self.batches:
@@ -105,20 +105,32 @@ class LatencyTable:
             raise ProfileError(f"the profile has no row {key!r}: re-run `lifelong profile` for this search space")
         return parts
 
+    def _terms(self, parts: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Integer rows (ms), other rows (ms) and integer/float borders of each subnet."""
+        ms, integer = self._ms[:, i], self._integer[parts]  # (N, P)
+        present = parts != self._pad
+        s_int, s_other, borders = (np.zeros(len(parts)) for _ in range(3))
+        prev = integer[:, 0]
+        for j in range(parts.shape[1]):  # left to right, as DeviceProfile.terms
+            row = ms[parts[:, j]]
+            s_int += np.where(integer[:, j], row, 0.0)
+            s_other += np.where(integer[:, j], 0.0, row)
+            switch = present[:, j] & (integer[:, j] != prev)
+            borders += switch
+            prev = np.where(present[:, j], integer[:, j], prev)
+        return s_int, s_other, borders
+
     def table_sums(self, subnets: Subnets, batch: int) -> np.ndarray:
         """``(N,)`` sums of the table rows (ms) at ``batch``, as ``DeviceProfile.table_sum``."""
-        i = self._batch_index(batch)
-        parts = self._parts(subnets)
-        ms = self._ms[:, i]
-        total = np.zeros(len(parts))
-        for j in range(parts.shape[1]):  # left to right, as Python's sum() over the keys
-            total += ms[parts[:, j]]
-        return total
+        s_int, s_other, _ = self._terms(self._parts(subnets), self._batch_index(batch))
+        return s_int + s_other
 
     def predict(self, subnets: Subnets, batch: int) -> np.ndarray:
         """``(N,)`` predicted latency (ms) at ``batch``, as ``DeviceProfile.predict``."""
-        a, b = self._coef[self._batch_index(batch)]
-        return a + b * self.table_sums(subnets, batch)
+        i = self._batch_index(batch)
+        a, bi, bo, t = self._coef[i]
+        s_int, s_other, borders = self._terms(self._parts(subnets), i)
+        return a + bi * s_int + bo * s_other + t * borders
 
     def predict_all(self, subnets: Subnets) -> dict[int, np.ndarray]:
         """Predicted latency (ms) at every profiled batch size."""

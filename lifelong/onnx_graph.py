@@ -352,8 +352,8 @@ def build_block_model(
     x = "x"
     for i, b in enumerate(blocks):
         x = _block(g, x, b, f"block{i}")
-    if next_a_bits < FULL_BITS:
-        x = _qdq_act(g, x, 0.05, signed=True, prefix="next")
+    if next_a_bits < FULL_BITS:  # after a ReLU the next quantizer is uint8 from 0, as in build_model
+        x = _qdq_act(g, x, 0.05, signed=True, prefix="next", relu_folded=bool(blocks) and _ends_in_relu(blocks[-1]))
     g.node("Identity", [x], "y", output="y")
     inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)

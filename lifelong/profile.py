@@ -42,6 +42,7 @@ from lifelong.progress import Progress
 from lifelong.space import Precision, SearchSpace, SubnetConfig
 
 __all__ = [
+    "CORRECTION_TERMS",
     "PROFILE_FORMAT",
     "DeviceProfile",
     "PairedTimer",
@@ -51,14 +52,18 @@ __all__ = [
     "device_fingerprint",
     "measure_model",
     "profile_device",
+    "integer_borders",
     "random_net",
+    "runs_integer",
     "subnet_keys",
     "table_keys",
 ]
 
 logger = logging.getLogger(__name__)
 
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2  # 2: plain-conv W8A8 rows timed fused, and the four-term correction
+# the latency model: predicted ms = c . (1, integer-kernel rows, other rows, integer/float borders)
+CORRECTION_TERMS = ("intercept", "integer_rows_ms", "float_rows_ms", "integer_float_borders")
 FULL = 32
 REFERENCE_EVERY = 25  # rows between two timings of the reference graph
 STEM_KERNEL = 3
@@ -162,6 +167,25 @@ def random_net(space: SearchSpace, cfg: SubnetConfig, seed: int = 0) -> NetSpec:
     head = _conv(rng, cin, c.head_width, 1, 1, cfg.head_prec, dw=False, relu=True, signed=True)
     fc = _classifier(rng, c.head_width, c.num_classes, cfg.head_prec)
     return NetSpec(stem, tuple(blocks), head, fc, 0.286, 0.353, head_out_step=REQUANT_STEP)
+
+
+def runs_integer(prec: Precision) -> bool:
+    """Whether onnxruntime runs a layer at ``prec`` as integer kernels (8-bit weights and inputs).
+
+    Every other precision runs float kernels (sub-8-bit weights are dequantized, 32-bit
+    activations are float), so the table's rows fall in two families that compose differently.
+    """
+    return prec.w == 8 and prec.a == 8
+
+
+def integer_borders(precisions: list[Precision]) -> int:
+    """How often consecutive layers switch between integer and float kernels.
+
+    A chain of fused integer layers stays in uint8 NHWC; each border pays a layout transpose
+    and a (de)quantization that rows timed alone count on both sides of every block instead.
+    """
+    flags = [runs_integer(p) for p in precisions]
+    return sum(1 for a, b in zip(flags, flags[1:], strict=False) if a != b)
 
 
 # -- keys -------------------------------------------------------------------------------------
@@ -322,24 +346,50 @@ class DeviceProfile:
     overhead_ms: list[float]
     seconds: float
     created: float = field(default_factory=time.time)
-    correction: dict[str, list[float]] = field(default_factory=dict)  # batch -> [intercept, slope]
+    correction: dict[str, list[float]] = field(default_factory=dict)  # batch -> CORRECTION_TERMS coefficients
     reference_ms: list[float] = field(default_factory=list)  # the reference graph at profile start
 
     def table_sum(self, space: SearchSpace, cfg: SubnetConfig, batch: int) -> float:
         """Sum of the table rows of ``cfg`` at ``batch`` (ms), each row without the empty-run cost."""
+        _, integer, other, _ = self.terms(space, cfg, batch)
+        return integer + other
+
+    def terms(self, space: SearchSpace, cfg: SubnetConfig, batch: int) -> tuple[float, float, float, float]:
+        """The latency model's inputs for ``cfg`` at ``batch``, in :data:`CORRECTION_TERMS` order.
+
+        ``(1, integer-kernel rows in ms, other rows in ms, borders between the two)``.
+        """
         i = self._batch_index(batch)
+        keys = subnet_keys(space, cfg)
+        integer = other = 0.0
         try:
-            return sum(self.entries[k][i] for k in subnet_keys(space, cfg))
+            for k, prec in zip(keys, cfg.layer_precisions(), strict=True):
+                if runs_integer(prec):
+                    integer += self.entries[k][i]
+                else:
+                    other += self.entries[k][i]
         except KeyError as exc:
             raise ProfileError(
                 f"the profile has no row {exc}: re-run `lifelong profile` for this search space"
             ) from exc
+        return 1.0, integer, other, float(integer_borders(cfg.layer_precisions()))
+
+    def coefficients(self, batch: int) -> tuple[float, float, float, float]:
+        """The fitted correction at ``batch`` (:data:`CORRECTION_TERMS` order).
+
+        Without a fit: the empty-run cost once plus the plain table sum.
+        """
+        c = self.correction.get(str(batch))
+        if c is None:
+            return self.overhead_ms[self._batch_index(batch)], 1.0, 1.0, 0.0
+        a, bi, bo, t = c
+        return a, bi, bo, t
 
     def predict(self, space: SearchSpace, cfg: SubnetConfig, batch: int) -> float:
-        """Predicted end-to-end latency (ms): the table sum through the fitted correction."""
-        s = self.table_sum(space, cfg, batch)
-        a, b = self.correction.get(str(batch), [self.overhead_ms[self._batch_index(batch)], 1.0])
-        return a + b * s
+        """Predicted end-to-end latency (ms): the table rows through the fitted correction."""
+        _, integer, other, borders = self.terms(space, cfg, batch)
+        a, bi, bo, t = self.coefficients(batch)
+        return a + bi * integer + bo * other + t * borders
 
     def _batch_index(self, batch: int) -> int:
         if batch not in self.batches:
@@ -405,7 +455,7 @@ class DeviceProfile:
                 f"device profile {path}", d.get("format_version"), PROFILE_FORMAT, "Run `lifelong profile` again."
             )
         try:
-            return cls(
+            prof = cls(
                 fingerprint=dict(d["fingerprint"]),
                 batches=tuple(int(b) for b in d["batches"]),
                 entries={str(k): [float(x) for x in v] for k, v in d["entries"].items()},
@@ -417,6 +467,13 @@ class DeviceProfile:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"device profile {path} has a missing or malformed field: {exc}") from exc
+        bad = {b: c for b, c in prof.correction.items() if len(c) != len(CORRECTION_TERMS)}
+        if bad:
+            raise ProfileError(
+                f"device profile {path}: correction {bad} should have {len(CORRECTION_TERMS)} coefficients "
+                f"({', '.join(CORRECTION_TERMS)}); run `lifelong profile` again"
+            )
+        return prof
 
 
 def _empty_overhead(batches: tuple[int, ...], threads: int) -> list[float]:

@@ -36,7 +36,7 @@ def structured_profile(space: SearchSpace = SPACE, correction: bool = True) -> D
         ms = 0.01 + macs / 4e8 * (0.4 if int8 else 1.0) + (0.01 if int8 else 0.0)
         ms *= 1 + 0.1 * rng.random()
         entries[part_key(part)] = [ms, ms * 18 + 0.01 * rng.random()]
-    corr = {"1": [0.013, 1.07], "32": [0.2, 0.95]} if correction else {}
+    corr = {"1": [0.013, 0.8, 1.07, 0.02], "32": [0.2, 0.85, 0.95, 0.3]} if correction else {}
     return DeviceProfile({"cpu": "test"}, (1, 32), entries, [0.01, 0.02], 1.0, correction=corr, reference_ms=[1, 2])
 
 

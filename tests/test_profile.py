@@ -88,6 +88,11 @@ def test_load_rejects_missing_corrupt_foreign_and_future_files(tmp_path: Path) -
     bad.write_text(json.dumps(d))
     with pytest.raises(ProfileError, match="missing or malformed field"):
         DeviceProfile.load(bad)
+    d = _fake_profile().to_dict()
+    d["correction"] = {"1": [0.1, 1.0]}  # an intercept and one slope: not this model's four terms
+    bad.write_text(json.dumps(d))
+    with pytest.raises(ProfileError, match="should have 4 coefficients .*run `lifelong profile` again"):
+        DeviceProfile.load(bad)
 
 
 def test_stale_fingerprint_names_what_changed() -> None:
@@ -106,8 +111,13 @@ def test_table_sum_and_prediction() -> None:
     assert prof.table_sum(SPACE, cfg, 1) == pytest.approx(0.01 * n)
     assert prof.table_sum(SPACE, cfg, 4) == pytest.approx(0.04 * n)
     assert prof.predict(SPACE, cfg, 1) == pytest.approx(0.05 + 0.01 * n)  # uncorrected: overhead + sum
-    prof.correction["1"] = [0.2, 1.5]
+    prof.correction["1"] = [0.2, 1.5, 1.5, 0.0]
     assert prof.predict(SPACE, cfg, 1) == pytest.approx(0.2 + 1.5 * 0.01 * n)
+    # integer-kernel rows, float rows and the borders between them each get their coefficient
+    cfg = SPACE.parse("s8w8a8_c16.ik3e2w8a8_c32.ik3e2w32a32_c64.ik3e2w8a8_hw8a8")
+    assert prof.terms(SPACE, cfg, 1) == pytest.approx((1.0, 0.04, 0.01, 2.0))
+    prof.correction["1"] = [0.2, 0.5, 2.0, 0.1]
+    assert prof.predict(SPACE, cfg, 1) == pytest.approx(0.2 + 0.5 * 0.04 + 2.0 * 0.01 + 0.1 * 2)
     with pytest.raises(ProfileError, match=r"batch 32 was not profiled \(profiled: \[1, 4\]\)"):
         prof.predict(SPACE, cfg, 32)
     del prof.entries[subnet_keys(SPACE, cfg)[0]]
@@ -129,9 +139,13 @@ def test_int8_slower_lists_exactly_the_rows_where_int8_loses() -> None:
     assert (fp, q8) == (0.01, 0.02)
 
 
-def test_fit_correction_recovers_a_line_and_weighs_relative_error() -> None:
-    sums = np.array([1.0, 2.0, 5.0, 9.0])
-    assert fit_correction(sums, 0.3 + 1.2 * sums) == pytest.approx([0.3, 1.2])
+def test_fit_correction_recovers_the_terms_and_weighs_relative_error() -> None:
+    rng = np.random.default_rng(0)
+    terms = np.column_stack([np.ones(12), rng.uniform(0, 3, 12), rng.uniform(0, 3, 12), rng.integers(0, 4, 12)])
+    truth = np.array([0.3, 0.7, 1.2, 0.05])
+    assert fit_correction(terms, terms @ truth) == pytest.approx(truth.tolist())
+    with pytest.raises(ValueError, match=r"expected terms of shape \(N, 4\)"):
+        fit_correction(terms[:, :2], terms @ truth)
     check = LatencyCheck(1, ["a", "b"], [1.0, 2.0], [1.05, 2.5])
     assert check.within_10pct == 0.5
     assert check.to_dict()["max_abs_rel_error"] == pytest.approx(0.25)
@@ -142,7 +156,7 @@ def test_calibrate_fits_on_some_subnets_and_checks_on_others(small_profile: Devi
     prof.fingerprint = dict(prof.fingerprint, threads=1)
     checks = calibrate(prof, SPACE, fit_subnets=3, check_subnets=2, progress=False)
     assert [c.batch for c in checks] == [1, 4]
-    assert set(prof.correction) == {"1", "4"}
+    assert set(prof.correction) == {"1", "4"} and all(len(c) == 4 for c in prof.correction.values())
     for c in checks:
         assert len(c.subnets) == 2 and all(ms > 0 for ms in c.measured_ms)
         assert np.all(np.isfinite(c.rel_errors))
@@ -165,3 +179,28 @@ def test_w8a8_rows_exist_for_every_fp32_row() -> None:
     keys = set(_keys())
     fp = [k for k in keys if k.endswith(f":{Precision(32, 32)}")]
     assert fp and all(k[: -len("w32a32")] + "w8a8" in keys for k in fp)
+
+
+def test_every_kind_of_w8a8_row_is_timed_as_integer_kernels() -> None:
+    """An isolated W8A8 row must fuse as it does inside a whole subnet, or the table overstates it.
+
+    A plain-conv block ends in a ReLU; inside a subnet the next quantizer folds that ReLU
+    (uint8 from 0) and the convolution runs as QLinearConv. Timed alone with a signed next
+    quantizer it ran as a float convolution, 2-3x slower than in the exported model.
+    """
+    from lifelong.export import kernel_counts
+    from lifelong.profile import _entries
+
+    wanted = ("stem:", "ck3:w8a8", "ck5:w8a8", "ik3e2:w8a8", "head:")
+    seen: dict[str, str] = {}
+    for e in _entries(SPACE):
+        if not e.key.endswith(":w8a8"):
+            continue
+        kind = next((w for w in wanted if w in e.key), None)
+        if kind is None or kind in seen:
+            continue
+        counts = kernel_counts(e.build())
+        n_convs = 1 if kind.startswith(("stem", "ck", "head")) else 3
+        assert counts["float_convs"] == 0 and counts["integer_convs"] == n_convs, f"{e.key}: {counts}"
+        seen[kind] = e.key
+    assert set(seen) == set(wanted), f"no row found for {set(wanted) - set(seen)}"
