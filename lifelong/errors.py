@@ -11,6 +11,7 @@ what was expected; the CLI and the service turn them into exit codes and HTTP st
     ├── SpaceError (ValueError)           a subnet outside the search space, a bad string
     ├── CheckpointError (ValueError)      an unreadable or inconsistent checkpoint
     │   └── FormatVersionError            written by a format this code cannot read
+    ├── DriftError (ValueError)           a drift detector given bad settings
     ├── TrainingError (RuntimeError)      training cannot start or continue
     └── ExportError (RuntimeError)        a subnet that cannot become a deployable model
         └── ParityError                   the exported model disagrees with the torch subnet
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "DataError",
+    "DriftError",
     "ExportError",
     "FormatVersionError",
     "LifelongError",
@@ -57,6 +59,10 @@ class FormatVersionError(CheckpointError):
         if hint:
             msg += f". {hint}"
         super().__init__(msg)
+
+
+class DriftError(LifelongError, ValueError):
+    """A drift detector or monitor given settings it cannot work with."""
 
 
 class TrainingError(LifelongError, RuntimeError):

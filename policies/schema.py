@@ -182,8 +182,9 @@ class DriftSettings(_Section):
         false_alarm_samples: Expected samples between two false alarms; sets the detectors'
             thresholds (larger: fewer false alarms, slower detection).
         accuracy_drop: Drop of accuracy on labelled feedback, absolute, that counts as drift.
-        latency_factor: Live p95 latency over the budget (or the profiled latency, when no
-            budget is set) that counts as environment drift.
+        latency_factor: Live p95 latency over the deployed model's profiled latency that
+            counts as environment drift (contention, throttling); a live p95 over the
+            budget counts as well, whatever the factor.
         check_interval_s: Seconds between two drift checks.
     """
 
