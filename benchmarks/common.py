@@ -44,9 +44,10 @@ def target(name: str, value: float | None, goal: str, met: bool) -> dict[str, An
     return {"name": name, "value": value, "target": goal, "met": bool(met)}
 
 
-def write_results(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{name}.json"
+def write_results(name: str, payload: dict[str, Any], out: Path | None = None) -> Path:
+    """Write ``results/NAME.json`` (or ``out``) with the command, the time and the machine."""
+    out = out or RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": name,
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),

@@ -99,7 +99,7 @@ def main() -> None:
     t0 = time.monotonic()
     prof = profile_device(space, threads=THREADS, only=200 if args.quick else None)
     profile_seconds = time.monotonic() - t0
-    checks = [] if args.quick else calibrate(prof, space, fit_subnets=30, check_subnets=50)
+    checks = [] if args.quick else calibrate(prof, space, check_subnets=50)
     prof.save(args.work / "device.json")
     w8_rows = sum(1 for k in prof.entries if k.endswith(":w8a8"))
     slower = {str(b): prof.int8_slower(b) for b in prof.batches}

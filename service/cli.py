@@ -288,7 +288,7 @@ def export(
 @cli.command()
 @click.option("--threads", type=int, default=2, show_default=True, help="onnxruntime intra-op threads.")
 @click.option("--check", is_flag=True, help="Only say whether the stored profile fits this device.")
-@click.option("--fit-subnets", type=int, default=30, show_default=True, help="Subnets the correction is fitted on.")
+@click.option("--fit-subnets", type=int, default=60, show_default=True, help="Subnets the correction is fitted on.")
 @click.option("--check-subnets", type=int, default=50, show_default=True, help="Subnets the model is checked on.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="[STATE/profile/device.json]")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None)
@@ -769,6 +769,14 @@ def policy_show(file: Path | None, preset: str | None, state_dir: Path | None, a
         click.echo(json.dumps({"source": source, "policy": policy_to_dict(pol)}, indent=2))
         return
     click.echo(f"# {source}\n{policy_to_toml(pol)}", nl=False)
+
+
+from service.cli_predictor import predictor  # noqa: E402  (the predictor commands have their own module)
+from service.cli_search import front, search  # noqa: E402  (the search commands have their own module)
+
+cli.add_command(search)
+cli.add_command(front)
+cli.add_command(predictor)
 
 
 def main() -> None:

@@ -16,7 +16,10 @@ __all__ = [
     "SOCKET_NAME",
     "SYSTEM_SOCKET",
     "default_checkpoint",
+    "default_front",
     "default_policy",
+    "default_predictor",
+    "default_predictor_data",
     "default_profile",
     "default_socket",
     "resolve_state_dir",
@@ -46,6 +49,21 @@ def default_checkpoint(state_dir: Path) -> Path:
 
 def default_profile(state_dir: Path) -> Path:
     return state_dir / "profile" / "device.json"
+
+
+def default_predictor(state_dir: Path) -> Path:
+    """The accuracy predictor (``AccuracyPredictor.save`` writes ``.npz``)."""
+    return state_dir / "predictor" / "predictor.npz"
+
+
+def default_predictor_data(state_dir: Path) -> Path:
+    """The evaluated subnets the predictor is built from (``lifelong predictor collect``)."""
+    return state_dir / "predictor" / "samples.json"
+
+
+def default_front(state_dir: Path) -> Path:
+    """The cached front that ``lifelong search`` writes and ``lifelong front`` reads."""
+    return state_dir / "front" / "front.json"
 
 
 def _first_dir(variable: str) -> Path | None:
