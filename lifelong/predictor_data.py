@@ -23,6 +23,8 @@ imports torch inside :func:`collect_predictor_data`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -382,12 +384,8 @@ def collect_predictor_data(
         progress: Show a progress bar on stderr.
         stop_after: Stop after this many new evaluations (as a kill would), for tests.
     """
-    import torch
-
     from lifelong.checkpoint import file_sha256, load_checkpoint
     from lifelong.data import load_fashion_mnist
-    from lifelong.evaluate import predict_logits
-    from lifelong.supernet import recalibrate_bn
 
     settings = settings or CollectSettings()
     out = Path(out)
@@ -413,6 +411,43 @@ def collect_predictor_data(
         calib_images=settings.calib,
         seed=settings.seed,
     )
+    with _exclusive(out):
+        return _collect(ck, out, prov, settings, train_part, val_part, n_val, checkpoint, progress, stop_after)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One collection per file: two would each rewrite it with their own samples."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.with_name(f".{out.name}.lock")
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise DataError(
+                f"{out}: another `lifelong predictor collect` is writing this file (lock {lock}); "
+                "wait for it or stop it first"
+            ) from exc
+        yield
+
+
+def _collect(  # noqa: PLR0913
+    ck: Any,
+    out: Path,
+    prov: Provenance,
+    settings: CollectSettings,
+    train_part: ArrayDataset,
+    val_part: ArrayDataset,
+    n_val: int,
+    checkpoint: str | Path,
+    progress: bool,
+    stop_after: int | None,
+) -> PredictorData:
+    import torch
+
+    from lifelong.evaluate import predict_logits
+    from lifelong.supernet import recalibrate_bn
+
     collected = _resume(out, ck.space, prov, checkpoint)
     space = SearchSpace(ck.space)
     plan = [

@@ -119,6 +119,18 @@ def test_resume_skips_done_work_and_extends_the_plan(tiny, tmp_path: Path) -> No
         _collect(tiny, out, calib=16)
 
 
+def test_a_second_collection_into_the_same_file_is_refused(tiny, tmp_path: Path) -> None:
+    import fcntl
+
+    out = tmp_path / "samples.json"
+    with open(tmp_path / ".samples.json.lock", "a+") as held:  # as a running collection holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DataError, match=r"another `lifelong predictor collect` is writing this file"):
+            _collect(tiny, out)
+        assert not out.exists()
+    assert len(_collect(tiny, out, stop_after=1).samples) == 1  # free again once it ends
+
+
 def test_collect_refuses_bad_settings_and_a_checkpoint_without_a_split(tiny, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="calib must be >= 1"):
         CollectSettings(calib=0)
