@@ -14,18 +14,23 @@ START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
 def table() -> str:
+    """The targets of every results file in one table, then the ``readme_table`` (markdown)
+    that a benchmark may add to show its figures (search.json: the front and the baselines)."""
     lines = ["| benchmark | target | measured | goal | met |", "|---|---|---|---|---|"]
+    extra = []
     for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
         doc = json.loads(path.read_text())
         if doc.get("benchmark", "").endswith("-quick"):
             continue
+        if doc.get("readme_table"):
+            extra.append(f"\n**{doc['benchmark']}** ({path.name}):\n\n{doc['readme_table']}")
         for t in doc.get("targets", []):
             v = t["value"]
             vs = "n/a" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
             lines.append(
                 f"| {doc['benchmark']} | {t['name']} | {vs} | {t['target']} | {'yes' if t['met'] else '**no**'} |"
             )
-    return "\n".join(lines)
+    return "\n".join(lines + extra)
 
 
 def main() -> None:

@@ -1,0 +1,158 @@
+"""The hand-built baselines of the search benchmark (benchmarks/baselines.py).
+
+No trained supernet needed: the networks are built with random weights and non-trivial BN
+statistics, so that folding BN into the convolutions is actually exercised.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from lifelong.data import ArrayDataset
+from lifelong.errors import FormatVersionError, TrainingError
+from lifelong.export import onnx_session, run_onnx
+from lifelong.model_format import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OUTPUT, META_SUBNET
+from lifelong.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("baselines_benchmark", ROOT / "benchmarks" / "baselines.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+B = _load_module()
+NAMES = sorted(B.BASELINES)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these networks are tiny, and on a busy machine a second thread's
+    barrier waits made a 12-step training 20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _randomised(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = B.build_baseline(name)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_baseline_forward_shapes(name: str) -> None:
+    model = _randomised(name)
+    logits, emb = model.forward_with_embedding(torch.rand(3, 1, 28, 28))
+    assert logits.shape == (3, 10)
+    assert emb.shape == (3, {"mbv2": 256, "cnn": 128}[name])
+    assert torch.equal(model(torch.zeros(2, 1, 28, 28)), model.forward_with_embedding(torch.zeros(2, 1, 28, 28))[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_macs_and_params_are_the_documented_ones(name: str) -> None:
+    macs, params = B.count_macs_params(B.build_baseline(name))
+    assert (macs, params) == B.DOCUMENTED[name]
+    assert f"{macs:,} MACs, {params:,} parameters" in B.__doc__, "the module docstring states other figures"
+
+
+def test_mbv2_is_the_documented_architecture() -> None:
+    model = B.build_baseline("mbv2")
+    blocks = [m for m in model.modules() if isinstance(m, B.InvertedResidual)]
+    assert len(blocks) == 8 and sum(b.residual for b in blocks) == 5
+    depthwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert all(m.kernel_size == (3, 3) for m in depthwise)
+    assert [m.out_channels for m in depthwise] == [16, 96, 144, 144, 192, 192, 192, 384]  # expand 1, then 6
+    with pytest.raises(ValueError, match=r"unknown baseline 'resnet'; expected one of \['cnn', 'mbv2'\]"):
+        B.build_baseline("resnet")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_export_folds_bn_and_matches_torch(name: str, tmp_path: Path) -> None:
+    model = _randomised(name)
+    data = B.export_onnx(model, tmp_path / f"{name}.onnx", name)
+    assert (tmp_path / f"{name}.onnx").read_bytes() == data
+    proto = onnx.load_from_string(data)
+    ops = {n.op_type for n in proto.graph.node}
+    assert "BatchNormalization" not in ops, ops
+    assert [i.name for i in proto.graph.input] == [INPUT_NAME]
+    assert [o.name for o in proto.graph.output] == [LOGITS_OUTPUT, EMBEDDING_OUTPUT]
+    assert {p.key: p.value for p in proto.metadata_props}[META_SUBNET] == f"baseline:{name}"
+    session = onnx_session(data)
+    for batch in (1, 4):  # the batch axis is dynamic
+        x = np.random.default_rng(batch).random((batch, 1, 28, 28), dtype=np.float32)
+        logits, emb = run_onnx(session, x)
+        with torch.no_grad():
+            ref_logits, ref_emb = model.forward_with_embedding(torch.from_numpy(x))
+        np.testing.assert_allclose(logits, ref_logits.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(emb, ref_emb.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def _tiny_data(n: int = 96) -> ArrayDataset:
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 10
+    x = (rng.random((n, 28, 28)) * 60 + y[:, None, None] * 19).astype(np.uint8)  # learnable: brightness
+    return ArrayDataset(x, y.astype(np.int64), source="tiny")
+
+
+def test_training_checkpoints_resume_and_load_with_weights_only(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=2, batch_size=16, val_fraction=0.0, checkpoint_every=2, lr_warmup_steps=2)
+    data, out = _tiny_data(), tmp_path / "cnn.pt"
+    first = B.train_baseline("cnn", data, out, cfg, progress=False, stop_after_steps=3)
+    assert not first.complete
+    payload = torch.load(out, map_location="cpu", weights_only=True)  # no pickled code
+    assert (payload["format_version"], payload["kind"], payload["step"]) == (B.BASELINE_FORMAT, B.KIND, 3)
+    done = B.train_baseline("cnn", data, out, cfg, progress=False)  # resumes at step 3
+    assert done.complete and [r["epoch"] for r in done.record] == [1, 2]
+    loaded = B.load_baseline(out)
+    assert loaded.complete and loaded.name == "cnn"
+    for k, v in done.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v), k
+    # a finished checkpoint is returned as it is, a different recipe is refused
+    assert B.train_baseline("cnn", data, out, cfg, progress=False).record == done.record
+    with pytest.raises(TrainingError, match=r"cnn\.pt holds a training of cnn with other settings"):
+        B.train_baseline("cnn", data, out, TrainConfig(**{**cfg.to_dict(), "lr": 0.01}), progress=False)
+
+
+def test_checkpoint_of_another_format_version_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "old.pt"
+    torch.save({"format_version": 99, "kind": B.KIND, "arch": "cnn"}, out)
+    with pytest.raises(FormatVersionError, match=r"format version 99; this version of lifelong reads version 1"):
+        B.load_baseline(out)
+    with pytest.raises(Exception, match=re.escape(f"no baseline checkpoint at {tmp_path / 'none.pt'}")):
+        B.load_baseline(tmp_path / "none.pt")
+
+
+def test_recipe_is_read_from_the_supernet_checkpoint(tmp_path: Path) -> None:
+    from lifelong.checkpoint import Checkpoint, save_checkpoint
+    from lifelong.errors import CheckpointError
+    from lifelong.space import SpaceConfig
+
+    trained = TrainConfig(epochs=7, lr=0.05, batch_size=64)
+    path = save_checkpoint(
+        tmp_path / "s.pt", Checkpoint(SpaceConfig(), {}, train={"config": json.dumps(trained.to_dict())})
+    )
+    assert B.recipe_from_checkpoint(path) == trained
+    bare = save_checkpoint(tmp_path / "bare.pt", Checkpoint(SpaceConfig(), {}))
+    with pytest.raises(CheckpointError, match="records no training config"):
+        B.recipe_from_checkpoint(bare)
