@@ -258,6 +258,7 @@ class ApiApp:
         self.runtime, self.feedback, self.status_provider = runtime, feedback, status
         self.max_body_bytes = max_body_bytes
         self.metrics = _Metrics()
+        self.metric_sources: list[Callable[[], str]] = []  # more families for /metrics (the daemon's drift)
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/predict": {"POST": self._predict},
             "/v1/feedback": {"POST": self._feedback},
@@ -382,7 +383,7 @@ class ApiApp:
         return 200, {"status": "ok", "model": model}
 
     def _metrics(self, environ: dict[str, Any]) -> tuple[int, Any]:
-        return 200, self.metrics.render(self.runtime.stats())
+        return 200, self.metrics.render(self.runtime.stats()) + "".join(source() for source in self.metric_sources)
 
     def _read_body(self, environ: dict[str, Any], limit: int | None = None) -> bytes:
         limit = self.max_body_bytes if limit is None else limit

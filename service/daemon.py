@@ -43,9 +43,20 @@ live at start (a crash between switch and promotion) is watched again against th
 model's figures in the store. The runtime reports every request to the monitor, the
 feedback sink every label, both from API threads; serving never waits for a check.
 
-The drift check arrives with a later issue: pass its :class:`~service.jobs.JobSpec` named
-:data:`DRIFT_CHECK_JOB` in ``Daemon(settings, jobs=[...])``; the daemon then brings its
-next run forward whenever new samples are ingested (:meth:`Daemon._samples_arrived`).
+**Drift** (:mod:`service.drift_check`): API threads (every predict's embedding and classes),
+the runtime's request observer (latencies) and the feedback sink (right or wrong) append to a
+bounded :class:`~service.drift_feed.DriftFeed`; the scheduler job :data:`DRIFT_CHECK_JOB`,
+every ``drift.check_interval_s`` of the policy and brought forward when inbox samples arrive
+or the feed fills, feeds the serving model's drift monitor, stores the drift events and
+enqueues a :class:`~service.drift_check.DriftDetected` when a drift begins; the loop answers
+it in :meth:`Daemon._on_drift` (for now: "re-search needed", shown in the status). A
+:class:`~service.jobs.JobSpec` named :data:`DRIFT_CHECK_JOB` passed in ``jobs=`` replaces the
+built-in one. **Preference drift**: a new valid policy is compared with the old one; if it
+changed what the service aims for, the cached front is asked which model the new policy
+wants (:mod:`service.preference`). One already exported is deployed at once through the
+same validated swap as ``lifelong deploy`` (its canary watch judges errors only: a slower or
+less accurate model is what the new policy asked for); one never exported is recorded as
+"export needed" and the current model serves on.
 
 **Test-only fault injection.** ``LIFELONG_TEST_PAUSE_AT=POINT`` makes the daemon, on
 reaching ``POINT``, write the point's name into ``$LIFELONG_TEST_PAUSE_MARKER`` (default
@@ -72,6 +83,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lifelong.drift import DriftDecision
+from lifelong.drift_signals import preference_drift
 from lifelong.errors import LifelongError
 from lifelong.model_format import META_SUBNET
 from policies import Policy
@@ -90,13 +103,17 @@ from service.canary import (
     store_probe_p95,
 )
 from service.daemon_settings import DaemonSettings
+from service.drift_check import DRIFT_CHECK_JOB, DriftCheck, DriftDetected
+from service.drift_feed import DriftFeed, TappedFeedback
 from service.errors import ModelLoadError, SettingsError
 from service.feedback import StoreFeedback
 from service.ingest import RecentInputs, ingest_file
 from service.jobs import JobSpec, Scheduler
 from service.live import LiveMonitor
 from service.loop import EventLoop, Reload, Stop
+from service.paths import default_front
 from service.policy_state import PolicyState
+from service.preference import FrontCache, answer_preference
 from service.probe import probe_latency
 from service.registry import Registry
 from service.runtime import OrtRuntime, RuntimeSettings
@@ -110,8 +127,6 @@ __all__ = ["CANARY_CHECK_JOB", "CANARY_CHECK_S", "DRIFT_CHECK_JOB", "Daemon", "D
 
 logger = logging.getLogger(__name__)
 
-DRIFT_CHECK_JOB = "drift-check"
-"""Name under which the drift check (a later issue) is scheduled; see the module docstring."""
 CANARY_CHECK_JOB = "canary-check"
 CANARY_CHECK_S = 0.5
 """Seconds between canary checks while a watch runs (a check is a few numpy operations)."""
@@ -157,7 +172,7 @@ class Daemon:
 
     Args:
         settings: Where and how.
-        jobs: Extra periodic jobs (the drift check plugs in here as :data:`DRIFT_CHECK_JOB`).
+        jobs: Extra periodic jobs; one named :data:`DRIFT_CHECK_JOB` replaces the built-in drift check.
         notifier: sd_notify target; default ``$NOTIFY_SOCKET`` (a no-op outside systemd).
     """
 
@@ -173,6 +188,7 @@ class Daemon:
             self.loop.on(kind, handler)
         self.loop.on(Reload, self._reload)
         self.loop.on(CanaryCheck, self._check_canary)
+        self.loop.on(DriftDetected, lambda event: self._on_drift(event.model_id, list(event.decisions)))
         for name, command in (("deploy", self._deploy), ("rollback", self._rollback), ("prune", self._prune)):
             self.loop.command(name, command)
         assert settings.policy_path is not None
@@ -188,6 +204,9 @@ class Daemon:
         self.canary: CanaryWatch | None = None  # set and cleared on the loop; read by API threads
         self._canary_check_queued = False
         self._extra_jobs = list(jobs)
+        self.drift_feed = DriftFeed(on_due=self._drift_due)
+        self.fronts = FrontCache(default_front(settings.state_dir))
+        self.drift: DriftCheck | None = None
         self.store: Store | None = None
         self.registry: Registry | None = None
         self.runtime: OrtRuntime | None = None
@@ -238,7 +257,7 @@ class Daemon:
             if self.policy_state.path.exists() and self.policy_state.reload() is None:
                 self._event("policy-rejected", f"start: {self._first_line(self.policy_state.error)}; using the preset")
             self.runtime = OrtRuntime(RuntimeSettings(intra_op_threads=s.threads or self.policy.target.threads))
-            self.runtime.observer = self.live.observe
+            self.runtime.observer = self._observe_request
             self.swapper = Swapper(
                 self.store, self.registry, self.runtime, samples=self.recent_inputs.array, pause=_pause_for_tests
             )
@@ -252,9 +271,20 @@ class Daemon:
                 self.store,
                 s.state_dir / "samples" / "feedback",
                 on_samples=self.recent_inputs.add,
-                on_outcomes=self.live.add_outcomes,
+                on_outcomes=self._on_outcomes,
             )
-            app = ApiApp(self.runtime, feedback, self.status_extra, max_body_bytes=s.max_body_bytes)
+            self.drift = DriftCheck(
+                self.store,
+                self.runtime,
+                lambda: self.policy,
+                feed=self.drift_feed,
+                reference_dir=s.state_dir / "drift",
+                fronts=self.fronts,
+                on_detected=self.loop.put,
+            )
+            tapped = TappedFeedback(feedback, self.drift_feed)  # every predict's embedding reaches the drift feed
+            app = ApiApp(self.runtime, tapped, self.status_extra, max_body_bytes=s.max_body_bytes)
+            app.metric_sources.append(self.drift.metrics_text)
             install_admin_routes(app, self.loop, history=self.history, max_upload_bytes=s.max_upload_bytes)
             api_settings = ApiSettings(
                 socket_path=s.socket_path,
@@ -323,11 +353,15 @@ class Daemon:
         data: bytes | None = None,
         name: str | None = None,
         reason: str | None = None,
+        judge: str = "all",
     ) -> dict[str, Any]:
+        """Deploy through the validated swap; ``judge="errors"``: the canary compares error rates only."""
         assert self.swapper is not None
         what = model or path or f"upload {name or 'model.onnx'}"
         reason = reason or f"deploy {what}"
         baseline = self._baseline()  # the serving model's figures, before the swap replaces it
+        if baseline is not None and judge == "errors":  # slower or less accurate is what was asked for
+            baseline = replace(baseline, latency={}, labelled=0, correct=0)
         state = "active" if baseline is None else "canary"
         try:
             if model is not None:
@@ -466,12 +500,67 @@ class Daemon:
         self.inbox_counts["files"] += 1
         self.inbox_counts["samples"] += len(got.images)
         self.recent_inputs.add(got.images)
+        pred = got.prediction
+        if pred is not None:
+            self.drift_feed.add_prediction(pred.model_id, pred.embedding, pred.classes)
+            if got.labels is not None:
+                known = got.labels >= 0
+                outcomes = zip(got.labels[known].tolist(), pred.classes[known].tolist(), strict=True)
+                self.drift_feed.add_outcomes((pred.model_id, y, p) for y, p in outcomes)
         self._samples_arrived(len(got.images))
 
     def _samples_arrived(self, count: int) -> None:
-        """Hook for the drift check: run it soon after new samples, if it is scheduled."""
-        if self.scheduler is not None and DRIFT_CHECK_JOB in self.scheduler.stats():
-            self.scheduler.run_now(DRIFT_CHECK_JOB)
+        """Run the drift check soon: new inbox samples, or the drift feed filling up (any thread)."""
+        scheduler = self.scheduler
+        if scheduler is not None and scheduler.running and DRIFT_CHECK_JOB in scheduler.stats():
+            scheduler.run_now(DRIFT_CHECK_JOB)
+
+    def _drift_due(self) -> None:
+        """The drift feed is half full (an API thread): bring the check forward, within its CPU share."""
+        if self.drift is not None and self.drift.may_run_early():
+            self._samples_arrived(0)
+
+    def _observe_request(self, model_id: str, batch: int, latency_ms: float, error: str | None) -> None:
+        """The runtime's request observer (API threads): per-model live figures, and latency for drift."""
+        self.live.observe(model_id, batch, latency_ms, error)
+        self.drift_feed.add_latency(model_id, batch, latency_ms, error)
+
+    def _on_outcomes(self, outcomes: list[tuple[str, int, int]]) -> None:
+        """Feedback labels of earlier predictions (API threads): live accuracy, and accuracy drift."""
+        self.live.add_outcomes(outcomes)
+        self.drift_feed.add_outcomes(outcomes)
+
+    def _on_drift(self, model_id: str, decisions: list[DriftDecision]) -> None:
+        """Answer drift that began in a check of ``model_id`` (on the loop).
+
+        The hook of the adaptation worker, which comes with the next part of the lifelong
+        loop. For now every kind is only recorded as needing work, shown in the status
+        (``drift.needs``) and in the events:
+
+        - ``environment`` (live p95 over the budget or the profile): re-profile the device,
+          then answer from the cached front as a preference change is answered;
+        - ``data``, ``label``, ``accuracy``: adapt the supernet to local data in a worker
+          (:class:`~service.worker.WorkerSupervisor`), refresh the predictor, re-search
+          warm-started from the cached front, and swap through :meth:`_deploy` if the
+          winner beats the serving model by the policy's ``swap.min_improvement``.
+
+        A drift of a model that no longer serves is ignored: its successor has its own monitor.
+        """
+        assert self.drift is not None and self.runtime is not None
+        if self.runtime.current_id != model_id:
+            logger.info("drift of %s ignored: %s serves now", model_id, self.runtime.current_id)
+            return
+        for d in decisions:
+            p = "" if d.p_value is None else f", p {d.p_value:.3g}"
+            what = f"{d.kind} drift on {model_id}: statistic {d.statistic:.4g} vs threshold {d.threshold:.4g}{p}"
+            action = (
+                "re-profile, then choose from the cached front" if d.kind == "environment" else "adapt and re-search"
+            )
+            self.drift.note_needed(d.kind, "re-search", f"{what}; needed: {action}")
+            self._event(
+                "drift",
+                f"{what} (window {d.window}); re-search needed: {action} (not started: no adaptation worker yet)",
+            )
 
     def _on_policy_changed(self, event: PolicyChanged) -> None:
         self._reload_policy("the policy file changed")
@@ -494,6 +583,7 @@ class Daemon:
 
     def _reload_policy(self, reason: str) -> None:
         """Apply the policy file whole, or keep the policy in force and show why not."""
+        old = self.policy
         policy = self.policy_state.reload()
         if policy is None:
             if self.policy_state.error:
@@ -511,7 +601,43 @@ class Daemon:
                     self.swapper.reload(f"policy: {threads} onnxruntime threads")
                 except ModelLoadError as exc:
                     self._event("reload-refused", str(exc))
+        self._preference_changed(old, policy)
         self.notifier.status(self.status_line())
+
+    def _preference_changed(self, old: Policy, new: Policy) -> None:
+        """Preference drift: record what changed and answer it from the cached front (on the loop)."""
+        if self.scheduler is not None and new.drift.check_interval_s != old.drift.check_interval_s:
+            if DRIFT_CHECK_JOB in self.scheduler.stats():
+                self.scheduler.reschedule(DRIFT_CHECK_JOB, new.drift.check_interval_s)
+        decision = preference_drift(old, new)
+        if not decision.drifted:
+            return
+        assert self.store is not None and self.registry is not None and self.runtime is not None
+        sections = ", ".join(decision.detail["sections"])
+        answer = answer_preference(
+            self.fronts.get(),
+            new,
+            store=self.store,
+            registry=self.registry,
+            serving=self.runtime.current_id,
+            front_error=self.fronts.error,
+        )
+        message = f"policy {new.name!r} changed {sections}: {answer.reason}"
+        assert self.drift is not None
+        if answer.action == "deploy":
+            assert answer.model_id is not None
+            try:
+                self._deploy(model=answer.model_id, reason=f"preference drift: {message}", judge="errors")
+                self.drift.clear_needed("preference")  # an earlier "export needed" is moot now
+            except LifelongError as exc:  # _deploy recorded why; the current model serves on
+                answer = replace(answer, reason=f"{answer.reason}; the deploy failed: {exc}")
+        elif answer.action == "serving":
+            self.drift.clear_needed("preference")
+            self._event("preference", message)
+        else:  # export-needed, no-point, no-front: a worker's job (a later part); serving goes on
+            self.drift.note_needed("preference", "export" if answer.action == "export-needed" else "re-search", message)
+            self._event("preference", f"{message}; {self.runtime.current_id} serves on")
+        self.drift.record_preference(decision, answer)
 
     def _on_loop_error(self, event: object, exc: Exception) -> None:
         self._event("error", f"handling {type(event).__name__} failed: {type(exc).__name__}: {exc}")
@@ -520,10 +646,14 @@ class Daemon:
 
     def _jobs(self) -> list[JobSpec]:
         s = self.settings
+        drift = (
+            [] if self.drift is None or any(j.name == DRIFT_CHECK_JOB for j in self._extra_jobs) else [self.drift.job()]
+        )
         return [
             JobSpec("latency-probe", self._probe, s.probe_interval_s),
             JobSpec("retention", lambda: self.loop.submit("prune"), s.retention_interval_s, run_at_start=True),
             JobSpec(CANARY_CHECK_JOB, self._request_canary_check, CANARY_CHECK_S),
+            *drift,
             *self._extra_jobs,
         ]
 
@@ -579,6 +709,7 @@ class Daemon:
             "inbox": {"folder": str(self.settings.inbox), **self.inbox_counts},
             "latency_probe": self.last_probe,
             "canary": self._canary_status(),
+            "drift": None if self.drift is None else self.drift.status(),
             "live": self._live_status(),
             "precision": self._precision_status(),
             "jobs": {} if self.scheduler is None else {k: v.to_dict() for k, v in self.scheduler.stats().items()},

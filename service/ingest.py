@@ -31,7 +31,7 @@ from lifelong.data import FASHION_MNIST_CLASSES, IMAGE_SUFFIXES, load_npz, read_
 from lifelong.errors import DataError
 from lifelong.model_format import INPUT_SHAPE
 from service.errors import NoModelError, RequestError
-from service.runtime import Runtime
+from service.runtime import Prediction, Runtime
 from service.store import Sample, Store
 
 __all__ = ["Ingested", "PROCESSED", "REJECTED", "RecentInputs", "class_label", "ingest_file"]
@@ -57,6 +57,7 @@ class Ingested:
     images: np.ndarray
     labels: np.ndarray | None
     sample_ids: list[int]
+    prediction: Prediction | None = None  # the serving model's answer (the drift check reads its embedding)
 
     @property
     def labelled(self) -> int:
@@ -116,7 +117,7 @@ def ingest_file(inbox: Path, path: Path, store: Store, runtime: Runtime | None =
         dest = _move(inbox, path, REJECTED)
         raise DataError(f"{exc} (moved to {dest.relative_to(inbox)})") from exc
     predicted: list[int | None] = [None] * len(images)
-    model_id = None
+    model_id, pred = None, None
     if runtime is not None and len(images):
         try:
             pred = runtime.predict(images)
@@ -137,7 +138,7 @@ def ingest_file(inbox: Path, path: Path, store: Store, runtime: Runtime | None =
     ]
     ids = store.add_samples(rows)
     logger.info("ingested %d samples from %s -> %s", len(ids), path.name, dest)
-    return Ingested(dest, images, labels, ids)
+    return Ingested(dest, images, labels, ids, pred)
 
 
 class RecentInputs:

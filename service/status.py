@@ -155,6 +155,70 @@ def _live(live: Mapping[str, Any]) -> str:
     return f"{acc}; {latency}; {errors} inference errors since it serves"
 
 
+def _num(value: Any) -> str:
+    return "?" if not isinstance(value, int | float) else f"{value:.3g}"
+
+
+def _decision(kind: str, d: Mapping[str, Any]) -> str:
+    """``p 1.2e-09 <= 0.0025: DRIFT (window 50 vs 50)`` for one kind's latest decision."""
+    stat, thr, p = d.get("statistic"), d.get("threshold"), d.get("p_value")
+    verdict = "DRIFT" if d.get("drifted") else "ok"
+    if kind == "preference":
+        sections = ", ".join((d.get("detail") or {}).get("sections") or [])
+        answer = d.get("answer") or {}
+        text = f"{_num(stat)} keys changed ({sections or 'name only'})"
+        return text + (f": {answer.get('action')}: {answer.get('reason')}" if answer else "")
+    if p is not None:
+        text = f"p {_num(p)} {'<=' if d.get('drifted') else '>'} {_num(thr)}"
+    elif kind == "accuracy":
+        text = f"accuracy drop {_num(stat)} {'>=' if d.get('drifted') else '<'} {_num(thr)}"
+    elif kind == "environment":
+        text = f"p95 {_ms(stat)} vs limit {_ms(thr)}"
+    else:
+        text = f"statistic {_num(stat)} vs {_num(thr)}"
+    window = f"window {d.get('window')}" + (f" vs {d.get('reference')}" if d.get("reference") else "")
+    return f"{text}: {verdict} ({window})"
+
+
+def _drift_lines(drift: Mapping[str, Any] | None, stored: Mapping[str, Any], now: float) -> list[str]:
+    """The drift monitor's state, each kind's latest decision and counts, what drift calls for."""
+    lines = []
+    watching = (drift or {}).get("watching") or {}
+    if watching:
+        ref = watching.get("reference") or {}
+        mon = watching.get("monitor") or {}
+        lines.append(
+            f"drift:    watching {watching.get('model')} since {_ago(watching.get('since'), now)}: reference "
+            f"{ref.get('samples')}/{ref.get('target')} ({ref.get('source')}), a check every {mon.get('check_every')} "
+            f"samples, job every {_num((drift or {}).get('check_interval_s'))} s"
+        )
+    elif drift is not None:
+        lines.append("drift:    not watching (no model serves, or no check ran yet)")
+    if drift and drift.get("error"):
+        lines.append(f"          error: {drift['error']}")
+    counts, latest = (drift or {}).get("counts") or {}, (drift or {}).get("latest") or {}
+    for kind in ("data", "label", "accuracy", "environment", "preference"):
+        c, d = counts.get(kind) or {}, latest.get(kind)
+        if not d and not c.get("checks"):
+            continue
+        tally = f"[{c.get('checks', 0)} checks, {c.get('drifted', 0)} drifted, {c.get('events', 0)} stored]"
+        text = _decision(kind, d) + f", {_ago(d.get('at'), now)}" if d else "no decision yet"
+        lines.append(f"          {kind:<12}{text} {tally}")
+    for need in (drift or {}).get("needs") or []:
+        lines.append(
+            f"          NEEDED:     {need.get('action')} ({need.get('kind')}, {_ago(need.get('at'), now)}): {need.get('reason')}"
+        )
+    if stored.get("events"):
+        last = stored.get("last") or {}
+        lines.append(
+            f"{'drift:    ' if not lines else '          '}{stored['events']} drift events stored in 24 h, "
+            f"{stored.get('detections', 0)} detections (last: {last.get('detector')}, {_ago(last.get('at'), now)})"
+        )
+    elif not lines:
+        lines.append("drift:    no drift checks in the last 24 h")
+    return lines
+
+
 def format_status(doc: Mapping[str, Any]) -> str:
     """``/v1/status`` as the lines ``lifelong status`` prints."""
     now = time.time()
@@ -209,15 +273,7 @@ def format_status(doc: Mapping[str, Any]) -> str:
         line += f"\n          REJECTED edit of {policy.get('file')}, the policy above stays:"
         line += "".join(f"\n            {p.strip()}" for p in str(policy["error"]).splitlines())
     lines.append(line)
-    drift = store.get("drift_24h") or {}
-    if drift.get("events"):
-        last = drift.get("last") or {}
-        lines.append(
-            f"drift:    {drift['events']} checks in 24 h, {drift.get('detections', 0)} detections "
-            f"(last: {last.get('detector')} statistic {last.get('statistic')}, {_ago(last.get('at'), now)})"
-        )
-    else:
-        lines.append("drift:    no drift checks in the last 24 h")
+    lines += _drift_lines(doc.get("drift"), store.get("drift_24h") or {}, now)
     samples = store.get("samples") or {}
     by = ", ".join(f"{k} {v.get('total')}" for k, v in (samples.get("by_source") or {}).items())
     lines.append(
