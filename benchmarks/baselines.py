@@ -77,7 +77,7 @@ from lifelong.model_format import (
 )
 from lifelong.progress import Progress
 from lifelong.supernet import PIXEL_MEAN, PIXEL_STD
-from lifelong.train import TrainConfig, _augment, _lr_at, _param_groups, tune_allocator
+from lifelong.train import TrainConfig, _augment, _lr_at, _param_groups, training_tensors, tune_allocator
 
 __all__ = [
     "BASELINE_FORMAT",
@@ -363,13 +363,7 @@ def train_baseline(
     cfg = config
     tune_allocator()
     torch.manual_seed(cfg.seed)
-    data = train_data
-    if cfg.val_fraction > 0:
-        data, _ = train_data.split(cfg.val_fraction, seed=cfg.seed)
-    if cfg.max_train_samples:
-        data = data.head(cfg.max_train_samples)
-    x_all = torch.from_numpy(data.as_float())  # (N, 1, H, W)
-    y_all = torch.from_numpy(data.y.astype(np.int64))
+    x_all, y_all = training_tensors(train_data, cfg)  # the supernet's split, (N, 1, H, W) and (N,)
     n = len(x_all)
     steps_per_epoch = n // cfg.batch_size
     if steps_per_epoch < 1:
@@ -402,7 +396,7 @@ def train_baseline(
         _save(out, {
             "format_version": BASELINE_FORMAT, "kind": KIND, "arch": name, "config": config_json,
             "step": step, "steps": total, "complete": complete, "record": json.dumps(record),
-            "seconds": seconds_before + time.monotonic() - t_start, "train_samples": n, "source": data.source,
+            "seconds": seconds_before + time.monotonic() - t_start, "train_samples": n, "source": train_data.source,
             "state_dict": {k: v.detach().contiguous() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(),
         })  # fmt: skip

@@ -208,6 +208,21 @@ def _kd_loss(logits: torch.Tensor, soft: torch.Tensor, temperature: float) -> to
     return -(soft * logp).sum(1).mean() * temperature**2
 
 
+def training_tensors(train_data: ArrayDataset, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N, 1, H, W)`` float and labels ``(N,)`` int64 that training steps through.
+
+    The training part of the deterministic split (the validation part is never trained on),
+    cut to ``cfg.max_train_samples`` when set.
+    """
+    data = train_data
+    if cfg.val_fraction > 0:
+        data, _ = train_data.split(cfg.val_fraction, seed=cfg.seed)
+    if cfg.max_train_samples:
+        data = data.head(cfg.max_train_samples)
+    assert data.y is not None, f"training data {data.source} has no labels"
+    return torch.from_numpy(data.as_float()), torch.from_numpy(data.y.astype(np.int64))
+
+
 def train_supernet(
     train_data: ArrayDataset,
     out: str | Path,
@@ -232,13 +247,7 @@ def train_supernet(
     if train_data.y is None:
         raise TrainingError(f"training data {train_data.source} has no labels; supernet training needs labels")
 
-    data = train_data
-    if cfg.val_fraction > 0:
-        data, _ = train_data.split(cfg.val_fraction, seed=cfg.seed)
-    if cfg.max_train_samples:
-        data = data.head(cfg.max_train_samples)
-    x_all = torch.from_numpy(data.as_float())  # (N, 1, H, W)
-    y_all = torch.from_numpy(data.y.astype(np.int64))
+    x_all, y_all = training_tensors(train_data, cfg)
     n = len(x_all)
     per_rank = cfg.batch_size // ddp.world
     if per_rank < 1:
@@ -287,7 +296,7 @@ def train_supernet(
             "seconds": seconds_before + time.monotonic() - t_start,
             "optimizer": optimizer.state_dict(),
         }
-        meta = {"fixed_subnet": cfg.fixed_subnet, "steps": total_steps, "train_samples": n, "source": data.source}
+        meta = {"fixed_subnet": cfg.fixed_subnet, "steps": total_steps, "train_samples": n, "source": train_data.source}
         save_checkpoint(out, Checkpoint(space_cfg, model.state_dict(), record, train_state, meta))
 
     if ddp.main:
