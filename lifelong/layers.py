@@ -66,7 +66,7 @@ class QConvBN(nn.Module):
         y = F.conv2d(x, w, None, self.stride, k // 2, 1, cin if self.depthwise else 1)  # (B, Cout, H', W')
         bn = self.bn
         if not self.training and prec.w == 8 and prec.a == 8:
-            return self._integer_bias_bn(y, cout, float(self.aq.step(8)))
+            return self._integer_bias_bn(y, cout, float(self.aq.step(8).detach()))
         if self.training and bn.track_running_stats:
             bn.num_batches_tracked.add_(1)
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
