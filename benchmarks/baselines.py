@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.checkpoint import save_atomic
 from lifelong.errors import CheckpointError, FormatVersionError, TrainingError
 from lifelong.model_format import (
     EMBEDDING_OUTPUT,
@@ -77,7 +78,15 @@ from lifelong.model_format import (
 )
 from lifelong.progress import Progress
 from lifelong.supernet import PIXEL_MEAN, PIXEL_STD
-from lifelong.train import TrainConfig, _augment, _lr_at, _param_groups, training_tensors, tune_allocator
+from lifelong.train import (
+    TrainConfig,
+    _lr_at,
+    _param_groups,
+    epoch_order,
+    training_batch,
+    training_tensors,
+    tune_allocator,
+)
 
 __all__ = [
     "BASELINE_FORMAT",
@@ -307,16 +316,6 @@ class TrainedBaseline:
     path: Path
 
 
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _load_payload(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -393,7 +392,7 @@ def train_baseline(
     t_start = time.monotonic()
 
     def save(complete: bool) -> None:
-        _save(out, {
+        save_atomic(out, {
             "format_version": BASELINE_FORMAT, "kind": KIND, "arch": name, "config": config_json,
             "step": step, "steps": total, "complete": complete, "record": json.dumps(record),
             "seconds": seconds_before + time.monotonic() - t_start, "train_samples": n, "source": train_data.source,
@@ -405,15 +404,10 @@ def train_baseline(
     steps_run = 0
     while step < total:
         epoch, first = divmod(step, steps_per_epoch)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        perm = epoch_order(cfg, n, epoch)
         losses, correct, seen, t0 = [], 0, 0, time.monotonic()
         for in_epoch in range(first, steps_per_epoch):
-            idx = perm[in_epoch * cfg.batch_size : (in_epoch + 1) * cfg.batch_size]
-            gen = torch.Generator().manual_seed(cfg.seed * 7919 + step * 31)
-            x, y = x_all[idx], y_all[idx]
-            if cfg.augment:
-                x = _augment(x, gen)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x, y = training_batch(cfg, x_all, y_all, perm, in_epoch, step)
             lr = _lr_at(cfg, step, total)
             for g in optimizer.param_groups:
                 g["lr"] = lr

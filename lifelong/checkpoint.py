@@ -21,7 +21,7 @@ from lifelong.errors import CheckpointError, FormatVersionError
 from lifelong.space import SearchSpace, SpaceConfig
 from lifelong.supernet import Supernet
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "file_sha256", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "file_sha256", "load_checkpoint", "save_atomic", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
 KIND = "lifelong-supernet"
@@ -63,6 +63,13 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> Path:
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in ckpt.state_dict.items()},
         "train": ckpt.train,
     }
+    return save_atomic(path, payload)
+
+
+def save_atomic(path: str | Path, payload: dict[str, Any]) -> Path:
+    """``torch.save`` under a temporary name, synced, then renamed: a kill leaves the old file or the new."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         torch.save(payload, f)

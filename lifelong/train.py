@@ -223,6 +223,33 @@ def training_tensors(train_data: ArrayDataset, cfg: TrainConfig) -> tuple[torch.
     return torch.from_numpy(data.as_float()), torch.from_numpy(data.y.astype(np.int64))
 
 
+def epoch_order(cfg: TrainConfig, n: int, epoch: int) -> torch.Tensor:
+    """The order of the ``n`` training samples in ``epoch`` (the same after a resume)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+
+
+def training_batch(
+    cfg: TrainConfig,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    perm: torch.Tensor,
+    in_epoch: int,
+    step: int,
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of batch ``in_epoch`` of the epoch ordered by ``perm``, augmented.
+
+    The augmentation draws from a stream seeded by the global ``step``, so a resumed run and
+    a network trained alone with the same recipe see the same images.
+    """
+    idx = perm[in_epoch * cfg.batch_size : (in_epoch + 1) * cfg.batch_size][rank::world]
+    x, y = x_all[idx], y_all[idx]
+    if cfg.augment:
+        x = _augment(x, torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + rank))
+    return x.contiguous(memory_format=torch.channels_last), y
+
+
 def train_supernet(
     train_data: ArrayDataset,
     out: str | Path,
@@ -319,15 +346,10 @@ def train_supernet(
             if ddp.main:
                 logger.info("epoch %d: phase %s", epoch, phase)
         precisions = _phase_precisions(search_space, phase)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        perm = epoch_order(cfg, n, epoch)
         epoch_loss, epoch_t0 = [], time.monotonic()
         for in_epoch in range(first, steps_per_epoch):
-            idx = perm[in_epoch * cfg.batch_size : (in_epoch + 1) * cfg.batch_size][ddp.rank :: ddp.world]
-            gen = torch.Generator().manual_seed(cfg.seed * 7919 + step * 31 + ddp.rank)
-            x, y = x_all[idx], y_all[idx]
-            if cfg.augment:
-                x = _augment(x, gen)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x, y = training_batch(cfg, x_all, y_all, perm, in_epoch, step, ddp.rank, ddp.world)
             lr = _lr_at(cfg, step, total_steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr
