@@ -80,9 +80,9 @@ from lifelong.progress import Progress
 from lifelong.supernet import PIXEL_MEAN, PIXEL_STD
 from lifelong.train import (
     TrainConfig,
-    _lr_at,
-    _param_groups,
     epoch_order,
+    lr_at,
+    param_groups,
     training_batch,
     training_tensors,
     tune_allocator,
@@ -370,7 +370,7 @@ def train_baseline(
     total = steps_per_epoch * cfg.epochs
 
     model = build_baseline(name)
-    optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     recipe = {k: v for k, v in cfg.to_dict().items() if k in RECIPE_FIELDS}
     config_json = json.dumps({**recipe, "arch": name}, sort_keys=True)
     step, record, seconds_before = 0, [], 0.0
@@ -408,7 +408,7 @@ def train_baseline(
         losses, correct, seen, t0 = [], 0, 0, time.monotonic()
         for in_epoch in range(first, steps_per_epoch):
             x, y = training_batch(cfg, x_all, y_all, perm, in_epoch, step)
-            lr = _lr_at(cfg, step, total)
+            lr = lr_at(cfg, step, total)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)

@@ -188,14 +188,14 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tenso
     return out.unsqueeze(1)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() <= 1 or ".steps." in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     warm = min(cfg.lr_warmup_steps, total // 10)
     if step < warm:
         return cfg.lr * (step + 1) / warm
@@ -203,7 +203,7 @@ def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def _kd_loss(logits: torch.Tensor, soft: torch.Tensor, temperature: float) -> torch.Tensor:
+def kd_loss(logits: torch.Tensor, soft: torch.Tensor, temperature: float) -> torch.Tensor:
     logp = F.log_softmax(logits / temperature, dim=1)
     return -(soft * logp).sum(1).mean() * temperature**2
 
@@ -288,7 +288,7 @@ def train_supernet(
     search_space = SearchSpace(space_cfg)
     model = Supernet(search_space)
     fixed = search_space.parse(cfg.fixed_subnet) if cfg.fixed_subnet else None
-    optimizer = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     record: list[dict[str, Any]] = []
     step, phase = 0, None
     seconds_before = 0.0  # training time spent by earlier, interrupted runs
@@ -350,7 +350,7 @@ def train_supernet(
         epoch_loss, epoch_t0 = [], time.monotonic()
         for in_epoch in range(first, steps_per_epoch):
             x, y = training_batch(cfg, x_all, y_all, perm, in_epoch, step, ddp.rank, ddp.world)
-            lr = _lr_at(cfg, step, total_steps)
+            lr = lr_at(cfg, step, total_steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
@@ -437,7 +437,7 @@ def _sandwich_step(
     students += [space.sample(rng, precisions) for _ in range(cfg.n_random)]
     for sub in students:
         model.set_active_subnet(sub)
-        kd = _kd_loss(model(x), soft, cfg.kd_temperature)
+        kd = kd_loss(model(x), soft, cfg.kd_temperature)
         kd.backward()
         losses.append(kd.item())
     return losses

@@ -220,6 +220,9 @@ class AdaptationLimits(_Section):
         priority: Nice value of the worker, 0 (normal) to 19 (lowest), so serving comes first.
         replay_buffer: Past samples kept and mixed into fine-tuning against forgetting.
         finetune_steps: Fine-tuning steps of the supernet per adaptation (0: BN re-calibration only).
+        min_samples: Labelled local samples that must arrive after a drift is detected before
+            adaptation starts (samples from before the drift would teach the old data).
+        max_samples: The newest labelled local samples one adaptation uses at most.
     """
 
     section: ClassVar[str] = "adaptation"
@@ -227,6 +230,15 @@ class AdaptationLimits(_Section):
     priority: int = _option(10, integer(0, 19))
     replay_buffer: int = _option(2000, integer(0))
     finetune_steps: int = _option(200, integer(0))
+    min_samples: int = _option(300, integer(20))
+    max_samples: int = _option(3000, integer(20))
+
+    @classmethod
+    def _relations(cls, values: dict[str, Any], file: str) -> list[Problem]:
+        if values["max_samples"] < values["min_samples"]:
+            expected = f"an integer >= adaptation.min_samples ({values['min_samples']})"
+            return [Problem(file, "adaptation.max_samples", expected, str(values["max_samples"]))]
+        return []
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,12 @@ bounded :class:`~service.drift_feed.DriftFeed`; the scheduler job :data:`DRIFT_C
 every ``drift.check_interval_s`` of the policy and brought forward when inbox samples arrive
 or the feed fills, feeds the serving model's drift monitor, stores the drift events and
 enqueues a :class:`~service.drift_check.DriftDetected` when a drift begins; the loop answers
-it in :meth:`Daemon._on_drift` (for now: "re-search needed", shown in the status). A
+it in :meth:`Daemon._on_drift`. **Data, label and accuracy drift** make an adaptation pending
+(:mod:`service.adaptation`): once ``adaptation.min_samples`` labels of the new data are in,
+a worker fine-tunes the supernet on them with replay, re-searches and exports a candidate;
+when it ends, the loop swaps through the same validated deploy (and canary watch) if the
+candidate beats the serving model on held-out local samples by ``swap.min_improvement``,
+and makes the adapted supernet the version in use; else it records why the model stays. A
 :class:`~service.jobs.JobSpec` named :data:`DRIFT_CHECK_JOB` passed in ``jobs=`` replaces the
 built-in one. **Preference drift**: a new valid policy is compared with the old one; if it
 changed what the service aims for, the cached front is asked which model the new policy
@@ -87,8 +92,10 @@ from lifelong.drift import DriftDecision
 from lifelong.drift_signals import preference_drift
 from lifelong.errors import LifelongError
 from lifelong.model_format import META_SUBNET
+from lifelong.supernet_versions import set_current as set_current_supernet
 from policies import Policy
 from service import status as status_doc
+from service.adaptation import ADAPT_TICK_S, Adaptation, AdaptationDone, AdaptationTick
 from service.admin import install_admin_routes
 from service.api import ApiApp, ApiServer, ApiSettings
 from service.canary import (
@@ -128,6 +135,7 @@ __all__ = ["CANARY_CHECK_JOB", "CANARY_CHECK_S", "DRIFT_CHECK_JOB", "Daemon", "D
 logger = logging.getLogger(__name__)
 
 CANARY_CHECK_JOB = "canary-check"
+ADAPT_JOB = "adaptation"
 CANARY_CHECK_S = 0.5
 """Seconds between canary checks while a watch runs (a check is a few numpy operations)."""
 BASELINE_LABELS = 500
@@ -189,6 +197,8 @@ class Daemon:
         self.loop.on(Reload, self._reload)
         self.loop.on(CanaryCheck, self._check_canary)
         self.loop.on(DriftDetected, lambda event: self._on_drift(event.model_id, list(event.decisions)))
+        self.loop.on(AdaptationTick, lambda event: self._adaptation_tick())
+        self.loop.on(AdaptationDone, self._on_adaptation_done)
         for name, command in (("deploy", self._deploy), ("rollback", self._rollback), ("prune", self._prune)):
             self.loop.command(name, command)
         assert settings.policy_path is not None
@@ -213,6 +223,7 @@ class Daemon:
         self.swapper: Swapper | None = None
         self.api: ApiServer | None = None
         self.scheduler: Scheduler | None = None
+        self.adaptation: Adaptation | None = None
         self.supervisor: WorkerSupervisor | None = None
         self.watchers: list[InboxWatcher | PolicyWatcher] = []
 
@@ -267,6 +278,7 @@ class Daemon:
                 self.live.begin(serving)
                 self._resume_canary(serving)
             self.supervisor = WorkerSupervisor(s.state_dir / "logs" / "workers")
+            self.adaptation = Adaptation(s.state_dir, self.store, self.supervisor, self.loop.put)
             feedback = StoreFeedback(
                 self.store,
                 s.state_dir / "samples" / "feedback",
@@ -533,34 +545,70 @@ class Daemon:
     def _on_drift(self, model_id: str, decisions: list[DriftDecision]) -> None:
         """Answer drift that began in a check of ``model_id`` (on the loop).
 
-        The hook of the adaptation worker, which comes with the next part of the lifelong
-        loop. For now every kind is only recorded as needing work, shown in the status
-        (``drift.needs``) and in the events:
-
-        - ``environment`` (live p95 over the budget or the profile): re-profile the device,
-          then answer from the cached front as a preference change is answered;
-        - ``data``, ``label``, ``accuracy``: adapt the supernet to local data in a worker
-          (:class:`~service.worker.WorkerSupervisor`), refresh the predictor, re-search
-          warm-started from the cached front, and swap through :meth:`_deploy` if the
-          winner beats the serving model by the policy's ``swap.min_improvement``.
+        - ``data``, ``label``, ``accuracy``: adaptation (:mod:`service.adaptation`): pending
+          until enough labelled samples of the new data arrived, then a worker adapts the
+          supernet, re-searches and exports a candidate; :meth:`_on_adaptation_done` swaps or
+          says why not;
+        - ``environment`` (live p95 over the budget or the profile): recorded as needing a
+          re-profile and a choice from the cached front (not automated yet).
 
         A drift of a model that no longer serves is ignored: its successor has its own monitor.
         """
-        assert self.drift is not None and self.runtime is not None
+        assert self.drift is not None and self.runtime is not None and self.adaptation is not None
         if self.runtime.current_id != model_id:
             logger.info("drift of %s ignored: %s serves now", model_id, self.runtime.current_id)
             return
         for d in decisions:
             p = "" if d.p_value is None else f", p {d.p_value:.3g}"
             what = f"{d.kind} drift on {model_id}: statistic {d.statistic:.4g} vs threshold {d.threshold:.4g}{p}"
-            action = (
-                "re-profile, then choose from the cached front" if d.kind == "environment" else "adapt and re-search"
-            )
-            self.drift.note_needed(d.kind, "re-search", f"{what}; needed: {action}")
-            self._event(
-                "drift",
-                f"{what} (window {d.window}); re-search needed: {action} (not started: no adaptation worker yet)",
-            )
+            if d.kind == "environment":
+                action = "re-profile, then choose from the cached front"
+                self.drift.note_needed(d.kind, "re-search", f"{what}; needed: {action}")
+                self._event("drift", f"{what} (window {d.window}); needed: {action} (not automated yet)")
+                continue
+            answer = self.adaptation.request(f"{d.kind} drift on {model_id}")
+            self.drift.note_needed(d.kind, "adapt", f"{what}; {answer}")
+            self._event("drift", f"{what} (window {d.window}); {answer}")
+
+    def _adaptation_tick(self) -> None:
+        """Start a pending adaptation once its labels are in (on the loop, every ``ADAPT_TICK_S``)."""
+        a, runtime = self.adaptation, self.runtime
+        if a is None or a.pending is None or runtime is None or self.store is None or self.registry is None:
+            return
+        serving_id = runtime.current_id
+        record = None if serving_id is None else self.store.get_model(serving_id)
+        path = None
+        if serving_id is not None and serving_id in self.registry:
+            path = self.registry.path(serving_id)
+        message = a.tick(self.policy, record, path)
+        if message is not None:
+            self._event("adapt", message)
+
+    def _on_adaptation_done(self, event: AdaptationDone) -> None:
+        """The adaptation worker ended (on the loop): swap if the candidate is better, else say why not."""
+        assert self.adaptation is not None and self.drift is not None
+        decision, result = self.adaptation.finish(event, self.policy)
+        outcome = "kept"
+        if result is None:
+            outcome = "failed" if "cancelled" not in decision.reason else "cancelled"
+        reason = decision.reason
+        if decision.swap and result is not None:
+            cand = result["candidate"]
+            try:
+                self._deploy(path=cand["path"], reason=f"adaptation: {decision.reason}")
+            except LifelongError as exc:
+                outcome, reason = "kept", f"{decision.reason}; the deploy was refused: {exc}"
+            else:
+                outcome = "swapped"
+                try:  # the adapted supernet is the one the service uses from now on
+                    set_current_supernet(self.adaptation.supernet_dir(), cand["checkpoint"], reason=reason)
+                except LifelongError as exc:
+                    self._event("adapt", f"the adapted supernet could not be made current: {exc}")
+                for kind in ("data", "label", "accuracy"):
+                    self.drift.clear_needed(kind)
+        self.adaptation.record_outcome(outcome, reason, result)
+        serving = "" if self.runtime is None else f"; {self.runtime.current_id} serves"
+        self._event("adapt", f"adaptation {outcome}: {reason}{serving}")
 
     def _on_policy_changed(self, event: PolicyChanged) -> None:
         self._reload_policy("the policy file changed")
@@ -653,6 +701,7 @@ class Daemon:
             JobSpec("latency-probe", self._probe, s.probe_interval_s),
             JobSpec("retention", lambda: self.loop.submit("prune"), s.retention_interval_s, run_at_start=True),
             JobSpec(CANARY_CHECK_JOB, self._request_canary_check, CANARY_CHECK_S),
+            JobSpec(ADAPT_JOB, lambda: self.loop.put(AdaptationTick()), ADAPT_TICK_S),
             *drift,
             *self._extra_jobs,
         ]
@@ -714,6 +763,7 @@ class Daemon:
             "precision": self._precision_status(),
             "jobs": {} if self.scheduler is None else {k: v.to_dict() for k, v in self.scheduler.stats().items()},
             "workers": [] if self.supervisor is None else [h.to_dict() for h in self.supervisor.active()],
+            "adaptation": None if self.adaptation is None else self.adaptation.status(),
         }
 
     def _canary_status(self) -> dict[str, Any] | None:

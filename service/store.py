@@ -615,12 +615,15 @@ class Store:
                 [int(label), time.time() if at is None else at, request_id],
             ).rowcount
 
-    def labelled_samples(self, n: int, *, source: str | None = None, model_id: str | None = None) -> list[Sample]:
-        """The ``n`` most recently labelled samples, newest first."""
+    def labelled_samples(
+        self, n: int, *, source: str | None = None, model_id: str | None = None, since: float | None = None
+    ) -> list[Sample]:
+        """The ``n`` most recently labelled samples (labelled at or after ``since``), newest first."""
         rows = self._rows(
             "SELECT * FROM samples WHERE label IS NOT NULL AND (:src IS NULL OR source = :src) "
-            "AND (:m IS NULL OR model_id = :m) ORDER BY labelled_at DESC, id DESC LIMIT :n",
-            {"src": source, "m": model_id, "n": n},
+            "AND (:m IS NULL OR model_id = :m) AND (:since IS NULL OR labelled_at >= :since) "
+            "ORDER BY labelled_at DESC, id DESC LIMIT :n",
+            {"src": source, "m": model_id, "n": n, "since": since},
         )
         return [_record(Sample, r) for r in rows]
 
@@ -631,6 +634,14 @@ class Store:
             {"src": source, "n": n},
         )
         return [_record(Sample, r) for r in rows]
+
+    def count_labelled(self, since: float | None = None) -> int:
+        """How many samples were labelled at or after ``since`` (all labelled ones without it)."""
+        rows = self._rows(
+            "SELECT COUNT(*) AS n FROM samples WHERE label IS NOT NULL AND (:since IS NULL OR labelled_at >= :since)",
+            {"since": since},
+        )
+        return int(rows[0]["n"])
 
     def sample_counts(self) -> dict[str, Any]:
         """``{"total", "labelled", "by_source": {source: {"total", "labelled"}}}``."""

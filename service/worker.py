@@ -222,6 +222,8 @@ class WorkerSupervisor:
         cwd: str | os.PathLike[str] | None = None,
         on_progress: ProgressCallback | None = None,
         on_done: DoneCallback | None = None,
+        nice: int | None = None,
+        sched_idle: bool | None = None,
     ) -> WorkerHandle:
         """Start ``python -m MODULE ARGS`` as a worker; returns as soon as it is running.
 
@@ -234,6 +236,8 @@ class WorkerSupervisor:
             cwd: Working directory of the worker.
             on_progress: Called with each progress report.
             on_done: Called once the job is final, before `wait` returns; it must not `wait` itself.
+            nice: This job's nice increment (0-19) instead of the settings' (a policy's priority).
+            sched_idle: Whether this job runs under ``SCHED_IDLE``, instead of the settings'.
 
         Raises:
             SettingsError: A bad module name, job id or time limit.
@@ -248,6 +252,8 @@ class WorkerSupervisor:
         if not (isinstance(limit, int | float) and math.isfinite(limit) and limit > 0):
             raise SettingsError(f"time_limit_s={limit!r}: expected a finite number of seconds > 0")
         s = self.settings
+        if nice is not None and not (isinstance(nice, int) and 0 <= nice <= 19):
+            raise SettingsError(f"nice={nice!r}: expected an integer from 0 to 19 (workers only go lower)")
         handle = WorkerHandle(job_id, module, args, self.log_dir / f"{job_id}.log", float(limit))
         with self._lock:
             if job_id in self._handles and not self._handles[job_id].done:
@@ -255,8 +261,15 @@ class WorkerSupervisor:
             self._handles[job_id] = handle  # reserved before the start, so the id cannot be taken twice
             for old in [k for k, h in self._handles.items() if h.done][:-_KEEP_FINISHED]:
                 del self._handles[old]
-        opts = ["--nice", str(s.nice), "--oom-score-adj", str(s.oom_score_adj), "--orphan-check", str(s.orphan_check_s)]
-        opts += ["--sched-idle"] if s.sched_idle else []
+        opts = [
+            "--nice",
+            str(s.nice if nice is None else nice),
+            "--oom-score-adj",
+            str(s.oom_score_adj),
+            "--orphan-check",
+            str(s.orphan_check_s),
+        ]
+        opts += ["--sched-idle"] if (s.sched_idle if sched_idle is None else sched_idle) else []
         argv = [sys.executable, "-m", "service.worker_io", *opts, "--", module, *args]
         child_env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
         child_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})

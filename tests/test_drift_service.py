@@ -355,8 +355,8 @@ def test_a_shifted_stream_raises_data_drift_in_store_status_and_metrics_and_a_cl
             metrics = c.metrics()
         drift = status["drift"]
         assert drift["latest"]["data"]["drifted"] and "data" in drift["drifting"]
-        assert any(n["kind"] == "data" and n["action"] == "re-search" for n in drift["needs"])
-        assert any(e["kind"] == "drift" and "re-search needed" in e["message"] for e in status["events"])
+        assert any(n["kind"] == "data" and n["action"] == "adapt" for n in drift["needs"])
+        assert any(e["kind"] == "drift" and "no supernet at" in e["message"] for e in status["events"])
         assert status["store"]["drift_24h"]["detections"] >= 1
         assert 'lifelong_drift_events_total{kind="data"} 1' in metrics
         store = Store.open(state)

@@ -13,7 +13,7 @@ import torch
 
 from lifelong.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from lifelong.errors import CheckpointError, FormatVersionError, TrainingError
-from lifelong.train import TrainConfig, _augment, _lr_at, phase_of, train_supernet
+from lifelong.train import TrainConfig, _augment, lr_at, phase_of, train_supernet
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -24,7 +24,7 @@ TINY = dict(
 def test_phases_follow_the_schedule() -> None:
     cfg = TrainConfig(epochs=6, warmup_epochs=2, int8_epochs=1)
     assert [phase_of(cfg, e) for e in range(6)] == ["fp-warmup"] * 2 + ["int8"] + ["mixed"] * 3
-    lrs = [_lr_at(cfg, s, 1000) for s in range(1000)]
+    lrs = [lr_at(cfg, s, 1000) for s in range(1000)]
     assert max(lrs) == pytest.approx(cfg.lr, rel=1e-3) and lrs[-1] < 0.01 * cfg.lr and lrs[0] < lrs[50]
 
 

@@ -1,0 +1,453 @@
+"""One incremental re-search after data drift: adapt, re-measure, re-search, export, validate.
+
+The service's adaptation worker runs :func:`run_adaptation` on an :class:`AdaptRequest` (a
+JSON file the daemon writes) and hands the :class:`AdaptResult` back; the daemon alone
+decides whether to swap. The phases, each reported through ``progress``:
+
+1. **data**: the local labelled samples (by reference, :mod:`lifelong.local_data`) are split
+   into a fine-tuning part and a held-out part; the replay buffer is loaded (or built once
+   from the original training data) and split the same way;
+2. **baseline**: the serving ONNX model is measured on the held-out local and replay samples:
+   the figures the candidate must beat;
+3. **fine-tune**: the supernet the service uses is fine-tuned (:func:`lifelong.adapt.finetune`),
+   the serving subnet and the cached front's candidates in focus;
+4. **measure**: those candidates are measured for real on held-out local samples;
+5. **search**: the accuracy predictor is transferred to these measurements (APQ's few-shot
+   transfer), NSGA-II runs warm-started from the cached front, and the policy's choice on
+   the new front is measured too;
+6. **export**: the policy's choice among the *measured* subnets (their local accuracy, the
+   profile's latency) is exported behind the parity gate, from the adapted supernet, which is
+   saved as a new version (:mod:`lifelong.supernet_versions`; the original is never touched),
+   and the exported model is measured: local and replay accuracy, latency.
+
+Every phase after the fine-tuning respects the deadline by doing less (fewer candidates, no
+search), never by skipping the export and its validation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lifelong.adapt import AdaptSettings, SubnetMeasurement, calibration_mix, finetune, measure_subnets
+from lifelong.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
+from lifelong.data import ArrayDataset, load_dataset, load_fashion_mnist
+from lifelong.errors import DataError, LifelongError, TrainingError
+from lifelong.export import export_subnet, onnx_session, run_onnx
+from lifelong.front import Front, choose
+from lifelong.local_data import load_refs
+from lifelong.replay import build_replay, load_replay, save_replay
+from lifelong.space import SearchSpace, SubnetConfig
+from lifelong.supernet import recalibrate_bn
+from lifelong.supernet_versions import adapted_path
+from policies import Policy
+
+__all__ = ["ADAPT_REQUEST_FORMAT", "ADAPT_RESULT_FORMAT", "AdaptRequest", "AdaptResult", "run_adaptation"]
+
+logger = logging.getLogger(__name__)
+
+ADAPT_REQUEST_FORMAT = 1
+ADAPT_RESULT_FORMAT = 1
+MIN_SAMPLES = 20
+"""Fewer labelled local samples than this cannot be split into fine-tuning and held-out parts."""
+
+Progress = Callable[[float, str, str], None]
+# Shares of the deadline: fine-tuning ends by FINETUNE_SHARE of it, measuring by MEASURE_SHARE.
+FINETUNE_SHARE, MEASURE_SHARE = 0.55, 0.75
+_PHASES = {"data": (0.0, 0.05), "baseline": (0.05, 0.08), "fine-tune": (0.08, 0.7), "measure": (0.7, 0.8),
+           "search": (0.8, 0.85), "export": (0.85, 1.0)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AdaptRequest:
+    """What the daemon asks of one adaptation (written as JSON, see :meth:`save`).
+
+    Attributes:
+        samples: ``(ref, label)`` of labelled local samples, newest first.
+        checkpoint: The supernet version in use.
+        supernet_dir: Where adapted versions are written (``STATE/supernet``).
+        out_dir: This job's folder: the candidate model and the result go there.
+        policy: The policy in force (``policies.policy_to_dict``).
+        replay: The replay buffer file (built there from ``train_data`` if missing).
+        replay_size: Its size when built.
+        train_data: The original training data spec (``lifelong.data.load_dataset``), or
+            None for Fashion-MNIST.
+        front, predictor, profile: The cached front, the accuracy predictor and the device
+            profile (each may be None or missing: the search step is then skipped).
+        serving: The serving model: ``{"model_id", "subnet", "path"}`` (its ONNX file).
+        trigger: Why (the drift, in words).
+        max_seconds: The policy's time box; the job plans to finish within it.
+        steps: Fine-tuning steps.
+        candidates: Subnets measured for real after fine-tuning (the serving one included).
+        search_evaluations: Predictor evaluations of the warm-started search.
+        holdout_share: Share of local samples held out for validation.
+        threads: torch threads.
+        seed: Splits, batches, subnets.
+    """
+
+    samples: tuple[tuple[str, int], ...]
+    checkpoint: str
+    supernet_dir: str
+    out_dir: str
+    policy: dict[str, Any]
+    replay: str
+    replay_size: int = 2000
+    train_data: str | None = None
+    front: str | None = None
+    predictor: str | None = None
+    profile: str | None = None
+    serving: dict[str, Any] | None = None
+    trigger: str = ""
+    max_seconds: float = 300.0
+    steps: int = 200
+    candidates: int = 6
+    search_evaluations: int = 4000
+    holdout_share: float = 0.3
+    threads: int = 2
+    seed: int = 0
+    format_version: int = ADAPT_REQUEST_FORMAT
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"kind": "lifelong-adapt-request", **asdict(self)}, indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> AdaptRequest:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path} is not a readable adaptation request ({exc})") from exc
+        if not isinstance(d, dict) or d.pop("kind", None) != "lifelong-adapt-request":
+            raise DataError(f"{path} is not a lifelong adaptation request")
+        if d.get("format_version") != ADAPT_REQUEST_FORMAT:
+            raise DataError(f"{path}: request format {d.get('format_version')!r}, expected {ADAPT_REQUEST_FORMAT}")
+        try:
+            d["samples"] = tuple((str(r), int(y)) for r, y in d["samples"])
+            return cls(**d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: malformed adaptation request ({exc})") from exc
+
+
+@dataclass
+class AdaptResult:
+    """What an adaptation produced; :attr:`candidate` is None when nothing could be exported."""
+
+    trigger: str
+    samples: dict[str, int]
+    serving: dict[str, Any] | None
+    candidate: dict[str, Any] | None
+    measurements: list[dict[str, Any]]
+    finetune: dict[str, Any]
+    search: dict[str, Any]
+    supernet: dict[str, Any]
+    phases: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    format_version: int = ADAPT_RESULT_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"kind": "lifelong-adapt-result", **self.to_dict()}, indent=1, default=float))
+        os.replace(tmp, path)
+        return path
+
+
+class _Clock:
+    """Phase timings and progress in overall fractions."""
+
+    def __init__(self, progress: Progress | None, max_seconds: float) -> None:
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + max_seconds
+        self.max_seconds = max_seconds
+        self.progress = progress
+        self.phases: dict[str, float] = {}
+        self._phase: tuple[str, float] | None = None
+
+    def at(self, share: float) -> float:
+        return self.t0 + share * self.max_seconds
+
+    def phase(self, name: str, message: str = "") -> None:
+        now = time.monotonic()
+        if self._phase is not None:
+            self.phases[self._phase[0]] = round(now - self._phase[1], 3)
+        self._phase = (name, now)
+        self.report(name, 0.0, message)
+
+    def report(self, name: str, within: float, message: str = "") -> None:
+        lo, hi = _PHASES.get(name, (0.0, 1.0))
+        if self.progress is not None:
+            self.progress(lo + (hi - lo) * min(max(within, 0.0), 1.0), name, message)
+
+    def close(self) -> None:
+        self.phase("done")
+
+
+def _onnx_figures(
+    path: str | Path, holdout: ArrayDataset, replay_holdout: ArrayDataset | None, threads: int
+) -> dict[str, Any]:
+    session = onnx_session(str(path), threads=threads)
+    assert holdout.y is not None
+    logits, _ = run_onnx(session, holdout.as_float(), batch_size=256)
+    out: dict[str, Any] = {"local_accuracy": float((logits.argmax(1) == holdout.y).mean())}
+    if replay_holdout is not None and replay_holdout.y is not None and len(replay_holdout):
+        rl, _ = run_onnx(session, replay_holdout.as_float(), batch_size=256)
+        out["replay_accuracy"] = float((rl.argmax(1) == replay_holdout.y).mean())
+    return out
+
+
+def _replay(req: AdaptRequest) -> tuple[ArrayDataset | None, str]:
+    path = Path(req.replay)
+    if path.is_file():
+        return load_replay(path), f"replay buffer {path}"
+    if req.replay_size <= 0:
+        return None, "no replay buffer (replay_buffer = 0)"
+    data = load_dataset(req.train_data, split="train") if req.train_data else load_fashion_mnist("train")
+    buffer = build_replay(data, req.replay_size, seed=req.seed)
+    save_replay(path, buffer)
+    return buffer, f"replay buffer of {len(buffer)} built from {data.source} into {path}"
+
+
+def _focus(space: SearchSpace, policy: Policy, front: Front | None, serving: str | None, n: int) -> list[SubnetConfig]:
+    """The serving subnet, the cached front's choice for the policy, then its most accurate points within budget."""
+    names: list[str] = []
+    if serving:
+        names.append(serving)
+    if front is not None:
+        chosen = choose(front, policy)
+        if chosen is not None:
+            names.append(chosen.subnet)
+        within = [p for p in front.points if _within(p, policy)]
+        names += [p.subnet for p in sorted(within, key=lambda p: -p.best_accuracy())]
+    out: list[SubnetConfig] = []
+    for name in names:
+        try:
+            cfg = space.parse(name)
+        except LifelongError:
+            continue
+        if cfg not in out:
+            out.append(cfg)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _within(point: Any, policy: Policy) -> bool:
+    b = policy.budgets
+    return b.latency_ms_p95 is None or point.latency_at(policy.target.batch) <= b.latency_ms_p95
+
+
+def _searched(
+    req: AdaptRequest, policy: Policy, space: SearchSpace, front: Front | None, measured: Sequence[SubnetMeasurement]
+) -> tuple[Any, Front | None, dict[str, Any]]:
+    """Refresh the predictor on ``measured`` and search warm-started; returns (evaluator, new front, info)."""
+    from lifelong.front_search import SearchSettings, search_front
+    from lifelong.latency_table import LatencyTable
+    from lifelong.predictor import AccuracyPredictor
+    from lifelong.profile import DeviceProfile
+
+    if not (req.predictor and req.profile and Path(req.predictor).is_file() and Path(req.profile).is_file()):
+        return None, None, {"skipped": "no predictor or no device profile"}
+    predictor = AccuracyPredictor.load(req.predictor)
+    profile = DeviceProfile.load(req.profile)
+    from lifelong.evaluator import PredictorEvaluator
+
+    evaluator = PredictorEvaluator(predictor, LatencyTable(profile, space), batch=policy.target.batch)
+    cfgs = [space.parse(m.subnet) for m in measured]
+    X = evaluator.features(evaluator.codec.codes(cfgs))
+    y = np.array([m.local_accuracy for m in measured])
+    before = predictor.predict(X)
+    info: dict[str, Any] = {"refreshed_on": len(measured), "bias_before": float(np.mean(y - before))}
+    if len(measured) >= 2:
+        refreshed, fit = predictor.transfer(X, y, max_epochs=60, patience=60, meta={"adapted_on": len(measured)})
+        info["fit_rmse"] = fit.train_rmse
+    else:  # one point: shift the predictions by its residual
+        refreshed = predictor
+    refreshed_eval = PredictorEvaluator(refreshed, LatencyTable(profile, space), batch=policy.target.batch)
+    budget = max(req.search_evaluations, 200)
+    found = search_front(
+        refreshed,
+        profile,
+        policy,
+        space=space,
+        settings=SearchSettings(evaluations=budget, population=min(100, budget // 2), seed=req.seed),
+        cached=front,
+    )
+    info.update({"evaluations": found.front.info.get("evaluations"), "seconds": found.front.info.get("seconds"),
+                 "front_points": len(found.front)})  # fmt: skip
+    return refreshed_eval, found.front, info
+
+
+def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | None = None) -> AdaptResult:
+    """Run every phase of the module docstring; see :class:`AdaptRequest` for the inputs.
+
+    ``policy`` is the request's policy, parsed by the caller (``policies.parse_policy``).
+
+    Raises:
+        DataError: too few readable local samples, a bad request or missing data.
+        TrainingError: fine-tuning failed.
+        CheckpointError: the supernet cannot be read.
+    """
+    req = request
+    torch.set_num_threads(max(1, req.threads))
+    clock = _Clock(progress, req.max_seconds)
+    notes: list[str] = []
+
+    clock.phase("data", f"{len(req.samples)} local samples")
+    local, unreadable = load_refs(req.samples)
+    if unreadable:
+        notes.append(f"{len(unreadable)} local samples could not be read (first: {unreadable[0]})")
+    if len(local) < MIN_SAMPLES:
+        raise DataError(f"adaptation needs at least {MIN_SAMPLES} labelled local samples, {len(local)} could be read")
+    tune, holdout = local.split(req.holdout_share, seed=req.seed)
+    replay, replay_note = _replay(req)
+    notes.append(replay_note)
+    replay_tune, replay_holdout = (None, None) if replay is None else replay.split(0.2, seed=req.seed)
+    samples = {"local": len(local), "fine_tune": len(tune), "holdout": len(holdout),
+               "replay": 0 if replay is None else len(replay)}  # fmt: skip
+
+    serving_figures = None
+    serving = dict(req.serving or {})
+    if serving.get("path"):
+        clock.phase("baseline", f"measuring {serving.get('model_id')} on {len(holdout)} held-out local samples")
+        try:
+            serving_figures = {**serving, **_onnx_figures(serving["path"], holdout, replay_holdout, req.threads)}
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; the job goes on without it
+            notes.append(f"the serving model could not be measured: {type(exc).__name__}: {exc}")
+
+    ckpt_path = Path(req.checkpoint)
+    ckpt = load_checkpoint(ckpt_path)
+    parent_sha = file_sha256(ckpt_path)
+    model = ckpt.build()
+    space = model.space
+    front = None
+    if req.front and Path(req.front).is_file():
+        try:
+            front = Front.load(req.front)
+        except LifelongError as exc:
+            notes.append(f"cached front not used: {exc}")
+    focus = _focus(space, policy, front, serving.get("subnet"), req.candidates)
+    if not focus:
+        focus = [space.largest()]
+        notes.append("no serving subnet or front point fits this supernet's space: the largest subnet is the candidate")
+
+    clock.phase("fine-tune", f"{req.steps} sandwich steps on {len(tune)} local + replay samples")
+    settings = AdaptSettings(steps=req.steps, seed=req.seed)
+    ft = finetune(
+        model,
+        tune,
+        replay_tune,
+        settings,
+        focus,
+        deadline=clock.at(FINETUNE_SHARE),
+        on_step=lambda i, n, loss: clock.report("fine-tune", i / max(n, 1), f"step {i}/{n}, loss {loss:.3f}"),
+    )
+    if ft.stopped_by_deadline:
+        notes.append(f"fine-tuning stopped by the time box after {ft.steps}/{ft.planned_steps} steps")
+
+    clock.phase("measure", f"{len(focus)} candidate subnets on held-out local samples")
+    calib = calibration_mix(tune, replay_tune, settings.calib_images, seed=req.seed)
+    measured = measure_subnets(model, focus, calib, holdout, replay_holdout, deadline=clock.at(MEASURE_SHARE))
+
+    clock.phase("search", "predictor refresh and warm-started search")
+    search_info: dict[str, Any] = {}
+    evaluator, new_front = None, None
+    try:
+        evaluator, new_front, search_info = _searched(req, policy, space, front, measured)
+    except LifelongError as exc:
+        search_info = {"skipped": str(exc)}
+        notes.append(f"search skipped: {exc}")
+    if new_front is not None:
+        pick = choose(new_front, policy, measured=False)
+        if pick is not None and pick.subnet not in {m.subnet for m in measured} and time.monotonic() < clock.at(0.85):
+            measured += measure_subnets(model, [space.parse(pick.subnet)], calib, holdout, replay_holdout)
+            search_info["new_candidate"] = pick.subnet
+
+    winner = _pick(measured, policy, evaluator, space)
+    clock.phase("export", f"exporting {winner.subnet}")
+    out_dir = Path(req.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_ckpt = out_dir / "adapted.pt"
+    meta = {**ckpt.meta, "adapted_from": parent_sha, "adaptation": {"trigger": req.trigger, "finetune": ft.to_dict(),
+            "samples": samples, "at": time.time()}}  # fmt: skip
+    save_checkpoint(tmp_ckpt, Checkpoint(ckpt.space, model.state_dict(), ckpt.record, {"complete": True}, meta))
+    sha = file_sha256(tmp_ckpt)
+    version_path = adapted_path(req.supernet_dir, sha)
+    version_path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp_ckpt, version_path)
+
+    cfg = space.parse(winner.subnet)
+    sub = model.get_subnet(cfg)
+    recalibrate_bn(sub, torch.from_numpy(calib).contiguous(memory_format=torch.channels_last))
+    sub.eval()
+    gate = holdout if replay_holdout is None else holdout.concat(replay_holdout)
+    assert gate.y is not None
+    report = export_subnet(
+        sub, out_dir / "candidate.onnx", gate.as_float(), gate.y, checkpoint_sha256=sha, calibration=calib[:1000]
+    )
+    figures = _onnx_figures(report.path, holdout, replay_holdout, req.threads)
+    from lifelong.profile import measure_model
+
+    latency = measure_model(report.path.read_bytes(), batches=(policy.target.batch,), threads=policy.target.threads)
+    candidate = {
+        "path": str(report.path),
+        "subnet": winner.subnet,
+        "checkpoint": str(version_path),
+        "checkpoint_sha256": sha,
+        "bytes": report.bytes,
+        "latency_ms": {str(k): v for k, v in latency.items()},
+        "parity": report.parity.to_dict(),
+        "requantized": report.requantized,
+        **figures,
+    }
+    clock.close()
+    result = AdaptResult(
+        trigger=req.trigger,
+        samples=samples,
+        serving=serving_figures,
+        candidate=candidate,
+        measurements=[m.to_dict() for m in measured],
+        finetune=ft.to_dict(),
+        search=search_info,
+        supernet={"parent": str(ckpt_path), "parent_sha256": parent_sha, "adapted": str(version_path), "sha256": sha},
+        phases=clock.phases,
+        seconds=round(time.monotonic() - clock.t0, 2),
+        notes=notes,
+    )
+    result.save(out_dir / "result.json")
+    return result
+
+
+def _pick(
+    measured: Sequence[SubnetMeasurement], policy: Policy, evaluator: Any, space: SearchSpace
+) -> SubnetMeasurement:
+    """The policy's choice among the measured subnets: their local accuracy, predicted latency and bytes."""
+    if not measured:
+        raise TrainingError("no candidate subnet could be measured within the time box")
+    if evaluator is None:
+        return max(measured, key=lambda m: m.local_accuracy)
+    cfgs = [space.parse(m.subnet) for m in measured]
+    front = evaluator.front(cfgs)
+    for m in measured:
+        front = front.with_measurement(m.subnet, accuracy=m.local_accuracy)
+    point = choose(front, policy)
+    if point is None:  # nothing within budget: the most accurate, the daemon checks budgets again
+        return max(measured, key=lambda m: m.local_accuracy)
+    return next(m for m in measured if m.subnet == point.subnet)

@@ -1,0 +1,136 @@
+"""Which supernet the service uses: the original, or an adapted version of it.
+
+Layout under ``STATE/supernet/``::
+
+    supernet.pt               the original (trained offline); never overwritten here
+    adapted/TIME-SHA12.pt     adapted versions, each a full checkpoint whose meta names its parent
+    current.json              the version in use, once an adapted one was deployed
+
+An adaptation writes a new version and leaves ``current.json`` alone; only when a model of
+that version is deployed does the service move the pointer (:func:`set_current`), by an
+atomic rename. A missing, unreadable or dangling pointer means the original: the service
+can always fall back to what it was given. No torch here: the daemon reads and moves the
+pointer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lifelong.errors import CheckpointError, FormatVersionError
+
+__all__ = [
+    "POINTER_FORMAT",
+    "SupernetVersion",
+    "adapted_path",
+    "current_supernet",
+    "list_versions",
+    "set_current",
+]
+
+POINTER_FORMAT = 1
+_KIND = "lifelong-supernet-pointer"
+ORIGINAL, ADAPTED, POINTER = "supernet.pt", "adapted", "current.json"
+
+
+@dataclass(frozen=True)
+class SupernetVersion:
+    """One supernet version: its file, its content hash, what it was adapted from and why."""
+
+    path: str
+    sha256: str
+    parent_sha256: str | None = None
+    reason: str = ""
+    at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def adapted_path(folder: str | os.PathLike[str], sha256: str, at: float | None = None) -> Path:
+    """Where an adapted version with content hash ``sha256`` is written."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() if at is None else at))
+    return Path(folder) / ADAPTED / f"{stamp}-{sha256[:12]}.pt"
+
+
+def _read_pointer(folder: Path) -> dict[str, Any] | None:
+    path = folder / POINTER
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable supernet pointer ({exc}); delete it to use {ORIGINAL}"
+        ) from exc
+    if not isinstance(d, dict) or d.get("kind") != _KIND:
+        raise CheckpointError(f"{path} is not a lifelong supernet pointer (expected kind {_KIND!r})")
+    if d.get("format_version") != POINTER_FORMAT:
+        raise FormatVersionError(f"supernet pointer {path}", d.get("format_version"), POINTER_FORMAT, "Delete it.")
+    return d
+
+
+def current_supernet(folder: str | os.PathLike[str]) -> Path:
+    """The checkpoint in use: the pointer's version if it names an existing file, else the original.
+
+    Raises:
+        CheckpointError: the pointer is corrupt (the message says to delete it).
+    """
+    folder = Path(folder)
+    d = _read_pointer(folder)
+    if d is not None:
+        path = folder / str(d.get("path", ""))
+        if path.is_file() and path.resolve().is_relative_to(folder.resolve()):
+            return path
+    return folder / ORIGINAL
+
+
+def set_current(
+    folder: str | os.PathLike[str], checkpoint: str | os.PathLike[str], *, reason: str = ""
+) -> SupernetVersion:
+    """Make ``checkpoint`` (a file under ``folder``) the version in use; atomic.
+
+    Raises:
+        CheckpointError: the file is missing or lies outside ``folder``.
+    """
+    folder = Path(folder)
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"no supernet checkpoint at {path}")
+    try:
+        rel = path.resolve().relative_to(folder.resolve())
+    except ValueError as exc:
+        raise CheckpointError(f"{path} is not under {folder}; versions live in {folder / ADAPTED}") from exc
+    version = SupernetVersion(str(rel), _sha256(path), reason=reason, at=time.time())
+    doc = {"kind": _KIND, "format_version": POINTER_FORMAT, **version.to_dict()}
+    tmp = folder / f".{POINTER}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / POINTER)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return version
+
+
+def list_versions(folder: str | os.PathLike[str]) -> list[Path]:
+    """The original (if present) and every adapted version, oldest first."""
+    folder = Path(folder)
+    found = [folder / ORIGINAL] if (folder / ORIGINAL).is_file() else []
+    return found + sorted((folder / ADAPTED).glob("*.pt"))

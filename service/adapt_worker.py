@@ -1,0 +1,46 @@
+"""Worker job: one adaptation of the supernet to local data (runs in a worker process, with torch).
+
+Started by :class:`service.adaptation.Adaptation` as
+``python -m service.worker_io [priority] -- service.adapt_worker REQUEST.json``; it reads the
+request (:class:`lifelong.adapt_job.AdaptRequest`), runs :func:`lifelong.adapt_job.run_adaptation`,
+reports progress at most every half second (and at each new phase) and, at the end, the
+result's path and headline figures. The daemon reads the full result from the file.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+
+from service.worker_io import report_progress, report_result
+
+PROGRESS_EVERY_S = 0.5
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        raise SystemExit("usage: python -m service.worker_io -- service.adapt_worker REQUEST.json")
+    from pathlib import Path
+
+    from lifelong.adapt_job import AdaptRequest, run_adaptation
+    from policies import parse_policy
+
+    request = AdaptRequest.load(args[0])
+    policy = parse_policy(request.policy, source=f"{args[0]} [policy]")
+    last = {"at": 0.0, "phase": ""}
+
+    def progress(fraction: float, phase: str, message: str) -> None:
+        now = time.monotonic()
+        if phase != last["phase"] or now - last["at"] >= PROGRESS_EVERY_S:
+            last.update(at=now, phase=phase)
+            report_progress(fraction, phase, message)
+
+    result = run_adaptation(request, policy, progress)
+    report_result({"result": str(Path(request.out_dir) / "result.json"), "candidate": result.candidate})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

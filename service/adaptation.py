@@ -1,0 +1,301 @@
+"""The daemon's side of adaptation: when to start a worker, what it is told, and whether to swap.
+
+A data, label or accuracy drift makes adaptation *pending*: the worker needs labelled samples
+of the new data, and those arrive after the drift is detected (feedback labels through the
+API, labelled inbox files). A scheduler tick (:data:`ADAPT_TICK_S`) asks the loop to look;
+once ``adaptation.min_samples`` labels arrived since the detection, :meth:`Adaptation.tick`
+writes an :class:`~lifelong.adapt_job.AdaptRequest` (the newest ``max_samples`` of them by
+reference, the policy in force, the supernet version in use, the serving model) into
+``STATE/adapt/JOB/`` and starts ``service.adapt_worker`` under the
+:class:`~service.worker.WorkerSupervisor`, time-boxed by ``adaptation.max_seconds`` and niced
+by ``adaptation.priority``. Serving never waits on it; at most one runs.
+
+The job's phase and progress go to the store's ``searches`` row as the worker reports them;
+its end is a loop event (:class:`AdaptationDone`). The loop then reads the result and asks
+:func:`decide_swap`, a pure function of the result and the policy: swap only when the
+candidate meets the budgets, beats the serving model on held-out local samples by
+``swap.min_improvement`` and does not forget the original data by more than
+``swap.rollback_accuracy_drop`` (measured on held-out replay samples). The swap itself is the
+daemon's validated deploy, followed by the canary watch.
+
+No torch here: this module runs in the serving process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from lifelong.supernet_versions import current_supernet
+from policies import Policy, policy_to_dict
+from service.errors import ServiceError
+from service.paths import default_front, default_predictor, default_profile
+from service.store import ModelRecord, Store
+from service.worker import WorkerHandle, WorkerProgress, WorkerState, WorkerSupervisor
+
+__all__ = ["ADAPT_TICK_S", "Adaptation", "AdaptationDone", "AdaptationTick", "SwapDecision", "decide_swap"]
+
+logger = logging.getLogger(__name__)
+
+ADAPT_TICK_S = 2.0
+"""Seconds between looks at a pending adaptation (a count query in the store)."""
+WORKER_MODULE = "service.adapt_worker"
+IDLE_PRIORITY = 19
+"""At the lowest priority the worker runs under ``SCHED_IDLE``: CPU only when serving leaves
+some. Above it, ``nice`` alone: a worker starved by a steady request stream would never
+finish, and a drifted model would serve on."""
+GRACE_S = 60.0
+"""Added to ``adaptation.max_seconds`` for the worker's hard limit: the job plans to finish
+within the time box and needs a little more to export and validate what it has."""
+
+
+@dataclass(frozen=True)
+class AdaptationTick:
+    """Loop event: look whether a pending adaptation can start."""
+
+
+@dataclass(frozen=True)
+class AdaptationDone:
+    """Loop event: the adaptation worker ``job_id`` ended (any way)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class SwapDecision:
+    swap: bool
+    reason: str
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
+    """Whether the candidate of an adaptation ``result`` should replace the serving model."""
+    cand = result.get("candidate")
+    if not cand:
+        return SwapDecision(False, "the adaptation produced no candidate")
+    b, batch = policy.budgets, policy.target.batch
+    latency = (cand.get("latency_ms") or {}).get(str(batch))
+    if b.latency_ms_p95 is not None and latency is not None and latency > b.latency_ms_p95:
+        return SwapDecision(False, f"the candidate takes {latency:.2f} ms at batch {batch}, over the budget of {b.latency_ms_p95} ms")  # fmt: skip
+    if b.model_bytes is not None and cand.get("bytes", 0) > b.model_bytes:
+        return SwapDecision(False, f"the candidate has {cand['bytes']} bytes, over the budget of {b.model_bytes}")
+    serving = result.get("serving")
+    desc = f"candidate {cand['subnet']} {_pct(cand['local_accuracy'])} on held-out local samples"
+    if not serving or serving.get("local_accuracy") is None:
+        return SwapDecision(True, f"{desc}; the serving model could not be measured")
+    gain = cand["local_accuracy"] - serving["local_accuracy"]
+    vs = f"{desc} vs {_pct(serving['local_accuracy'])} serving ({gain * 100:+.2f} pt)"
+    if gain < policy.swap.min_improvement:
+        return SwapDecision(False, f"{vs}: below the minimum improvement of {policy.swap.min_improvement * 100:.2f} pt")
+    forget = None
+    if cand.get("replay_accuracy") is not None and serving.get("replay_accuracy") is not None:
+        forget = serving["replay_accuracy"] - cand["replay_accuracy"]
+        if forget > policy.swap.rollback_accuracy_drop:
+            return SwapDecision(
+                False,
+                f"{vs}, but it loses {forget * 100:.2f} pt on the original data (replay "
+                f"{_pct(cand['replay_accuracy'])} vs {_pct(serving['replay_accuracy'])}; at most "
+                f"{policy.swap.rollback_accuracy_drop * 100:.2f} pt allowed)",
+            )
+    kept = "" if forget is None else f"; original data {forget * -100:+.2f} pt"
+    return SwapDecision(True, f"{vs}{kept}")
+
+
+@dataclass
+class _Pending:
+    trigger: str
+    since: float
+
+
+class Adaptation:
+    """At most one adaptation at a time: pending, running, and the last one's outcome.
+
+    Args:
+        state_dir: The service's state directory (supernet, front, predictor, profile, jobs).
+        store: Where the job's row and the labelled samples are.
+        supervisor: Starts and bounds the worker.
+        post: Puts an event on the daemon's loop (called from the supervision thread).
+    """
+
+    def __init__(self, state_dir: Path, store: Store, supervisor: WorkerSupervisor, post: Callable[[object], None]):
+        self.state_dir, self.store, self.supervisor, self.post = Path(state_dir), store, supervisor, post
+        self.pending: _Pending | None = None
+        self.handle: WorkerHandle | None = None
+        self.search_id: int | None = None
+        self.trigger: str | None = None
+        self.last: dict[str, Any] | None = None
+        self._lock = threading.Lock()  # progress is written by the supervision thread, read by the API
+
+    @property
+    def running(self) -> bool:
+        return self.handle is not None and not self.handle.done
+
+    def supernet_dir(self) -> Path:
+        return self.state_dir / "supernet"
+
+    def request(self, trigger: str, at: float | None = None) -> str:
+        """Note that drift asks for adaptation (on the loop); returns what happens, in words."""
+        if self.running:
+            return f"an adaptation is already running ({self.trigger})"
+        if self.pending is not None:
+            return f"an adaptation is already pending ({self.pending.trigger})"
+        if not current_supernet(self.supernet_dir()).is_file():
+            return f"no supernet at {self.supernet_dir()}: train one (`lifelong train`) to adapt"
+        self.pending = _Pending(trigger, time.time() if at is None else at)
+        return "adaptation pending: waiting for labelled local samples"
+
+    def cancel_pending(self) -> None:
+        self.pending = None
+
+    def tick(self, policy: Policy, serving: ModelRecord | None, serving_path: Path | None) -> str | None:
+        """Start the pending adaptation if enough labels arrived (on the loop); returns an event message."""
+        p = self.pending
+        if p is None or self.running:
+            return None
+        a = policy.adaptation
+        have = self.store.count_labelled(since=p.since)
+        if have < a.min_samples:
+            return None
+        self.pending = None
+        samples = self.store.labelled_samples(a.max_samples, since=p.since)
+        return self._start(policy, p.trigger, [(s.ref, int(s.label)) for s in samples if s.label is not None], serving, serving_path)  # fmt: skip
+
+    def _start(
+        self,
+        policy: Policy,
+        trigger: str,
+        samples: list[tuple[str, int]],
+        serving: ModelRecord | None,
+        serving_path: Path | None,
+    ) -> str:
+        job_id = f"adapt-{time.strftime('%Y%m%dT%H%M%S')}"
+        folder = self.state_dir / "adapt" / job_id
+        a = policy.adaptation
+        request = {
+            "kind": "lifelong-adapt-request",
+            "format_version": 1,
+            "samples": samples,
+            "checkpoint": str(current_supernet(self.supernet_dir())),
+            "supernet_dir": str(self.supernet_dir()),
+            "out_dir": str(folder),
+            "policy": policy_to_dict(policy),
+            "replay": str(self.state_dir / "replay" / "replay.npz"),
+            "replay_size": a.replay_buffer,
+            "front": str(default_front(self.state_dir)),
+            "predictor": str(default_predictor(self.state_dir)),
+            "profile": str(default_profile(self.state_dir)),
+            "serving": None
+            if serving is None
+            else {"model_id": serving.id, "subnet": serving.subnet, "path": str(serving_path or "")},
+            "trigger": trigger,
+            "max_seconds": a.max_seconds,
+            "steps": a.finetune_steps,
+            "threads": policy.target.threads,
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "request.json"
+        path.write_text(json.dumps(request, indent=1))
+        search = self.store.start_search(f"adaptation: {trigger}", phase="starting")
+        try:
+            handle = self.supervisor.start(
+                WORKER_MODULE,
+                [str(path)],
+                job_id=job_id,
+                time_limit_s=a.max_seconds + GRACE_S,
+                nice=a.priority,
+                sched_idle=a.priority >= IDLE_PRIORITY,
+                on_progress=self._on_progress,
+                on_done=lambda h: self.post(AdaptationDone(h.job_id)),
+            )
+        except ServiceError as exc:
+            self.store.finish_search(search.id, state="failed", error=str(exc))
+            self._set_last("failed", f"the worker could not start: {exc}", trigger, time.time(), None)
+            return f"adaptation not started: {exc}"
+        with self._lock:
+            self.handle, self.search_id, self.trigger = handle, search.id, trigger
+        return f"adaptation started ({job_id}) on {len(samples)} labelled local samples: {trigger}"
+
+    def _on_progress(self, handle: WorkerHandle, p: WorkerProgress) -> None:
+        """Supervision thread: the job's phase and progress into its store row."""
+        if self.search_id is not None:
+            try:
+                self.store.update_search(self.search_id, phase=p.phase, progress=p.fraction)
+            except Exception:  # noqa: BLE001 - the store closing at shutdown must not kill supervision
+                logger.exception("could not record the adaptation's progress")
+
+    def finish(self, event: AdaptationDone, policy: Policy) -> tuple[SwapDecision, dict[str, Any] | None]:
+        """The job ended (on the loop): its result and the swap decision; the store row is closed."""
+        handle = self.handle
+        if handle is None or handle.job_id != event.job_id:
+            return SwapDecision(False, f"unknown adaptation job {event.job_id}"), None
+        result: dict[str, Any] | None = None
+        if handle.state is WorkerState.SUCCEEDED:
+            try:
+                result = json.loads(Path(str((handle.result or {})["result"])).read_text())
+            except (KeyError, OSError, ValueError) as exc:
+                decision = SwapDecision(False, f"the adaptation's result cannot be read: {exc}")
+            else:
+                decision = decide_swap(result, policy)
+        else:
+            decision = SwapDecision(False, f"the adaptation {handle.state}: {handle.error or 'no detail'}")
+        state = {WorkerState.SUCCEEDED: "done", WorkerState.CANCELLED: "cancelled"}.get(handle.state, "failed")
+        if self.search_id is not None:
+            summary = (
+                None if result is None else {k: result.get(k) for k in ("candidate", "serving", "seconds", "phases")}
+            )
+            self.store.finish_search(self.search_id, state=state, result=summary, error=None if state == "done" else decision.reason)  # fmt: skip
+        return decision, result
+
+    def record_outcome(self, outcome: str, reason: str, result: Mapping[str, Any] | None) -> None:
+        handle = self.handle
+        started = handle.started_at if handle is not None else time.time()
+        self._set_last(outcome, reason, self.trigger or "", started, result)
+
+    def _set_last(self, outcome: str, reason: str, trigger: str, started: float, result: Mapping[str, Any] | None) -> None:  # fmt: skip
+        cand, serving = (result or {}).get("candidate"), (result or {}).get("serving")
+        with self._lock:
+            self.last = {
+                "outcome": outcome,
+                "reason": reason,
+                "trigger": trigger,
+                "started": started,
+                "finished": time.time(),
+                "seconds": None if result is None else result.get("seconds"),
+                "candidate": None
+                if not cand
+                else {k: cand.get(k) for k in ("subnet", "local_accuracy", "replay_accuracy", "latency_ms", "path")},
+                "serving": None
+                if not serving
+                else {k: serving.get(k) for k in ("model_id", "subnet", "local_accuracy", "replay_accuracy")},
+            }
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+
+    def status(self) -> dict[str, Any]:
+        """For ``/v1/status``: idle, pending or running, the job's progress, the last outcome."""
+        with self._lock:
+            handle, last = self.handle, None if self.last is None else dict(self.last)
+        running = handle is not None and not handle.done
+        p = handle.progress if running and handle is not None else None
+        pending = None if self.pending is None else asdict(replace(self.pending))
+        return {
+            "state": "running" if running else ("pending" if pending else "idle"),
+            "pending": pending,
+            "job": handle.to_dict() if running and handle is not None else None,
+            "trigger": self.trigger if running else None,
+            "phase": None if p is None else p.phase,
+            "progress": None if p is None else p.fraction,
+            "message": None if p is None else p.message,
+            "last": last,
+        }

@@ -1,0 +1,170 @@
+"""Adaptation parts: the replay buffer, local samples by reference, supernet versions, the
+request file, the swap decision, and fine-tuning a tiny supernet on shifted local data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lifelong.adapt import AdaptSettings, calibration_mix, finetune, measure_subnets
+from lifelong.adapt_job import AdaptRequest
+from lifelong.data import ArrayDataset
+from lifelong.errors import CheckpointError, DataError, FormatVersionError, TrainingError
+from lifelong.local_data import load_refs
+from lifelong.replay import build_replay, load_replay, save_replay
+from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec
+from lifelong.supernet import Supernet, init_quantizers
+from lifelong.supernet_versions import adapted_path, current_supernet, list_versions, set_current
+from policies import Policy
+from policies.schema import Budgets, SwapRules
+from service.adaptation import decide_swap
+
+TINY_SPACE = SpaceConfig(
+    stem_widths=(8,),
+    stages=(StageSpec((8, 16), (1, 2), 1), StageSpec((16, 24), (1, 2), 2)),
+    expands=(2, 3),
+    head_width=16,
+)
+
+
+def _data(n: int, seed: int = 0) -> ArrayDataset:
+    r = np.random.default_rng(seed)
+    return ArrayDataset(r.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n) % 10, tuple("abcdefghij"), "t")
+
+
+# -- replay buffer ------------------------------------------------------------------------------
+
+
+def test_replay_buffer_is_class_balanced_and_round_trips(tmp_path: Path) -> None:
+    data = ArrayDataset(np.zeros((300, 28, 28), np.uint8), np.r_[np.zeros(200, int), np.arange(100) % 5 + 1], (), "d")
+    buf = build_replay(data, 60, seed=1)
+    assert len(buf) == 60
+    assert np.bincount(buf.y, minlength=6).tolist() == [10] * 6, "each class gives the same share"
+    back = load_replay(save_replay(tmp_path / "r.npz", buf))
+    assert np.array_equal(back.x, buf.x) and np.array_equal(back.y, buf.y)
+
+
+def test_replay_buffer_rejects_foreign_and_future_files(tmp_path: Path) -> None:
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable replay buffer"):
+        load_replay(tmp_path / "bad.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros((1, 28, 28), np.uint8))
+    with pytest.raises(DataError, match="not a lifelong replay buffer"):
+        load_replay(tmp_path / "other.npz")
+    np.savez(tmp_path / "v9.npz", kind=np.array("lifelong-replay"), format_version=np.array(9))
+    with pytest.raises(FormatVersionError, match="version 9"):
+        load_replay(tmp_path / "v9.npz")
+    with pytest.raises(DataError, match="no replay buffer"):
+        load_replay(tmp_path / "missing.npz")
+
+
+# -- local samples ------------------------------------------------------------------------------
+
+
+def test_local_samples_are_read_by_reference_and_missing_ones_are_named(tmp_path: Path) -> None:
+    x = np.arange(3 * 28 * 28, dtype=np.uint32).reshape(3, 28, 28).astype(np.uint8)
+    np.savez(tmp_path / "b.npz", x=x, y=np.array([1, 2, 3]))
+    items = [(f"{tmp_path}/b.npz#2", 7), (f"{tmp_path}/b.npz#0", 5), (f"{tmp_path}/gone.npz#0", 1)]
+    data, problems = load_refs(items)
+    assert np.array_equal(data.x, x[[2, 0]]) and data.y.tolist() == [7, 5], "the stored label wins, in order"
+    assert len(problems) == 1 and "gone.npz" in problems[0]
+    with pytest.raises(DataError, match="none of the 1 local samples"):
+        load_refs([(f"{tmp_path}/gone.npz#0", 1)])
+    with pytest.raises(DataError, match="past its end"):
+        load_refs([(f"{tmp_path}/b.npz#3", 1)], skip_missing=False)
+
+
+# -- supernet versions ---------------------------------------------------------------------------
+
+
+def test_supernet_versions_fall_back_to_the_original_and_move_atomically(tmp_path: Path) -> None:
+    folder = tmp_path / "supernet"
+    folder.mkdir()
+    (folder / "supernet.pt").write_bytes(b"original")
+    assert current_supernet(folder) == folder / "supernet.pt"
+    v1 = adapted_path(folder, "ab" * 32, at=0)
+    assert v1.parent == folder / "adapted" and v1.name == "19700101T000000-abababababab.pt"
+    v1.parent.mkdir()
+    v1.write_bytes(b"adapted")
+    version = set_current(folder, v1, reason="test")
+    assert current_supernet(folder) == v1 and version.path == "adapted/19700101T000000-abababababab.pt"
+    assert list_versions(folder) == [folder / "supernet.pt", v1]
+    v1.unlink()  # a dangling pointer means the original
+    assert current_supernet(folder) == folder / "supernet.pt"
+    with pytest.raises(CheckpointError, match="not under"):
+        (tmp_path / "elsewhere.pt").write_bytes(b"x")
+        set_current(folder, tmp_path / "elsewhere.pt")
+    (folder / "current.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="delete it"):
+        current_supernet(folder)
+
+
+# -- request and decision ------------------------------------------------------------------------
+
+
+def test_adapt_request_round_trips_and_rejects_malformed_files(tmp_path: Path) -> None:
+    req = AdaptRequest(samples=(("a.npz#0", 3),), checkpoint="c", supernet_dir="s", out_dir="o", policy={}, replay="r")
+    assert AdaptRequest.load(req.save(tmp_path / "req.json")) == req
+    doc = json.loads((tmp_path / "req.json").read_text())
+    (tmp_path / "v2.json").write_text(json.dumps({**doc, "format_version": 2}))
+    with pytest.raises(DataError, match="request format 2, expected 1"):
+        AdaptRequest.load(tmp_path / "v2.json")
+    (tmp_path / "extra.json").write_text(json.dumps({**doc, "surprise": 1}))
+    with pytest.raises(DataError, match="malformed adaptation request"):
+        AdaptRequest.load(tmp_path / "extra.json")
+
+
+def _result(cand_acc: float, serving_acc: float | None, **cand: object) -> dict[str, object]:
+    candidate = {"subnet": "s", "local_accuracy": cand_acc, "replay_accuracy": 0.9, "bytes": 1000,
+                 "latency_ms": {"1": 0.5}, **cand}  # fmt: skip
+    serving = None if serving_acc is None else {"local_accuracy": serving_acc, "replay_accuracy": 0.9}
+    return {"candidate": candidate, "serving": serving}
+
+
+def test_the_swap_decision_follows_the_policy() -> None:
+    policy = Policy(budgets=Budgets(latency_ms_p95=1.0, model_bytes=5000), swap=SwapRules(min_improvement=0.01))
+    assert decide_swap(_result(0.80, 0.70), policy).swap
+    kept = decide_swap(_result(0.705, 0.70), policy)
+    assert not kept.swap and "below the minimum improvement of 1.00 pt" in kept.reason and "+0.50 pt" in kept.reason
+    slow = decide_swap(_result(0.9, 0.5, latency_ms={"1": 2.0}), policy)
+    assert not slow.swap and "over the budget of 1.0 ms" in slow.reason
+    big = decide_swap(_result(0.9, 0.5, bytes=9000), policy)
+    assert not big.swap and "over the budget of 5000" in big.reason
+    forgets = decide_swap(_result(0.9, 0.5, replay_accuracy=0.85), policy)
+    assert not forgets.swap and "loses 5.00 pt on the original data" in forgets.reason
+    assert decide_swap(_result(0.5, None), policy).swap, "nothing measured to beat"
+    assert not decide_swap({"candidate": None}, policy).swap
+
+
+# -- fine-tuning ---------------------------------------------------------------------------------
+
+
+def test_finetuning_on_shifted_samples_raises_their_accuracy_and_keeps_the_replay(fashion_train, tmp_path) -> None:
+    """From random weights, so that the figures can only rise by learning (full precision: a
+    random network's quantizer steps are not meaningful; the trained supernet's are)."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    space = SearchSpace(TINY_SPACE)
+    model = Supernet(space)
+    clean = fashion_train.head(1200)
+    init_quantizers(model, torch.from_numpy(clean.as_float()[:64]))
+    inverted = ArrayDataset(255 - clean.x[:600], clean.y[:600], clean.classes, "inverted")
+    tune, holdout = inverted.split(0.3, seed=0)
+    replay, replay_holdout = clean.subset(np.arange(600, 1200)).split(0.3, seed=0)
+    focus = [space.largest(Precision(32, 32))]
+    calib = calibration_mix(tune, replay, 200)
+    before = measure_subnets(model, focus, calib, holdout, replay_holdout)[0]
+    settings = AdaptSettings(steps=30, batch_size=64, lr=0.05, calib_images=200, random_subnets=0)
+    report = finetune(model, tune, replay, settings, focus)
+    after = measure_subnets(model, focus, calib, holdout, replay_holdout)[0]
+    assert report.steps == 30 and not report.stopped_by_deadline and report.loss_last < report.loss_first
+    assert after.local_accuracy > before.local_accuracy + 0.1, (before, after)
+    assert after.replay_accuracy > before.replay_accuracy + 0.1, "the replay half of each batch is learnt too"
+    with pytest.raises(TrainingError, match="labelled local samples"):
+        finetune(model, ArrayDataset(tune.x, None), replay, settings)
+    stopped = finetune(model, tune, replay, settings, focus, deadline=0.0)
+    assert stopped.steps == 0 and stopped.stopped_by_deadline

@@ -1,0 +1,144 @@
+"""The lifelong loop end to end in the real daemon: drift, adaptation in a worker, swap.
+
+A tiny supernet is trained for a few seconds on Fashion-MNIST; the model serving is a poor
+one (random weights). A stream of inverted images raises data drift; its feedback labels are
+the local samples the worker adapts the supernet on. The daemon must swap to the adapted
+candidate through its validated deploy, make the adapted supernet current without touching
+the original, record the job in the store, and answer every request meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_until
+
+from lifelong.export import export_subnet
+from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec
+from lifelong.supernet import Supernet, recalibrate_bn
+from lifelong.train import TrainConfig, train_supernet
+from service.store import Store
+
+TINY_SPACE = SpaceConfig(
+    stem_widths=(8,),
+    stages=(StageSpec((8, 16), (1, 2), 1), StageSpec((16, 24), (1, 2), 2)),
+    expands=(2, 3),
+    head_width=16,
+)
+POLICY = """format_version = 1
+name = "adapt-test"
+[target]
+threads = 1
+[objective]
+kind = "max-accuracy"
+[drift]
+window = 50
+reference_window = 100
+false_alarm_samples = 1000
+check_interval_s = 0.3
+[adaptation]
+max_seconds = 60
+priority = 0
+replay_buffer = 300
+finetune_steps = 25
+min_samples = 80
+max_samples = 400
+[swap]
+min_improvement = 0.02
+canary_window = 20
+"""
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def adapt_state(fashion_train, fashion_test, tmp_path_factory: pytest.TempPathFactory):
+    """A state dir with a briefly trained tiny supernet, and a random-weights model serving."""
+    run = short_dir("llad")
+    state = run / "state"
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=1, warmup_epochs=1, int8_epochs=0, batch_size=64, max_train_samples=1200,
+                      val_fraction=0.0, checkpoint_every=1000)  # fmt: skip
+    train_supernet(fashion_train, state / "supernet" / "supernet.pt", cfg, TINY_SPACE, progress=False)
+    untrained = Supernet(SearchSpace(TINY_SPACE))
+    sub = untrained.get_subnet(SearchSpace(TINY_SPACE).largest(Precision(32, 32)))
+    images = fashion_test.as_float()[:200]
+    recalibrate_bn(sub, torch.from_numpy(images))
+    sub.eval()
+    tmp = tmp_path_factory.mktemp("serving")
+    export_subnet(sub, tmp / "serving.onnx", images, fashion_test.y[:200])
+    model_id = commit_model(state, tmp / "serving.onnx")
+    (state / "policy.toml").write_text(POLICY)
+    yield run, state, model_id
+    remove(run)
+
+
+def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_request(adapt_state, fashion_test):
+    run, state, serving = adapt_state
+    original = state / "supernet" / "supernet.pt"
+    original_sha = _sha(original)
+    order = np.random.default_rng(0).permutation(len(fashion_test.x))
+    clean = fashion_test.x[order[:200]]
+    stream_x, stream_y = 255 - fashion_test.x[order[200:]], fashion_test.y[order[200:]]
+    failures: list[str] = []
+    models_seen: list[str] = []
+    with DaemonProcess(state, run).start() as d, d.client(timeout=60) as c:
+        for i in range(0, len(clean), 10):
+            c.predict(clean[i : i + 10])
+
+        def reference() -> bool:
+            watching = c.status()["drift"]["watching"] or {}
+            return (watching.get("reference") or {}).get("source") == "collected"
+
+        wait_until(reference, timeout=30, what="a drift reference of clean images")
+        i, deadline = 0, time.monotonic() + 240
+        while time.monotonic() < deadline:
+            batch = slice(i % len(stream_x), i % len(stream_x) + 10)
+            try:
+                ans = c.predict(stream_x[batch])
+                c.feedback(labels=[(ans.request_id, k, int(y)) for k, y in enumerate(stream_y[batch])])
+                models_seen.append(ans.model)
+            except Exception as exc:  # every failure counts
+                failures.append(f"{type(exc).__name__}: {exc}")
+            i += 10
+            if i % 100 == 0:
+                last = c.status()["adaptation"]["last"]
+                if last is not None:
+                    break
+            time.sleep(0.01)
+        status = c.status()
+        history = c.history()["deployments"]
+    adaptation = status["adaptation"]
+    print(f"\nadaptation: {adaptation['last']}")
+    assert adaptation["last"] is not None, f"no adaptation ended within 240 s: {status['events'][:5]}"
+    last = adaptation["last"]
+    assert last["outcome"] == "swapped", last
+    assert last["candidate"]["local_accuracy"] > last["serving"]["local_accuracy"] + 0.02
+    assert history[0]["reason"].startswith("adaptation: candidate "), history[0]
+    new_model = history[0]["model_id"]
+    assert new_model != serving and status["model"] == new_model
+    assert models_seen[0] == serving and models_seen[-1] == new_model
+    assert failures == [], failures[:5]
+    events = [e["message"] for e in status["events"]]
+    assert any("adaptation started" in m for m in events) and any("adaptation swapped" in m for m in events)
+    # the adapted supernet is a new version in use; the original is untouched
+    assert _sha(original) == original_sha
+    pointer = (state / "supernet" / "current.json").read_text()
+    adapted = sorted((state / "supernet" / "adapted").glob("*.pt"))
+    assert len(adapted) == 1 and adapted[0].name in pointer
+    store = Store.open(state)
+    try:
+        (search,) = store.recent_searches(1)
+        assert re.match(r"adaptation: (data|label|accuracy) drift on ", search.trigger), search.trigger
+        assert search.state == "done" and search.progress == 1.0
+        assert search.result["candidate"]["subnet"] == last["candidate"]["subnet"]
+    finally:
+        store.close()
