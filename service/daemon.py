@@ -120,7 +120,7 @@ from service.live import LiveMonitor
 from service.loop import EventLoop, Reload, Stop
 from service.paths import default_front
 from service.policy_state import PolicyState
-from service.preference import FrontCache, answer_preference
+from service.preference import FrontCache, answer_preference, slowed_policy
 from service.probe import probe_latency
 from service.registry import Registry
 from service.runtime import OrtRuntime, RuntimeSettings
@@ -549,8 +549,8 @@ class Daemon:
           until enough labelled samples of the new data arrived, then a worker adapts the
           supernet, re-searches and exports a candidate; :meth:`_on_adaptation_done` swaps or
           says why not;
-        - ``environment`` (live p95 over the budget or the profile): recorded as needing a
-          re-profile and a choice from the cached front (not automated yet).
+        - ``environment`` (live p95 over the budget or the profile): answered from the cached
+          front with the budget tightened by the measured slowdown (:meth:`_answer_environment`).
 
         A drift of a model that no longer serves is ignored: its successor has its own monitor.
         """
@@ -562,13 +562,54 @@ class Daemon:
             p = "" if d.p_value is None else f", p {d.p_value:.3g}"
             what = f"{d.kind} drift on {model_id}: statistic {d.statistic:.4g} vs threshold {d.threshold:.4g}{p}"
             if d.kind == "environment":
-                action = "re-profile, then choose from the cached front"
-                self.drift.note_needed(d.kind, "re-search", f"{what}; needed: {action}")
-                self._event("drift", f"{what} (window {d.window}); needed: {action} (not automated yet)")
+                self._answer_environment(d, f"{what} (window {d.window})")
                 continue
             answer = self.adaptation.request(f"{d.kind} drift on {model_id}")
             self.drift.note_needed(d.kind, "adapt", f"{what}; {answer}")
             self._event("drift", f"{what} (window {d.window}); {answer}")
+
+    def _answer_environment(self, d: DriftDecision, what: str) -> None:
+        """Environment drift: choose from the cached front as if the budget were as much tighter
+        as the device is now slower than profiled (live p95 over the profiled p95).
+
+        The slowdown is measured on the serving model itself, so no re-profile is needed to
+        answer: every point of the front is assumed slowed alike (contention and throttling
+        slow all kernels). A faster model already exported is deployed at once; otherwise the
+        need is recorded and the current model serves on.
+        """
+        assert self.drift is not None and self.store is not None and self.registry is not None
+        assert self.runtime is not None
+        budget = self.policy.budgets.latency_ms_p95
+        slowed = slowed_policy(self.policy, d.detail.get("profiled_ms"), d.detail.get("p95_lower_ms") or d.statistic)
+        if slowed is None or budget is None:
+            reason = "no latency budget" if budget is None else "no profiled latency of the serving model"
+            self.drift.note_needed("environment", "re-search", f"{what}; cannot answer from the front: {reason}")
+            self._event("drift", f"{what}; cannot answer from the cached front: {reason}")
+            return
+        policy, factor = slowed
+        answer = answer_preference(
+            self.fronts.get(), policy, store=self.store, registry=self.registry,
+            serving=self.runtime.current_id, front_error=self.fronts.error,
+        )  # fmt: skip
+        message = (
+            f"{what}: the device runs {factor:.2f}x slower than profiled, so the {budget:g} ms budget "
+            f"allows {budget / factor:.3g} ms at profiled speed; {answer.reason}"
+        )
+        if answer.action == "deploy":
+            assert answer.model_id is not None
+            try:
+                self._deploy(model=answer.model_id, reason=f"environment drift: {message}", judge="errors")
+                self.drift.clear_needed("environment")
+                return
+            except LifelongError as exc:  # _deploy recorded why; the current model serves on
+                message = f"{message}; the deploy failed: {exc}"
+        if answer.action == "serving":
+            self.drift.clear_needed("environment")
+        else:
+            self.drift.note_needed(
+                "environment", "export" if answer.action == "export-needed" else "re-search", message
+            )
+        self._event("drift", f"{message}; {self.runtime.current_id} serves on")
 
     def _adaptation_tick(self) -> None:
         """Start a pending adaptation once its labels are in (on the loop, every ``ADAPT_TICK_S``)."""

@@ -213,6 +213,7 @@ class DriftCheck:
     def _monitor_for(self, serving: str, policy: Policy) -> DriftMonitor | None:
         """The monitor of ``serving``: built anew after a swap or new drift settings, else updated."""
         if self._monitor is not None and self._model == serving and self._built_for is not None:
+            self._refresh_profiled(serving, policy)
             if policy is self._built_for:
                 return self._monitor
             if policy.drift == self._built_for.drift:
@@ -268,6 +269,23 @@ class DriftCheck:
             "?" if profiled is None else f"{profiled:.3g}",
         )
         return monitor
+
+    def _refresh_profiled(self, serving: str, policy: Policy) -> None:
+        """A model deployed before its latency was measured gets it once the probe has measured it.
+
+        Without it, environment drift could only be judged against the budget: contention that
+        doubles a 0.8 ms model's latency would go unseen under a 5 ms budget.
+        """
+        monitor = self._monitor
+        if monitor is None or monitor.environment.profiled_ms is not None:
+            return
+        front = self.fronts.get() if self.fronts is not None else None
+        profiled = profiled_latency_ms(front, self.store.get_model(serving), policy.target.batch)
+        if profiled is not None:
+            monitor.environment.profiled_ms = profiled
+            with self._lock:
+                self._watch["profiled_latency_ms"] = profiled
+            logger.info("drift monitor for %s: profiled latency %.3g ms (measured since it was deployed)", serving, profiled)  # fmt: skip
 
     # -- references ------------------------------------------------------------------------------
 

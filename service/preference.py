@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,15 @@ if TYPE_CHECKING:
     from service.registry import Registry
     from service.store import ModelRecord, Store
 
-__all__ = ["ACTIONS", "FrontCache", "PreferenceAnswer", "answer_preference", "find_exported", "profiled_latency_ms"]
+__all__ = [
+    "ACTIONS",
+    "FrontCache",
+    "PreferenceAnswer",
+    "answer_preference",
+    "find_exported",
+    "profiled_latency_ms",
+    "slowed_policy",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +165,20 @@ def answer_preference(
             "export-needed", f"{desc}: it was never exported; export (or re-search) needed", point.subnet, None, figures
         )
     return PreferenceAnswer("deploy", f"{desc}: exported as {model_id}", point.subnet, model_id, figures)
+
+
+def slowed_policy(policy: Policy, profiled_ms: float | None, live_ms: float | None) -> tuple[Policy, float] | None:
+    """``policy`` with its latency budget divided by the slowdown ``live_ms / profiled_ms``, and the slowdown.
+
+    Environment drift is answered from the cached front as a preference change would be, with
+    the front's (profiled) latencies judged against this tighter budget. None when there is
+    no budget, no profiled latency, or no slowdown.
+    """
+    budget = policy.budgets.latency_ms_p95
+    if not profiled_ms or not live_ms or budget is None or live_ms <= profiled_ms:
+        return None
+    factor = live_ms / profiled_ms
+    return replace(policy, budgets=replace(policy.budgets, latency_ms_p95=budget / factor)), factor
 
 
 def profiled_latency_ms(front: Front | None, record: ModelRecord | None, batch: int) -> float | None:

@@ -25,7 +25,7 @@ from policies.schema import Budgets, DriftSettings, Objective
 from service.api import FeedbackLabel, MemoryFeedback
 from service.drift_check import DriftCheck
 from service.drift_feed import DriftFeed, TappedFeedback
-from service.preference import FrontCache, answer_preference
+from service.preference import FrontCache, answer_preference, slowed_policy
 from service.registry import Registry
 from service.runtime import MemoryRuntime, RuntimeSettings
 from service.status import format_status
@@ -272,6 +272,31 @@ def register(state: Path, model: Path) -> str:
         record = Registry(state).add(model, {"source": "test export"})
         store.record_model(record)
         return record.id
+    finally:
+        store.close()
+
+
+def test_environment_drift_is_answered_from_the_front_with_the_budget_tightened_by_the_slowdown(
+    models, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    accurate = commit_model(state, models["tiny_accurate"])
+    fast = register(state, models["tiny_fast"])
+    front = Front.load(write_front(state / "front" / "front.json"))
+    policy = policy_for("tiny_accurate")  # 10 ms: the 3 ms accurate model fits
+    assert slowed_policy(policy, None, 5.0) is None and slowed_policy(policy, 3.0, 2.0) is None
+    assert slowed_policy(Policy(), 1.0, 2.0) is None, "no budget, nothing to tighten"
+    tight, factor = slowed_policy(policy, 3.0, 15.0)  # five times slower: 10 ms now means 2 ms as profiled
+    assert factor == pytest.approx(5.0) and tight.budgets.latency_ms_p95 == pytest.approx(2.0)
+    assert tight.objective == policy.objective and tight.name == policy.name
+    store, registry = Store.open(state), Registry(state)
+    try:
+        same = answer_preference(
+            front, slowed_policy(policy, 3.0, 4.0)[0], store=store, registry=registry, serving=accurate
+        )
+        assert same.action == "serving", "a slowdown the budget absorbs changes nothing"
+        answer = answer_preference(front, tight, store=store, registry=registry, serving=accurate)
+        assert (answer.action, answer.model_id) == ("deploy", fast)
     finally:
         store.close()
 
