@@ -3,28 +3,37 @@
 Each sample is one subnet taken out of the supernet (``get_subnet``), its batch norm
 re-calibrated on a fixed set of training images, and its top-1 measured on the validation
 split that supernet training held out and never saw (the split is read from the checkpoint's
-training settings, so it is the same images). Two kinds of samples, as APQ uses them:
+training settings, so it is the same images). Three kinds of samples, the first two as APQ
+uses them:
 
 - ``fp``: architectures at full precision (every layer ``w32a32``), many and cheap;
 - ``quant``: subnets drawn as the search meets them (``SearchSpace.sample``: every layer's
-  precision from the space's whole mix), fewer and dearer.
+  precision from the space's whole mix), fewer and dearer;
+- ``corner``: the sandwich corners and the neighbourhood of the accurate one. Uniform draws
+  all land in the supernet's middle, so a predictor trained on them alone has never seen the
+  large subnets the front's accurate end is made of. The stream starts with the extremes
+  (``largest`` and ``smallest`` of every block kind at every precision), then mutations of
+  the largest subnet (:func:`corner_subnet`).
 
 Which subnets are evaluated is fixed by the seed: each kind has its own random stream, and
-the first ``n`` subnets of a stream do not depend on how many are asked for. The collection
-(hundreds of evaluations, tens of minutes) is therefore resumable and extensible: the file is
-rewritten atomically after every evaluation, and a later run with the same settings skips
-what the file already holds, whether the earlier run was killed or asked for fewer samples.
+the first ``n`` distinct subnets of a stream do not depend on how many are asked for. The
+collection (hundreds of evaluations, tens of minutes) is therefore resumable and extensible:
+the file is rewritten atomically after every evaluation, and a later run with the same
+settings skips what the file already holds, whether the earlier run was killed or asked for
+fewer samples.
 
 File: JSON with a kind, a format version, the space, what the accuracies were measured with
 (:class:`Provenance`: checkpoint sha256, data, split, calibration and validation sizes) and
 the samples, each with the seconds its evaluation took. Reading it needs no torch; collecting
-imports torch inside :func:`collect_predictor_data`.
+imports torch inside :func:`collect_predictor_data`. The ``corner`` kind did not change the
+format: a file without corner samples means what it meant, and it is extended with them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -38,12 +47,13 @@ import numpy as np
 
 from lifelong.errors import DataError, FormatVersionError, SpaceError
 from lifelong.progress import Progress
-from lifelong.space import Precision, SearchSpace, SpaceConfig, SubnetConfig
+from lifelong.space import Precision, SearchSpace, SpaceConfig, StageConfig, SubnetConfig
 
 if TYPE_CHECKING:
     from lifelong.data import ArrayDataset
 
 __all__ = [
+    "CORNER_MUTATION",
     "KINDS",
     "PREDICTOR_DATA_FORMAT",
     "CollectSettings",
@@ -52,6 +62,7 @@ __all__ = [
     "Sample",
     "calibration_images",
     "collect_predictor_data",
+    "corner_subnet",
     "label_noise",
     "planned_subnets",
 ]
@@ -60,9 +71,12 @@ logger = logging.getLogger(__name__)
 
 PREDICTOR_DATA_FORMAT = 1
 _KIND = "lifelong-predictor-data"
-KINDS = ("fp", "quant")
-"""Sample kinds: full-precision architectures, and subnets with the space's precision mix."""
-_STREAM = {"fp": 0, "quant": 1, "calib": 2}  # independent random streams under one seed
+KINDS = ("fp", "quant", "corner")
+"""Sample kinds: full-precision architectures, subnets with the space's precision mix, and the
+sandwich corners with the neighbourhood of the accurate one."""
+_STREAM = {"fp": 0, "quant": 1, "calib": 2, "corner": 3}  # independent random streams under one seed
+CORNER_MUTATION = (0.1, 0.4)
+"""Range of the per-gene mutation probability of the corner stream's neighbours of the largest subnet."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,8 @@ class CollectSettings:
     Attributes:
         fp: Full-precision subnets to evaluate.
         quant: Subnets with the space's per-layer precision mix to evaluate.
+        corner: Corner subnets to evaluate: the extremes at every precision first, then
+            neighbours of the largest subnet (:func:`corner_subnet`).
         calib: Training images the batch norm of every subnet is re-calibrated on.
         val: Validation images top-1 is measured on (the first ``val`` of the split);
             ``None``: all of them.
@@ -84,6 +100,7 @@ class CollectSettings:
 
     fp: int = 300
     quant: int = 400
+    corner: int = 0
     calib: int = 1000
     val: int | None = None
     seed: int = 0
@@ -95,6 +112,8 @@ class CollectSettings:
         problems = []
         if self.fp < 0 or self.quant < 0:
             problems.append(f"fp and quant must be >= 0, got {self.fp} and {self.quant}")
+        if self.corner < 0:
+            problems.append(f"corner must be >= 0 subnets (0: none), got {self.corner}")
         if self.calib < 1:
             problems.append(f"calib must be >= 1 image, got {self.calib}")
         if self.val is not None and self.val < 1:
@@ -323,17 +342,54 @@ def _stream(space: SearchSpace, kind: str, seed: int) -> Iterator[SubnetConfig]:
     if kind not in KINDS:
         raise DataError(f"kind must be one of {KINDS}, got {kind!r}")
     rng = np.random.default_rng([seed, _STREAM[kind]])
-    precisions = (Precision(),) if kind == "fp" else None
+    if kind == "corner":
+        draws = itertools.chain(_extremes(space), (corner_subnet(space, rng) for _ in itertools.count()))
+    else:
+        precisions = (Precision(),) if kind == "fp" else None
+        draws = (space.sample(rng, precisions) for _ in itertools.count())
     seen: set[str] = set()
     misses = 0
-    while misses < 1000:  # a space too small to give n distinct subnets ends the stream
-        cfg = space.sample(rng, precisions)
+    for cfg in draws:
         name = str(cfg)
         if name in seen:
             misses += 1
+            if misses >= 1000:  # a space too small to give n distinct subnets ends the stream
+                return
             continue
         seen.add(name)
         yield cfg
+
+
+def _extremes(space: SearchSpace) -> Iterator[SubnetConfig]:
+    """The largest subnets of every block kind (the default one first) at every precision,
+    then the smallest ones: the sandwich rule's corners, which uniform draws never reach."""
+    kinds = sorted(space.config.block_kinds, key=lambda k: k != "ir")  # largest()'s default kind first
+    for extreme in (space.largest, space.smallest):
+        for kind in kinds:
+            for prec in space.precisions:
+                yield extreme(prec, kind)
+
+
+def corner_subnet(space: SearchSpace, rng: np.random.Generator) -> SubnetConfig:
+    """A neighbour of the accurate corner: the largest subnet with a random precision mix, mutated.
+
+    The mix is a random non-empty subset of the space's precisions, each layer drawing its
+    precision from it: one precision (``largest(p)``) as often as any two, three, ... of
+    them, so that uniform and mixed corners are both covered. Then every gene is resampled
+    (:meth:`SearchSpace.mutate`) with a probability drawn from :data:`CORNER_MUTATION`, which
+    also changes some layers' precisions.
+    """
+    precs = space.precisions
+    k = int(rng.integers(1, len(precs) + 1))
+    mix = tuple(precs[i] for i in sorted(rng.choice(len(precs), size=k, replace=False)))
+    largest = space.largest()
+
+    def pick() -> Precision:
+        return mix[int(rng.integers(len(mix)))]
+
+    stages = tuple(StageConfig(st.width, tuple(replace(b, prec=pick()) for b in st.blocks)) for st in largest.stages)
+    base = SubnetConfig(largest.stem_width, pick(), stages, pick())
+    return space.mutate(base, rng, float(rng.uniform(*CORNER_MUTATION)))
 
 
 def calibration_images(train_part: ArrayDataset, n: int, seed: int) -> np.ndarray:
@@ -464,8 +520,8 @@ def _collect(  # noqa: PLR0913
             )
     todo = [(kind, i, cfg) for kind, i, cfg in plan if (kind, i) not in done]
     logger.info(
-        "predictor data %s: %d samples held, %d to evaluate (fp %d, quant %d; calib %d, val %d images)",
-        out, len(collected.samples), len(todo), settings.fp, settings.quant, settings.calib, n_val,
+        "predictor data %s: %d samples held, %d to evaluate (fp %d, quant %d, corner %d; calib %d, val %d images)",
+        out, len(collected.samples), len(todo), settings.fp, settings.quant, settings.corner, settings.calib, n_val,
     )  # fmt: skip
     if not todo:
         return collected
@@ -499,7 +555,7 @@ def _collect(  # noqa: PLR0913
 
 
 def _n(settings: CollectSettings, kind: str) -> int:
-    return settings.fp if kind == "fp" else settings.quant
+    return {"fp": settings.fp, "quant": settings.quant, "corner": settings.corner}[kind]
 
 
 def _resume(out: Path, space: SpaceConfig, prov: Provenance, checkpoint: str | Path) -> PredictorData:

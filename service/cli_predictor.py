@@ -27,7 +27,7 @@ def predictor() -> None:
 
     \b
     Examples:
-        lifelong predictor collect --fp 300 --quant 400
+        lifelong predictor collect --fp 300 --quant 400 --corner 60
         lifelong predictor build
         lifelong predictor show
     """
@@ -42,6 +42,10 @@ def predictor() -> None:
               help="Full-precision subnets to evaluate.")  # fmt: skip
 @click.option("--quant", "n_quant", type=click.IntRange(0), default=400, show_default=True,
               help="Subnets with the space's per-layer precision mix to evaluate.")  # fmt: skip
+@click.option("--corner", "n_corner", type=click.IntRange(0), default=0, show_default=True,
+              help="Corner subnets to evaluate: the largest and smallest subnet of every block kind at every "
+                   "precision first, then mutations of the largest one with random precision mixes (the "
+                   "accurate end of the space, which uniform draws never reach).")  # fmt: skip
 @click.option("--calib", type=click.IntRange(1), default=1000, show_default=True,
               help="Training images for each subnet's BN re-calibration.")  # fmt: skip
 @click.option("--val", type=click.IntRange(1), default=None,
@@ -58,6 +62,7 @@ def collect(
     data_spec: str | None,
     n_fp: int,
     n_quant: int,
+    n_corner: int,
     calib: int,
     val: int | None,
     seed: int,
@@ -72,11 +77,13 @@ def collect(
     Each subnet's BN is re-calibrated on --calib training images and its top-1 measured on the
     validation split the supernet's training held out. The file is saved after every
     evaluation; running the command again with the same settings skips what it holds, and a
-    larger --fp or --quant extends it.
+    larger --fp, --quant or --corner extends it. Corner samples train the predictor with the
+    quantized ones and are reported on apart by `lifelong predictor build`.
 
     \b
     Examples:
         lifelong predictor collect --fp 300 --quant 400 --threads 2
+        lifelong predictor collect --fp 300 --quant 400 --corner 60
         lifelong predictor collect --fp 20 --quant 20 --out /tmp/samples.json
     """
     from lifelong.data import load_dataset
@@ -85,7 +92,9 @@ def collect(
 
     state = resolve_state_dir(state_dir)
     _setup_logging(state, "predictor", verbose=False)
-    settings = CollectSettings(fp=n_fp, quant=n_quant, calib=calib, val=val, seed=seed, threads=threads)
+    settings = CollectSettings(
+        fp=n_fp, quant=n_quant, corner=n_corner, calib=calib, val=val, seed=seed, threads=threads
+    )
     target = out or default_predictor_data(state)
     ckpt = checkpoint or default_checkpoint(state)
     train_data = load_dataset(data_spec, split="train") if data_spec else None
@@ -101,9 +110,11 @@ def collect(
         click.echo(json.dumps(summary, indent=2))
         return
     cost = data.cost()
+    corner = cost["corner"]["evaluations"]
     click.echo(
-        f"{target}: {cost['fp']['evaluations']} fp + {cost['quant']['evaluations']} quantized subnets, "
-        f"{cost['seconds']:.0f} s of evaluation ({_per_eval(cost)})"
+        f"{target}: {cost['fp']['evaluations']} fp + {cost['quant']['evaluations']} quantized subnets"
+        + (f" + {corner} corner subnets" if corner else "")
+        + f", {cost['seconds']:.0f} s of evaluation ({_per_eval(cost)})"
     )
 
 
@@ -112,15 +123,26 @@ def collect(
               help="Collected samples [STATE/predictor/samples.json].")  # fmt: skip
 @click.option("--holdout", type=click.IntRange(2), default=200, show_default=True,
               help="Last quantized samples held out for the report.")  # fmt: skip
+@click.option("--corner-holdout", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="Share of the corner samples (the last ones) held out and reported on apart; none below 5.")  # fmt: skip
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Predictor file, read by `lifelong search` [STATE/predictor/predictor.npz].")  # fmt: skip
 @_STATE_DIR
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def build(data_path: Path | None, holdout: int, out: Path | None, state_dir: Path | None, as_json: bool) -> None:
+def build(
+    data_path: Path | None,
+    holdout: int,
+    corner_holdout: float,
+    out: Path | None,
+    state_dir: Path | None,
+    as_json: bool,
+) -> None:
     """Train the predictor on the full-precision samples, transfer it to the quantized ones (APQ), save it.
 
-    The report (Kendall tau and RMSE on the held-out quantized subnets, transfer against
-    training on quantized samples alone, the data's cost) is saved in the predictor.
+    Corner samples, where collected, are trained on with the quantized ones. The report
+    (Kendall tau and RMSE on the held-out uniform quantized subnets and on the held-out
+    corner ones, transfer against training on quantized samples alone, the data's cost) is
+    saved in the predictor.
 
     \b
     Examples:
@@ -134,7 +156,7 @@ def build(data_path: Path | None, holdout: int, out: Path | None, state_dir: Pat
     state = resolve_state_dir(state_dir)
     _setup_logging(state, "predictor", verbose=False)
     data = PredictorData.load(data_path or default_predictor_data(state))
-    model, report = build_predictor(data, BuildSettings(holdout=holdout))
+    model, report = build_predictor(data, BuildSettings(holdout=holdout, corner_holdout=corner_holdout))
     target = model.save(out or default_predictor(state))
     doc = report.to_dict()
     if as_json:
@@ -150,7 +172,7 @@ def build(data_path: Path | None, holdout: int, out: Path | None, state_dir: Pat
 @_STATE_DIR
 @click.option("--json", "as_json", is_flag=True, help="Print the predictor's metadata as JSON.")
 def show(path: Path | None, state_dir: Path | None, as_json: bool) -> None:
-    """Show how the predictor was built and how good it is on held-out quantized subnets.
+    """Show how the predictor was built and how good it is on held-out quantized and corner subnets.
 
     \b
     Examples:
@@ -171,8 +193,8 @@ def show(path: Path | None, state_dir: Path | None, as_json: bool) -> None:
 
 def _per_eval(cost: dict[str, Any]) -> str:
     parts = []
-    for kind in ("fp", "quant"):
-        s = cost[kind]["seconds_per_evaluation"]
+    for kind in ("fp", "quant", "corner"):
+        s = cost.get(kind, {}).get("seconds_per_evaluation")
         if s is not None:
             parts.append(f"{kind} {s:.1f} s/eval")
     return ", ".join(parts) or "none"
@@ -193,9 +215,27 @@ def format_report(r: dict[str, Any]) -> str:
         f"-- {verdict} the tau >= {r['target_tau']:.2f} target",
         f"  quantized samples alone:          Kendall tau {s['kendall_tau']:.3f}, RMSE {s['rmse_pt']:.2f} pt",
         f"  FP-trained, not transferred:      Kendall tau {f['kendall_tau']:.3f}, RMSE {f['rmse_pt']:.2f} pt",
-        f"trained on {r['fp_samples']} FP + {r['quant_train']} quantized samples ({r['features']}), "
+    ]
+    corner = r.get("corner")
+    if corner:
+        ct, cs, cf = corner["transfer"], corner["scratch"], corner["fp_only"]
+        lines += [
+            f"held-out corner subnets: {r['corner_holdout']} (top-1 {corner['top1_mean_pt']:.2f} pt mean, "
+            f"{corner['top1_std_pt']:.2f} pt std)",
+            f"  FP-trained + transferred (saved): Kendall tau {ct['kendall_tau']:.3f}, RMSE {ct['rmse_pt']:.2f} pt, "
+            f"bias {corner['bias_pt']:+.2f} pt (predicted - measured)",
+            f"  quantized samples alone:          Kendall tau {cs['kendall_tau']:.3f}, RMSE {cs['rmse_pt']:.2f} pt",
+            f"  FP-trained, not transferred:      Kendall tau {cf['kendall_tau']:.3f}, RMSE {cf['rmse_pt']:.2f} pt",
+        ]
+    n_corner = r.get("corner_train", 0)
+    if n_corner and not corner:
+        lines.append("held-out corner subnets: none (too few corner samples to hold some out)")
+    with_corners = f" + {n_corner} corner" if n_corner else ""
+    lines += [
+        f"trained on {r['fp_samples']} FP + {r['quant_train']} quantized{with_corners} samples ({r['features']}), "
         f"built in {r['seconds']:.1f} s",
-        "transfer vs quantized alone, by quantized samples (tau / RMSE pt):",
+        "transfer vs quantized alone, by quantized samples (tau / RMSE pt)"
+        + (f", each with the {n_corner} corner samples:" if n_corner else ":"),
     ]
     for c in r["comparison"]:
         ct, cs = c["transfer"], c["scratch"]

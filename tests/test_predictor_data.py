@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,12 @@ from lifelong.data import ArrayDataset
 from lifelong.errors import DataError, FormatVersionError
 from lifelong.evaluate import evaluate_subnet
 from lifelong.evaluator import PredictorEvaluator
+from lifelong.features import SubnetFeatures
 from lifelong.latency_table import LatencyTable
 from lifelong.predictor import AccuracyPredictor, PredictorConfig
-from lifelong.predictor_build import BuildSettings, build_predictor
+from lifelong.predictor_build import MIN_CORNER_HOLDOUT, BuildSettings, build_predictor
 from lifelong.predictor_data import (
+    CORNER_MUTATION,
     PREDICTOR_DATA_FORMAT,
     CollectSettings,
     PredictorData,
@@ -29,10 +32,11 @@ from lifelong.predictor_data import (
     Sample,
     calibration_images,
     collect_predictor_data,
+    corner_subnet,
     label_noise,
     planned_subnets,
 )
-from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec
+from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec, SubnetConfig
 from lifelong.supernet import Supernet, init_quantizers
 from service.cli import cli
 
@@ -134,12 +138,78 @@ def test_a_second_collection_into_the_same_file_is_refused(tiny, tmp_path: Path)
 def test_collect_refuses_bad_settings_and_a_checkpoint_without_a_split(tiny, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="calib must be >= 1"):
         CollectSettings(calib=0)
+    with pytest.raises(DataError, match=r"corner must be >= 0 subnets \(0: none\), got -1"):
+        CollectSettings(corner=-1)
+    with pytest.raises(DataError, match=r"kind must be one of \('fp', 'quant', 'corner'\), got 'corners'"):
+        planned_subnets(SearchSpace(TINY_SPACE), "corners", 1, seed=0)
     with pytest.raises(DataError, match="asked for 500 validation"):
         _collect(tiny, tmp_path / "a.json", val=500)
     ck = torch.load(tiny["ckpt"], weights_only=True)
     bare = save_checkpoint(tmp_path / "bare.pt", Checkpoint(TINY_SPACE, ck["state_dict"]))
     with pytest.raises(DataError, match="no validation split"):
         collect_predictor_data(bare, tmp_path / "b.json", CollectSettings(fp=1, quant=0), train_data=tiny["data"])
+
+
+def _extremes(space: SearchSpace) -> list[str]:
+    """The corners the corner stream must open with, in its order (written out independently)."""
+    kinds = [k for k in ("ir", "conv") if k in space.config.block_kinds]
+    return [str(f(p, k)) for f in (space.largest, space.smallest) for k in kinds for p in space.precisions]
+
+
+@pytest.mark.parametrize(
+    "space", [SPACE, SearchSpace(TINY_SPACE), SearchSpace(replace(TINY_SPACE, block_kinds=("ir",)))]
+)
+def test_corner_stream_opens_with_the_extremes_then_neighbours_of_the_largest(space: SearchSpace) -> None:
+    n_extremes = 2 * len(space.config.block_kinds) * len(space.precisions)
+    plan = [str(c) for c in planned_subnets(space, "corner", n_extremes + 60, seed=0)]
+    assert plan[:n_extremes] == _extremes(space), "largest then smallest, every kind, every precision"
+    assert str(space.largest(Precision(8, 8))) in plan[: len(space.precisions)]
+    assert len(set(plan)) == len(plan), "distinct subnets only"
+    assert plan == [str(c) for c in planned_subnets(space, "corner", n_extremes + 60, seed=0)], "deterministic"
+    assert [str(c) for c in planned_subnets(space, "corner", n_extremes + 7, seed=0)] == plan[: n_extremes + 7]
+    other = [str(c) for c in planned_subnets(space, "corner", n_extremes + 60, seed=1)]
+    assert other[:n_extremes] == plan[:n_extremes] and other[n_extremes:] != plan[n_extremes:]
+    # the neighbours: valid, near the largest subnet (larger than uniform draws), every precision mix
+    neighbours = [space.parse(c) for c in plan[n_extremes:]]
+    uniform = planned_subnets(space, "quant", 60, seed=0)
+    depth = lambda cfgs: np.mean([sum(s.depth for s in c.stages) for c in cfgs])  # noqa: E731
+    width = lambda cfgs: np.mean([sum(s.width for s in c.stages) for c in cfgs])  # noqa: E731
+    assert depth(neighbours) > depth(uniform) and width(neighbours) > width(uniform)
+    mixes = [{str(p) for p in c.layer_precisions()} for c in neighbours]
+    assert any(len(m) == 1 for m in mixes) and any(len(m) >= 3 for m in mixes), "uniform and mixed precisions"
+    assert set().union(*mixes) == {str(p) for p in space.precisions}
+    assert not set(plan) & {str(c) for c in uniform}
+
+
+def _arch_genes(cfg: SubnetConfig) -> list[int]:
+    return [cfg.stem_width, *(s.width for s in cfg.stages), *(s.depth for s in cfg.stages)]
+
+
+def test_corner_subnet_mutates_the_largest_with_a_random_precision_mix() -> None:
+    rng = np.random.default_rng(5)
+    largest = _arch_genes(SPACE.largest())
+    cfgs = [SPACE.validate(corner_subnet(SPACE, rng)) for _ in range(200)]
+    changed = [sum(a != b for a, b in zip(_arch_genes(c), largest, strict=True)) for c in cfgs]
+    # each of the 7 width and depth genes is resampled with a probability drawn from
+    # CORNER_MUTATION (a resample may keep the value): on average about 1 changes, never most
+    assert 0.5 < np.mean(changed) < CORNER_MUTATION[1] * len(largest), np.mean(changed)
+    assert sum(n == 0 for n in changed) > 20, "many neighbours keep the largest architecture"
+    assert max(changed) < len(largest)
+
+
+def test_collect_corner_samples_resumes_and_extends(tiny, tmp_path: Path) -> None:
+    out = tmp_path / "samples.json"
+    first = _collect(tiny, out, fp=1, quant=1, corner=3, stop_after=3)  # killed after 3 of 5 evaluations
+    assert [(s.kind, s.index) for s in first.samples] == [("fp", 0), ("quant", 0), ("corner", 0)]
+    resumed = _collect(tiny, out, fp=1, quant=1, corner=3)
+    assert resumed.samples[:3] == first.samples and len(resumed.samples) == 5
+    extended = _collect(tiny, out, fp=1, quant=1, corner=5)
+    assert extended.samples[:5] == resumed.samples
+    space = SearchSpace(TINY_SPACE)
+    cfgs, top1 = extended.subnets("corner")
+    assert [str(c) for c in cfgs] == [str(c) for c in planned_subnets(space, "corner", 5, seed=0)]
+    assert str(cfgs[0]) == str(space.largest(space.precisions[0])) and ((top1 >= 0) & (top1 <= 1)).all()
+    assert extended.cost()["corner"]["evaluations"] == 5 and PredictorData.load(out) == extended
 
 
 def _data_file(path: Path, **changes: object) -> Path:
@@ -173,14 +243,17 @@ def test_unreadable_foreign_future_and_malformed_files_are_named(tmp_path: Path)
         PredictorData.load(_data_file(tmp_path / "p.json", provenance=None))
 
 
-def _synthetic_data(n_fp: int, n_quant: int, half_noise: float = 0.004) -> PredictorData:
+def _synthetic_data(n_fp: int, n_quant: int, half_noise: float = 0.004, n_corner: int = 0) -> PredictorData:
     """Evaluations of the default space with a known accuracy (tests/search_helpers), each
     validation half adding its own noise of std ``half_noise``."""
     fp = [c.with_precision(Precision()) for c in samples(n_fp, seed=71)]
     q = samples(n_quant, seed=72)
+    corner = planned_subnets(SPACE, "corner", n_corner, seed=0)
     rng = np.random.default_rng(73)
     out = []
-    for kind, cfgs, acc in (("fp", fp, true_accuracy(fp)), ("quant", q, true_accuracy(q, quantized=True))):
+    kinds = [("fp", fp, true_accuracy(fp)), ("quant", q, true_accuracy(q, quantized=True))]
+    kinds += [("corner", corner, true_accuracy(corner, quantized=True))] if corner else []
+    for kind, cfgs, acc in kinds:
         for i, (c, a) in enumerate(zip(cfgs, acc, strict=True)):
             h1, h2 = np.clip(a + rng.normal(0, half_noise, 2), 0, 1)
             seconds = 2.0 if kind == "fp" else 5.0
@@ -204,8 +277,6 @@ def test_build_trains_on_fp_transfers_and_reports_on_the_holdout(tmp_path: Path)
     assert report.transfer.kendall_tau < report.tau_ceiling < 1
     # the holdout is the last 60 quantized samples: the report's tau is recomputed from them
     cfgs, y = data.subnets("quant")
-    from lifelong.features import SubnetFeatures
-
     X = SubnetFeatures(SPACE)(cfgs[80:])
     assert model.evaluate(X, y[80:])["kendall_tau"] == pytest.approx(report.transfer.kendall_tau)
     path = model.save(tmp_path / "predictor.npz")
@@ -215,6 +286,50 @@ def test_build_trains_on_fp_transfers_and_reports_on_the_holdout(tmp_path: Path)
     # what the search does with it: the evaluator accepts its features and predicts
     ev = PredictorEvaluator(loaded, LatencyTable(structured_profile(), SPACE))
     assert len(ev.evaluate(cfgs[:5]).accuracy) == 5
+
+
+def test_build_trains_on_corners_but_reports_them_apart_from_the_quantized_holdout() -> None:
+    settings = BuildSettings(holdout=60, compare_at=(20,), config=FAST)
+    data = _synthetic_data(150, 140, n_corner=60)
+    model, report = build_predictor(data, settings)
+    # 60 corners: the last 20% (12, neighbours of the largest: the 24 extremes come first) held out
+    assert (report.quant_train, report.holdout, report.corner_train, report.corner_holdout) == (80, 60, 48, 12)
+    assert report.fits["transfer"]["n_train"] + report.fits["transfer"]["n_val"] == 80 + 48, "corners trained on"
+    assert report.fits["scratch"]["n_train"] + report.fits["scratch"]["n_val"] == 80 + 48
+    assert [(c["quant_samples"], c["corner_samples"]) for c in report.comparison] == [(20, 48), (80, 48)]
+    assert model.meta["trained_on"] == "150 fp, transferred to 80 quant + 48 corner"
+    # the quantized holdout is the last 60 uniform samples, as without corners; the corner
+    # figures are on the last 12 corner samples
+    features = SubnetFeatures(SPACE)
+    q_cfgs, y_q = data.subnets("quant")
+    assert report.transfer.n == 60
+    assert model.evaluate(features(q_cfgs[80:]), y_q[80:])["kendall_tau"] == pytest.approx(report.transfer.kendall_tau)
+    c_cfgs, y_c = data.subnets("corner")
+    corner = report.corner
+    assert corner is not None and corner.transfer.n == corner.scratch.n == corner.fp_only.n == 12
+    assert corner.transfer.rmse_pt == pytest.approx(100 * model.evaluate(features(c_cfgs[48:]), y_c[48:])["rmse"])
+    assert corner.top1_mean_pt == pytest.approx(100 * y_c[48:].mean())
+    assert corner.bias_pt == pytest.approx(100 * (model.predict(features(c_cfgs[48:])) - y_c[48:]).mean())
+    assert report.data_cost["corner"]["evaluations"] == 60
+    # what the corners are for: without them the held-out corner subnets are predicted worse
+    # (measured: RMSE 0.9 pt with them, 3.2 pt without)
+    alone, _ = build_predictor(_synthetic_data(150, 140), replace(settings, compare_at=()))
+    rmse_alone = 100 * alone.evaluate(features(c_cfgs[48:]), y_c[48:])["rmse"]
+    assert corner.transfer.rmse_pt < rmse_alone, (corner.transfer.rmse_pt, rmse_alone)
+    doc = json.loads(json.dumps(report.to_dict()))
+    assert doc["corner"]["transfer"]["n"] == 12 and doc["corner_holdout"] == 12
+
+
+def test_build_holds_no_corners_out_when_too_few_and_rejects_a_bad_share() -> None:
+    n = 5 * MIN_CORNER_HOLDOUT - 1  # 20% of it is one short of the minimum
+    _, report = build_predictor(
+        _synthetic_data(30, 14, n_corner=n), BuildSettings(holdout=6, compare_at=(), config=FAST)
+    )
+    assert (report.corner_train, report.corner_holdout, report.corner) == (n, 0, None)
+    assert (report.quant_train, report.holdout, report.transfer.n) == (8, 6, 6)
+    for bad in (1.0, -0.1):
+        with pytest.raises(DataError, match=r"corner_holdout must be a share in \[0, 1\) of the corner samples"):
+            BuildSettings(corner_holdout=bad)
 
 
 def test_build_refuses_too_few_samples() -> None:
@@ -245,6 +360,39 @@ def test_cli_collect_build_show(tiny, tmp_path: Path) -> None:
     assert r.exit_code == 0 and "FP-trained + transferred (saved)" in r.output
     r = runner.invoke(cli, ["predictor", "build", "--data", str(tmp_path / "none.json"), *base])
     assert r.exit_code == 2 and "error: no predictor data at" in r.output
+
+
+def test_cli_collect_extends_a_file_with_corners_and_reports_them(tiny, tmp_path: Path) -> None:
+    runner, state = CliRunner(), tmp_path / "state"
+    base = ["--state-dir", str(state)]
+    collect = ["predictor", "collect", "--checkpoint", str(tiny["ckpt"]), "--train-data", str(tiny["npz"])]
+    collect += ["--fp", "10", "--quant", "6", "--calib", "32", "--threads", "1", "--quiet", *base]
+    r = runner.invoke(cli, collect)
+    assert r.exit_code == 0 and "corner" not in r.output, r.output
+    path = state / "predictor" / "samples.json"
+    before = PredictorData.load(path).samples
+    r = runner.invoke(cli, [*collect, "--corner", "25"])
+    assert r.exit_code == 0, r.output
+    assert "10 fp + 6 quantized subnets + 25 corner subnets" in r.output and "corner " in r.output.split("(")[-1]
+    after = PredictorData.load(path).samples
+    assert after[:16] == before and len(after) == 41, "the uniform samples are kept, only the corners evaluated"
+    r = runner.invoke(cli, ["predictor", "build", "--holdout", "3", *base])
+    assert r.exit_code == 0, r.output
+    assert "held-out corner subnets: 5 (top-1" in r.output and "3 quantized + 20 corner samples" in r.output
+    r = runner.invoke(cli, ["predictor", "show", "--json", *base])
+    doc = json.loads(r.output)["report"]
+    assert (doc["holdout"], doc["quant_train"], doc["corner_holdout"], doc["corner_train"]) == (3, 3, 5, 20)
+    assert doc["transfer"]["n"] == 3 and doc["corner"]["transfer"]["n"] == 5
+    r = runner.invoke(cli, ["predictor", "show", *base])
+    assert r.exit_code == 0 and "held-out corner subnets: 5" in r.output and "bias" in r.output
+    r = runner.invoke(cli, ["predictor", "build", "--holdout", "3", "--corner-holdout", "0", *base])
+    assert r.exit_code == 0 and "held-out corner subnets: none" in r.output, r.output
+    r = runner.invoke(cli, [*collect, "--corner", "-1"])
+    assert r.exit_code == 2 and "Invalid value for '--corner'" in r.output
+    r = runner.invoke(cli, ["predictor", "build", "--corner-holdout", "1", *base])
+    assert r.exit_code == 2 and "Invalid value for '--corner-holdout'" in r.output
+    r = runner.invoke(cli, ["predictor", "collect", "--help"])
+    assert "--corner" in r.output and "largest and smallest" in r.output
 
 
 def test_predictor_modules_and_cli_do_not_import_torch() -> None:
