@@ -380,7 +380,10 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
             measured += measure_subnets(model, [space.parse(pick.subnet)], calib, holdout, replay_holdout)
             search_info["new_candidate"] = pick.subnet
 
-    winner = _pick(measured, policy, evaluator, space)
+    serving_replay = None if serving_figures is None else serving_figures.get("replay_accuracy")
+    winner, pick_note = _pick(measured, policy, evaluator, space, serving_replay)
+    if pick_note:
+        notes.append(pick_note)
     clock.phase("export", f"exporting {winner.subnet}")
     out_dir = Path(req.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -436,18 +439,35 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
 
 
 def _pick(
-    measured: Sequence[SubnetMeasurement], policy: Policy, evaluator: Any, space: SearchSpace
-) -> SubnetMeasurement:
-    """The policy's choice among the measured subnets: their local accuracy, predicted latency and bytes."""
+    measured: Sequence[SubnetMeasurement],
+    policy: Policy,
+    evaluator: Any,
+    space: SearchSpace,
+    serving_replay: float | None = None,
+) -> tuple[SubnetMeasurement, str]:
+    """The policy's choice among the measured subnets (their local accuracy, predicted latency
+    and bytes), among those that forget at most ``swap.max_forgetting`` of the serving model's
+    accuracy on the original data when there are any: the daemon would refuse the others."""
     if not measured:
         raise TrainingError("no candidate subnet could be measured within the time box")
+    note = ""
+    pool = list(measured)
+    if serving_replay is not None:
+        cap = policy.swap.max_forgetting
+        kept = [m for m in pool if m.replay_accuracy is None or serving_replay - m.replay_accuracy <= cap]
+        if kept:
+            if len(kept) < len(pool):
+                note = f"{len(pool) - len(kept)} of {len(pool)} candidates forget more than swap.max_forgetting"
+            pool = kept
+        else:
+            note = f"every candidate forgets more than swap.max_forgetting ({cap * 100:.2f} pt)"
     if evaluator is None:
-        return max(measured, key=lambda m: m.local_accuracy)
-    cfgs = [space.parse(m.subnet) for m in measured]
+        return max(pool, key=lambda m: m.local_accuracy), note
+    cfgs = [space.parse(m.subnet) for m in pool]
     front = evaluator.front(cfgs)
-    for m in measured:
+    for m in pool:
         front = front.with_measurement(m.subnet, accuracy=m.local_accuracy)
     point = choose(front, policy)
     if point is None:  # nothing within budget: the most accurate, the daemon checks budgets again
-        return max(measured, key=lambda m: m.local_accuracy)
-    return next(m for m in measured if m.subnet == point.subnet)
+        return max(pool, key=lambda m: m.local_accuracy), note
+    return next(m for m in pool if m.subnet == point.subnet), note

@@ -250,6 +250,9 @@ class SwapRules(_Section):
         canary_window: Requests (or labelled samples) the new model is watched over after a swap.
         rollback_accuracy_drop: Accuracy drop against the previous model that rolls back.
         rollback_latency_factor: Live p95 latency over the previous model's that rolls back.
+        max_forgetting: Accuracy on the original data (held-out replay samples) an adapted
+            model may lose against the serving one; adaptation prefers candidates within it
+            and never swaps to one beyond it.
     """
 
     section: ClassVar[str] = "swap"
@@ -257,6 +260,7 @@ class SwapRules(_Section):
     canary_window: int = _option(200, integer(1))
     rollback_accuracy_drop: float = _option(0.02, number(gt=0, lt=1))
     rollback_latency_factor: float = _option(1.5, number(gt=1))
+    max_forgetting: float = _option(0.02, number(ge=0, lt=1))
 
 
 @dataclass(frozen=True)

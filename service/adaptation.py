@@ -15,7 +15,7 @@ its end is a loop event (:class:`AdaptationDone`). The loop then reads the resul
 :func:`decide_swap`, a pure function of the result and the policy: swap only when the
 candidate meets the budgets, beats the serving model on held-out local samples by
 ``swap.min_improvement`` and does not forget the original data by more than
-``swap.rollback_accuracy_drop`` (measured on held-out replay samples). The swap itself is the
+``swap.max_forgetting`` (measured on held-out replay samples). The swap itself is the
 daemon's validated deploy, followed by the canary watch.
 
 No torch here: this module runs in the serving process.
@@ -99,12 +99,12 @@ def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
     forget = None
     if cand.get("replay_accuracy") is not None and serving.get("replay_accuracy") is not None:
         forget = serving["replay_accuracy"] - cand["replay_accuracy"]
-        if forget > policy.swap.rollback_accuracy_drop:
+        if forget > policy.swap.max_forgetting:
             return SwapDecision(
                 False,
                 f"{vs}, but it loses {forget * 100:.2f} pt on the original data (replay "
                 f"{_pct(cand['replay_accuracy'])} vs {_pct(serving['replay_accuracy'])}; at most "
-                f"{policy.swap.rollback_accuracy_drop * 100:.2f} pt allowed)",
+                f"{policy.swap.max_forgetting * 100:.2f} pt allowed by swap.max_forgetting)",
             )
     kept = "" if forget is None else f"; original data {forget * -100:+.2f} pt"
     return SwapDecision(True, f"{vs}{kept}")

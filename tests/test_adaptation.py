@@ -126,7 +126,8 @@ def _result(cand_acc: float, serving_acc: float | None, **cand: object) -> dict[
 
 
 def test_the_swap_decision_follows_the_policy() -> None:
-    policy = Policy(budgets=Budgets(latency_ms_p95=1.0, model_bytes=5000), swap=SwapRules(min_improvement=0.01))
+    swap = SwapRules(min_improvement=0.01, max_forgetting=0.03)
+    policy = Policy(budgets=Budgets(latency_ms_p95=1.0, model_bytes=5000), swap=swap)
     assert decide_swap(_result(0.80, 0.70), policy).swap
     kept = decide_swap(_result(0.705, 0.70), policy)
     assert not kept.swap and "below the minimum improvement of 1.00 pt" in kept.reason and "+0.50 pt" in kept.reason
@@ -136,6 +137,8 @@ def test_the_swap_decision_follows_the_policy() -> None:
     assert not big.swap and "over the budget of 5000" in big.reason
     forgets = decide_swap(_result(0.9, 0.5, replay_accuracy=0.85), policy)
     assert not forgets.swap and "loses 5.00 pt on the original data" in forgets.reason
+    assert "3.00 pt allowed by swap.max_forgetting" in forgets.reason
+    assert decide_swap(_result(0.9, 0.5, replay_accuracy=0.875), policy).swap, "2.5 pt is within 3"
     assert decide_swap(_result(0.5, None), policy).swap, "nothing measured to beat"
     assert not decide_swap({"candidate": None}, policy).swap
 
@@ -168,3 +171,19 @@ def test_finetuning_on_shifted_samples_raises_their_accuracy_and_keeps_the_repla
         finetune(model, ArrayDataset(tune.x, None), replay, settings)
     stopped = finetune(model, tune, replay, settings, focus, deadline=0.0)
     assert stopped.steps == 0 and stopped.stopped_by_deadline
+
+
+def test_the_worker_picks_among_candidates_the_daemon_would_accept() -> None:
+    from lifelong.adapt import SubnetMeasurement
+    from lifelong.adapt_job import _pick
+
+    space = SearchSpace(TINY_SPACE)
+    names = [str(space.largest()), str(space.smallest())]
+    measured = [SubnetMeasurement(names[0], 0.86, 0.82, 1.0), SubnetMeasurement(names[1], 0.77, 0.84, 1.0)]
+    policy = Policy(swap=SwapRules(max_forgetting=0.02))
+    best, note = _pick(measured, policy, None, space, serving_replay=0.85)
+    assert best.subnet == names[1] and "1 of 2 candidates forget more" in note
+    best, note = _pick(measured, policy, None, space, serving_replay=None)
+    assert best.subnet == names[0] and note == "", "without a serving figure: the most accurate"
+    best, note = _pick(measured, policy, None, space, serving_replay=0.95)
+    assert best.subnet == names[0] and "every candidate forgets" in note
