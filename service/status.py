@@ -219,6 +219,30 @@ def _drift_lines(drift: Mapping[str, Any] | None, stored: Mapping[str, Any], now
     return lines
 
 
+def _adaptation_lines(a: Mapping[str, Any] | None, now: float) -> list[str]:
+    """What adaptation is doing (pending, running with its phase) and how the last one ended."""
+    if not a:
+        return []
+    lines = []
+    state = a.get("state")
+    if state == "running":
+        frac = a.get("progress")
+        done = "" if frac is None else f" {100 * frac:.0f}%"
+        lines.append(f"adapt:    running{done} {a.get('phase') or ''}: {a.get('message') or ''} ({a.get('trigger')})")
+    elif state == "pending":
+        p = a.get("pending") or {}
+        lines.append(
+            f"adapt:    pending since {_ago(p.get('since'), now)} ({p.get('trigger')}): waiting for labelled samples"
+        )
+    last = a.get("last")
+    if last:
+        head = "adapt:    " if not lines else "          "
+        lines.append(f"{head}last {last.get('outcome')} {_ago(last.get('finished'), now)}: {last.get('reason')}")
+    elif not lines:
+        lines.append("adapt:    idle (no adaptation yet)")
+    return lines
+
+
 def format_status(doc: Mapping[str, Any]) -> str:
     """``/v1/status`` as the lines ``lifelong status`` prints."""
     now = time.time()
@@ -274,6 +298,7 @@ def format_status(doc: Mapping[str, Any]) -> str:
         line += "".join(f"\n            {p.strip()}" for p in str(policy["error"]).splitlines())
     lines.append(line)
     lines += _drift_lines(doc.get("drift"), store.get("drift_24h") or {}, now)
+    lines += _adaptation_lines(doc.get("adaptation"), now)
     samples = store.get("samples") or {}
     by = ", ".join(f"{k} {v.get('total')}" for k, v in (samples.get("by_source") or {}).items())
     lines.append(

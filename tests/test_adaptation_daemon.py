@@ -23,6 +23,7 @@ from lifelong.export import export_subnet
 from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec
 from lifelong.supernet import Supernet, recalibrate_bn
 from lifelong.train import TrainConfig, train_supernet
+from service.status import format_status
 from service.store import Store
 
 TINY_SPACE = SpaceConfig(
@@ -127,6 +128,7 @@ def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_req
     assert new_model != serving and status["model"] == new_model
     assert models_seen[0] == serving and models_seen[-1] == new_model
     assert failures == [], failures[:5]
+    assert "adapt:    last swapped" in format_status(status)
     events = [e["message"] for e in status["events"]]
     assert any("adaptation started" in m for m in events) and any("adaptation swapped" in m for m in events)
     # the adapted supernet is a new version in use; the original is untouched
