@@ -109,6 +109,22 @@ class FrontSearch:
     measurements_kept: int = 0
 
 
+def corner_subnets(space: SearchSpace) -> list[SubnetConfig]:
+    """The largest and smallest subnet of every block kind at every precision.
+
+    The accurate end of the space is one corner (every gene at its maximum); random draws
+    and mutations at a tenth per gene almost never reach it, so the corners compete for
+    places in the first population and evolution works inward from them.
+    """
+    out: list[SubnetConfig] = []
+    for kind in space.config.block_kinds:
+        for p in space.precisions:
+            for cfg in (space.largest(p, kind), space.smallest(p, kind)):
+                if cfg not in out:
+                    out.append(cfg)
+    return out
+
+
 def space_hash(space: SearchSpace) -> str:
     """A short fingerprint of the space's definition: fronts of other spaces do not warm-start."""
     text = json.dumps(space.config.to_dict(), sort_keys=True)
@@ -239,6 +255,7 @@ def search_front(
         crossover_prob=settings.crossover_prob,
         mutation_prob=settings.mutation_prob,
         initial=initial,
+        contenders=corner_subnets(space),
         seed=settings.seed,
         progress=progress,
         blas_threads=settings.blas_threads,

@@ -215,6 +215,7 @@ def nsga2(
     crossover_prob: float = 0.9,
     mutation_prob: float = 0.1,
     initial: Sequence[SubnetConfig | str] = (),
+    contenders: Sequence[SubnetConfig | str] = (),
     seed: int = 0,
     objectives: Sequence[str] = OBJECTIVES,
     progress: Progress | None = None,
@@ -234,6 +235,8 @@ def nsga2(
         initial: Warm start: subnets (or names) seeded into the first population, e.g. the
             cached front (evenly thinned when it is larger than the population); the rest
             of the population is sampled. Names outside the space are skipped with a warning.
+        contenders: Subnets evaluated with the first population and competing with it for
+            its places (the sandwich corners, which random draws never reach).
         seed: Same seed, same evaluator, same result.
         objectives: Names of :class:`~lifelong.evaluator.Metrics` fields to optimise
             (accuracy up, the others down); ``("accuracy", "latency_ms")`` searches the
@@ -255,6 +258,13 @@ def nsga2(
         seeds = [seeds[i] for i in np.unique(np.linspace(0, len(seeds) - 1, population).round().astype(int))]
     with limit_blas_threads(blas_threads):
         pop = archive.evaluate(_fill(space, rng, list(seeds), population))
+        taken = {str(archive.cfgs[i]) for i in pop}
+        extra = [c for c in _initial(space, contenders) if str(c) not in taken]
+        if extra:  # they compete with the first population for its places
+            merged = list(dict.fromkeys(pop + archive.evaluate(extra)))
+            F = archive.metrics.take(merged).objectives(objectives)
+            ranks = ranks_by_constraint_domination(F, archive.violation(merged))
+            pop = [merged[i] for i in np.lexsort((-crowding_by_rank(F, ranks), ranks))[:population]]
         gen, stale = 0, 0
         for gen in range(1, generations + 1):
             if archive.left <= 0 or stale >= 20:  # the budget is spent, or nothing new comes up

@@ -219,3 +219,20 @@ def test_evaluations_per_second(real_evaluator: PredictorEvaluator) -> None:
     that, so that a busy CI machine does not fail it; benchmarks report the figure itself."""
     speed = measure_throughput(real_evaluator, samples(10_000, seed=11), batch=1000, repeats=3)
     assert speed["evaluations_per_s"] >= 10_000, speed
+
+
+def test_the_sandwich_corners_compete_for_the_first_population(evaluator: FunctionEvaluator) -> None:
+    """The most accurate subnet is a corner no random draw reaches; seeded as a contender it
+    reaches the front, without displacing the warm start."""
+    from lifelong.front_search import corner_subnets
+    from lifelong.space import Precision
+
+    largest = SPACE.largest(Precision())
+    corners = corner_subnets(SPACE)
+    assert largest in corners and SPACE.smallest(Precision(4, 8)) in corners and len(set(corners)) == len(corners)
+    plain = nsga2(SPACE, evaluator, population=20, generations=3, seed=5)
+    seeded = nsga2(SPACE, evaluator, population=20, generations=3, seed=5, contenders=corners)
+    assert str(largest) not in plain.names and str(largest) in seeded.names
+    best = max(evaluator.evaluate([largest]).accuracy)
+    assert max(seeded.front_metrics.accuracy) >= best > max(plain.front_metrics.accuracy)
+    assert seeded.warm_started == 0, "contenders are not the warm start"
