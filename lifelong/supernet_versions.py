@@ -28,6 +28,7 @@ from lifelong.errors import CheckpointError, FormatVersionError
 __all__ = [
     "POINTER_FORMAT",
     "SupernetVersion",
+    "adapted_in_use",
     "adapted_path",
     "current_supernet",
     "list_versions",
@@ -97,6 +98,16 @@ def current_supernet(folder: str | os.PathLike[str]) -> Path:
         if path.is_file() and path.resolve().is_relative_to(folder.resolve()):
             return path
     return folder / ORIGINAL
+
+
+def adapted_in_use(folder: str | os.PathLike[str]) -> SupernetVersion | None:
+    """The adapted version the pointer names, or None when the original is in use."""
+    folder = Path(folder)
+    d = _read_pointer(folder)
+    if d is None or current_supernet(folder) == folder / ORIGINAL:
+        return None
+    fields = {k: d.get(k) for k in ("path", "sha256", "parent_sha256", "reason", "at")}
+    return SupernetVersion(**fields)
 
 
 def set_current(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set everything up, then run the main job: train a small supernet on Fashion-MNIST
-# (resumed or reused when already there) and print the evaluation of its extreme subnets.
+# Set everything up, then run the demo: the whole lifelong loop on this machine, shown live
+# (a quick supernet trained or reused, profile, search, serve, drift, adaptation, swap), with
+# a report in STATE/demo/report.md. Options go to `lifelong demo` (see `--help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/lifelong train --preset quick "$@"
+exec .venv/bin/lifelong demo "$@"

@@ -92,6 +92,13 @@ def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
     desc = f"candidate {cand['subnet']} {_pct(cand['local_accuracy'])} on held-out local samples"
     if not serving or serving.get("local_accuracy") is None:
         return SwapDecision(True, f"{desc}; the serving model could not be measured")
+    slow = (serving.get("latency_ms") or {}).get(str(batch))
+    if latency is not None and slow is not None and latency > slow * policy.swap.rollback_latency_factor:
+        return SwapDecision(
+            False,
+            f"{desc}, but it takes {latency:.2f} ms at batch {batch} against {slow:.2f} ms serving (more than "
+            f"swap.rollback_latency_factor {policy.swap.rollback_latency_factor:g}x: the canary would roll it back)",
+        )
     gain = cand["local_accuracy"] - serving["local_accuracy"]
     vs = f"{desc} vs {_pct(serving['local_accuracy'])} serving ({gain * 100:+.2f} pt)"
     if gain < policy.swap.min_improvement:
@@ -142,15 +149,25 @@ class Adaptation:
     def supernet_dir(self) -> Path:
         return self.state_dir / "supernet"
 
-    def request(self, trigger: str, at: float | None = None) -> str:
-        """Note that drift asks for adaptation (on the loop); returns what happens, in words."""
+    def request(self, trigger: str, at: float | None = None, *, cooldown_s: float = 0.0) -> str:
+        """Note that drift asks for adaptation (on the loop); returns what happens, in words.
+
+        Within ``cooldown_s`` of the end of the last adaptation, the request is declined: after
+        a refused or rolled-back candidate the same drift is seen again at once, and adapting
+        back to back would keep a core busy for nothing.
+        """
+        now = time.time() if at is None else at
+        last = self.last
+        if last is not None and now - float(last.get("finished") or 0.0) < cooldown_s:
+            wait = cooldown_s - (now - float(last["finished"]))
+            return f"no adaptation for {wait:.0f} s more: the last one ended {last.get('outcome')} {now - last['finished']:.0f} s ago"
         if self.running:
             return f"an adaptation is already running ({self.trigger})"
         if self.pending is not None:
             return f"an adaptation is already pending ({self.pending.trigger})"
         if not current_supernet(self.supernet_dir()).is_file():
             return f"no supernet at {self.supernet_dir()}: train one (`lifelong train`) to adapt"
-        self.pending = _Pending(trigger, time.time() if at is None else at)
+        self.pending = _Pending(trigger, now)
         return "adaptation pending: waiting for labelled local samples"
 
     def cancel_pending(self) -> None:

@@ -771,12 +771,14 @@ def policy_show(file: Path | None, preset: str | None, state_dir: Path | None, a
     click.echo(f"# {source}\n{policy_to_toml(pol)}", nl=False)
 
 
+from service.cli_demo import demo  # noqa: E402  (the demo has its own module)
 from service.cli_predictor import predictor  # noqa: E402  (the predictor commands have their own module)
 from service.cli_search import front, search  # noqa: E402  (the search commands have their own module)
 
 cli.add_command(search)
 cli.add_command(front)
 cli.add_command(predictor)
+cli.add_command(demo)
 
 
 def main() -> None:

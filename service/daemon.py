@@ -92,6 +92,7 @@ from lifelong.drift import DriftDecision
 from lifelong.drift_signals import preference_drift
 from lifelong.errors import LifelongError
 from lifelong.model_format import META_SUBNET
+from lifelong.supernet_versions import adapted_in_use
 from lifelong.supernet_versions import set_current as set_current_supernet
 from policies import Policy
 from service import status as status_doc
@@ -564,7 +565,9 @@ class Daemon:
             if d.kind == "environment":
                 self._answer_environment(d, f"{what} (window {d.window})")
                 continue
-            answer = self.adaptation.request(f"{d.kind} drift on {model_id}")
+            answer = self.adaptation.request(
+                f"{d.kind} drift on {model_id}", cooldown_s=self.policy.adaptation.max_seconds
+            )
             self.drift.note_needed(d.kind, "adapt", f"{what}; {answer}")
             self._event("drift", f"{what} (window {d.window}); {answer}")
 
@@ -590,6 +593,7 @@ class Daemon:
         answer = answer_preference(
             self.fronts.get(), policy, store=self.store, registry=self.registry,
             serving=self.runtime.current_id, front_error=self.fronts.error,
+            adapted_sha=self._adapted_sha(),
         )  # fmt: skip
         message = (
             f"{what}: the device runs {factor:.2f}x slower than profiled, so the {budget:g} ms budget "
@@ -610,6 +614,15 @@ class Daemon:
                 "environment", "export" if answer.action == "export-needed" else "re-search", message
             )
         self._event("drift", f"{message}; {self.runtime.current_id} serves on")
+
+    def _adapted_sha(self) -> str | None:
+        """The adapted supernet in use (its content hash), or None while the original is."""
+        try:
+            version = adapted_in_use(self.settings.state_dir / "supernet")
+        except LifelongError as exc:
+            self._event("adapt", f"the supernet pointer cannot be read: {exc}")
+            return None
+        return None if version is None else version.sha256
 
     def _adaptation_tick(self) -> None:
         """Start a pending adaptation once its labels are in (on the loop, every ``ADAPT_TICK_S``)."""
@@ -710,6 +723,7 @@ class Daemon:
             registry=self.registry,
             serving=self.runtime.current_id,
             front_error=self.fronts.error,
+            adapted_sha=self._adapted_sha(),
         )
         message = f"policy {new.name!r} changed {sections}: {answer.reason}"
         assert self.drift is not None

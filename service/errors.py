@@ -25,7 +25,8 @@ edge.
         ├── WatchError (RuntimeError)             a folder or file to watch is missing or cannot be watched
         ├── SettingsError (ValueError)            a service setting out of range (interval, limit, nice)
         ├── DaemonUnreachable (ConnectionError)   the CLI or client cannot reach the daemon
-        └── DaemonBusy (TimeoutError)             the daemon is stopping, or a command outran its time: 503
+        ├── DaemonBusy (TimeoutError)             the daemon is stopping, or a command outran its time: 503
+        └── DemoError (RuntimeError)              ``lifelong demo`` cannot start or one of its steps failed
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "ApiError",
     "DaemonBusy",
     "DaemonUnreachable",
+    "DemoError",
     "InferenceError",
     "MigrationError",
     "ModelLoadError",
@@ -144,3 +146,7 @@ class DaemonBusy(ServiceError, TimeoutError):
     """The daemon is stopping, or a command it was sent did not finish within its time limit."""
 
     http_status = 503
+
+
+class DemoError(ServiceError, RuntimeError):
+    """``lifelong demo`` cannot start (no supernet and no training allowed) or one of its steps failed."""

@@ -115,13 +115,16 @@ def _front_checkpoint(front: Front) -> str | None:
     return sha if isinstance(sha, str) else None
 
 
-def find_exported(store: Store, registry: Registry, subnet: str, checkpoint_sha: str | None = None) -> str | None:
-    """The id of a registered model of ``subnet`` (from ``checkpoint_sha`` if there is one), newest first."""
+def find_exported(
+    store: Store, registry: Registry, subnet: str, checkpoint_sha: str | None = None, *, strict: bool = False
+) -> str | None:
+    """The id of a registered model of ``subnet``, newest first: from ``checkpoint_sha`` if there
+    is one, else (unless ``strict``) from any checkpoint."""
     found = [m for m in store.list_models() if m.subnet == subnet and m.id in registry]
-    if not found:
-        return None
     same = [m for m in found if checkpoint_sha is not None and m.checkpoint_sha == checkpoint_sha]
-    return (same or found)[0].id
+    if strict:
+        return same[0].id if same else None
+    return (same or found)[0].id if found else None
 
 
 def _figures(point: FrontPoint, batch: int) -> dict[str, Any]:
@@ -142,8 +145,14 @@ def answer_preference(
     registry: Registry,
     serving: str | None,
     front_error: str | None = None,
+    adapted_sha: str | None = None,
 ) -> PreferenceAnswer:
-    """Choose from ``front`` for ``policy`` and say whether that choice can be deployed now."""
+    """Choose from ``front`` for ``policy`` and say whether that choice can be deployed now.
+
+    ``adapted_sha``: the adapted supernet in use, if the service adapted: only a model
+    exported from it may be deployed; one from the original supernet would throw away what
+    the adaptation learnt, so the choice is then "export needed".
+    """
     if front is None:
         return PreferenceAnswer("no-front", f"{front_error or 'no cached front'}; a search is needed")
     point = choose(front, policy)
@@ -159,10 +168,15 @@ def answer_preference(
     record = store.get_model(serving) if serving is not None else None
     if record is not None and record.subnet == point.subnet:
         return PreferenceAnswer("serving", f"{desc}: it serves already ({serving})", point.subnet, serving, figures)
-    model_id = find_exported(store, registry, point.subnet, _front_checkpoint(front))
+    if adapted_sha is not None:
+        model_id = find_exported(store, registry, point.subnet, adapted_sha, strict=True)
+        never = "it was never exported from the adapted supernet in use"
+    else:
+        model_id = find_exported(store, registry, point.subnet, _front_checkpoint(front))
+        never = "it was never exported"
     if model_id is None:
         return PreferenceAnswer(
-            "export-needed", f"{desc}: it was never exported; export (or re-search) needed", point.subnet, None, figures
+            "export-needed", f"{desc}: {never}; export (or re-search) needed", point.subnet, None, figures
         )
     return PreferenceAnswer("deploy", f"{desc}: exported as {model_id}", point.subnet, model_id, figures)
 

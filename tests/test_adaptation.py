@@ -139,6 +139,10 @@ def test_the_swap_decision_follows_the_policy() -> None:
     assert not forgets.swap and "loses 5.00 pt on the original data" in forgets.reason
     assert "3.00 pt allowed by swap.max_forgetting" in forgets.reason
     assert decide_swap(_result(0.9, 0.5, replay_accuracy=0.875), policy).swap, "2.5 pt is within 3"
+    slower = {"candidate": _result(0.9, 0.5)["candidate"] | {"latency_ms": {"1": 0.9}},
+              "serving": {"local_accuracy": 0.5, "latency_ms": {"1": 0.4}}}  # fmt: skip
+    refused = decide_swap(slower, policy)
+    assert not refused.swap and "0.90 ms at batch 1 against 0.40 ms serving" in refused.reason
     assert decide_swap(_result(0.5, None), policy).swap, "nothing measured to beat"
     assert not decide_swap({"candidate": None}, policy).swap
 
@@ -187,3 +191,22 @@ def test_the_worker_picks_among_candidates_the_daemon_would_accept() -> None:
     assert best.subnet == names[0] and note == "", "without a serving figure: the most accurate"
     best, note = _pick(measured, policy, None, space, serving_replay=0.95)
     assert best.subnet == names[0] and "every candidate forgets" in note
+
+
+def test_adaptation_requests_wait_out_a_cooldown_after_the_last_one(tmp_path: Path) -> None:
+    from service.adaptation import Adaptation
+    from service.store import Store
+
+    (tmp_path / "supernet").mkdir()
+    (tmp_path / "supernet" / "supernet.pt").write_bytes(b"x")
+    store = Store.open(tmp_path)
+    try:
+        a = Adaptation(tmp_path, store, supervisor=None, post=lambda event: None)  # type: ignore[arg-type]
+        a.last = {"outcome": "kept", "finished": 1000.0}
+        assert "no adaptation for 200 s more" in a.request("data drift", at=1100.0, cooldown_s=300)
+        assert a.pending is None
+        assert a.request("data drift", at=1400.0, cooldown_s=300).startswith("adaptation pending")
+        assert a.pending is not None and a.pending.since == 1400.0
+        assert "already pending" in a.request("label drift", at=1401.0, cooldown_s=300)
+    finally:
+        store.close()

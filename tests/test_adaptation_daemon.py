@@ -32,6 +32,8 @@ TINY_SPACE = SpaceConfig(
     expands=(2, 3),
     head_width=16,
 )
+# Latencies of a model this small are a few tens of microseconds, noise on a busy machine: the
+# latency rule of the swap decision is tested apart (test_adaptation.py).
 POLICY = """format_version = 1
 name = "adapt-test"
 [target]
@@ -53,6 +55,7 @@ max_samples = 400
 [swap]
 min_improvement = 0.02
 canary_window = 20
+rollback_latency_factor = 10.0
 """
 
 

@@ -326,6 +326,11 @@ def test_the_answer_to_a_new_policy_comes_from_the_cached_front(models, tmp_path
         deploy = answer("tiny_accurate")
         assert (deploy.action, deploy.subnet, deploy.model_id) == ("deploy", "tiny_accurate", accurate)
         assert "chooses tiny_accurate for policy 'tiny_accurate' (accuracy 90.0%, 3.00 ms at batch 1)" in deploy.reason
+        adapted = answer_preference(
+            cache.get(), policy_for("tiny_accurate"), store=store, registry=registry, serving=fast,
+            adapted_sha="f" * 64,
+        )  # fmt: skip
+        assert adapted.action == "export-needed" and "never exported from the adapted supernet" in adapted.reason
         huge = answer("tiny_huge")
         assert huge.action == "export-needed" and huge.model_id is None and "never exported" in huge.reason
         tight = answer_preference(
