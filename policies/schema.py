@@ -191,7 +191,7 @@ class DriftSettings(_Section):
     section: ClassVar[str] = "drift"
     window: int = _option(500, integer(50))
     reference_window: int = _option(2000, integer(50))
-    false_alarm_samples: int = _option(20000, integer(1000))
+    false_alarm_samples: int = _option(100_000, integer(1000))
     accuracy_drop: float = _option(0.05, number(gt=0, lt=1))
     latency_factor: float = _option(1.3, number(gt=1))
     check_interval_s: float = _option(30.0, number(gt=0))

@@ -15,8 +15,11 @@ its end is a loop event (:class:`AdaptationDone`). The loop then reads the resul
 :func:`decide_swap`, a pure function of the result and the policy: swap only when the
 candidate meets the budgets, beats the serving model on held-out local samples by
 ``swap.min_improvement`` and does not forget the original data by more than
-``swap.max_forgetting`` (measured on held-out replay samples). The swap itself is the
-daemon's validated deploy, followed by the canary watch.
+``swap.max_forgetting`` (measured on held-out replay samples). A candidate slower than the
+serving model but within the latency budget is accepted: the policy's objective already
+traded its latency against its accuracy when the worker chose it. The swap itself is the
+daemon's validated deploy, followed by the canary watch on errors and accuracy (its latency
+was judged against the budget; against the replaced model's it is a choice, not a fault).
 
 No torch here: this module runs in the serving process.
 """
@@ -92,13 +95,6 @@ def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
     desc = f"candidate {cand['subnet']} {_pct(cand['local_accuracy'])} on held-out local samples"
     if not serving or serving.get("local_accuracy") is None:
         return SwapDecision(True, f"{desc}; the serving model could not be measured")
-    slow = (serving.get("latency_ms") or {}).get(str(batch))
-    if latency is not None and slow is not None and latency > slow * policy.swap.rollback_latency_factor:
-        return SwapDecision(
-            False,
-            f"{desc}, but it takes {latency:.2f} ms at batch {batch} against {slow:.2f} ms serving (more than "
-            f"swap.rollback_latency_factor {policy.swap.rollback_latency_factor:g}x: the canary would roll it back)",
-        )
     gain = cand["local_accuracy"] - serving["local_accuracy"]
     vs = f"{desc} vs {_pct(serving['local_accuracy'])} serving ({gain * 100:+.2f} pt)"
     if gain < policy.swap.min_improvement:

@@ -368,13 +368,21 @@ class Daemon:
         reason: str | None = None,
         judge: str = "all",
     ) -> dict[str, Any]:
-        """Deploy through the validated swap; ``judge="errors"``: the canary compares error rates only."""
+        """Deploy through the validated swap.
+
+        ``judge``: what the canary compares with the replaced model: ``"all"`` (errors,
+        latency, accuracy), ``"accuracy"`` (errors and accuracy: an adapted model, slower by
+        choice within the budget), ``"errors"`` (a preference change: slower or less accurate
+        is what was asked for).
+        """
         assert self.swapper is not None
         what = model or path or f"upload {name or 'model.onnx'}"
         reason = reason or f"deploy {what}"
         baseline = self._baseline()  # the serving model's figures, before the swap replaces it
         if baseline is not None and judge == "errors":  # slower or less accurate is what was asked for
             baseline = replace(baseline, latency={}, labelled=0, correct=0)
+        elif baseline is not None and judge == "accuracy":  # slower within the budget was chosen
+            baseline = replace(baseline, latency={})
         state = "active" if baseline is None else "canary"
         try:
             if model is not None:
@@ -649,7 +657,7 @@ class Daemon:
         if decision.swap and result is not None:
             cand = result["candidate"]
             try:
-                self._deploy(path=cand["path"], reason=f"adaptation: {decision.reason}")
+                self._deploy(path=cand["path"], reason=f"adaptation: {decision.reason}", judge="accuracy")
             except LifelongError as exc:
                 outcome, reason = "kept", f"{decision.reason}; the deploy was refused: {exc}"
             else:

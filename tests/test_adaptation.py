@@ -141,8 +141,7 @@ def test_the_swap_decision_follows_the_policy() -> None:
     assert decide_swap(_result(0.9, 0.5, replay_accuracy=0.875), policy).swap, "2.5 pt is within 3"
     slower = {"candidate": _result(0.9, 0.5)["candidate"] | {"latency_ms": {"1": 0.9}},
               "serving": {"local_accuracy": 0.5, "latency_ms": {"1": 0.4}}}  # fmt: skip
-    refused = decide_swap(slower, policy)
-    assert not refused.swap and "0.90 ms at batch 1 against 0.40 ms serving" in refused.reason
+    assert decide_swap(slower, policy).swap, "slower than the serving model but within the budget: chosen"
     assert decide_swap(_result(0.5, None), policy).swap, "nothing measured to beat"
     assert not decide_swap({"candidate": None}, policy).swap
 
