@@ -124,6 +124,7 @@ class DriftCheck:
         self._built_for: Policy | None = None
         self._refused: tuple[str, Policy] | None = None  # a monitor these settings cannot make: not retried
         self._ref: dict[str, Any] = {}
+        self._lat_ref: list[float] = []  # the serving model's first latencies (environment reference)
         self._episodes: dict[str, dict[str, float]] = {}
         self._quiet: dict[str, dict[str, float]] = {}
         # what the status and the metrics read, from any thread
@@ -175,6 +176,7 @@ class DriftCheck:
                 decisions += monitor.observe(embeddings=emb[i : i + step], predictions=classes[i : i + step])
             for i in range(0, len(bits), step):
                 decisions += monitor.observe(correct=bits[i : i + step])
+            self._collect_latency_reference(monitor, ms, policy.drift.reference_window)
             for i in range(0, len(ms), step):
                 decisions += monitor.observe(latency_ms=ms[i : i + step])
         except (DataError, DriftError) as exc:  # e.g. a kept reference of another width: start over
@@ -247,6 +249,7 @@ class DriftCheck:
         now = time.time()
         self._quiet = {k: {"since": now, "checks": 0} for k in DRIFT_KINDS}
         self._ref = {"source": "kept" if kept is not None else "collecting", "emb": [], "cls": [], "n": 0}
+        self._lat_ref = []
         if kept is not None:
             self._ref["n"] = len(kept[0])
         with self._lock:
@@ -277,7 +280,7 @@ class DriftCheck:
         doubles a 0.8 ms model's latency would go unseen under a 5 ms budget.
         """
         monitor = self._monitor
-        if monitor is None or monitor.environment.profiled_ms is not None:
+        if monitor is None or monitor.environment.profiled_ms is not None or self._lat_done():
             return
         front = self.fronts.get() if self.fronts is not None else None
         profiled = profiled_latency_ms(front, self.store.get_model(serving), policy.target.batch)
@@ -286,6 +289,27 @@ class DriftCheck:
             with self._lock:
                 self._watch["profiled_latency_ms"] = profiled
             logger.info("drift monitor for %s: profiled latency %.3g ms (measured since it was deployed)", serving, profiled)  # fmt: skip
+
+    def _lat_done(self) -> bool:
+        ref = self._built_for.drift.reference_window if self._built_for is not None else None
+        return ref is not None and len(self._lat_ref) >= ref
+
+    def _collect_latency_reference(self, monitor: DriftMonitor, ms: np.ndarray, size: int) -> None:
+        """The serving model's own first ``size`` latencies at the policy's batch, as the data
+        detector takes its first embeddings: their p95 becomes the latency environment drift is
+        judged against (over the probe's or the front's figure, taken from a few runs or
+        another process)."""
+        ref = self._lat_ref
+        if len(ref) >= size or not len(ms):
+            return
+        ref.extend(float(v) for v in ms[: size - len(ref)])
+        if len(ref) >= size:
+            p95 = float(np.percentile(ref, 95))
+            monitor.environment.profiled_ms = p95
+            with self._lock:
+                self._watch["profiled_latency_ms"] = p95
+                self._watch["latency_reference"] = f"p95 of its first {size} live latencies"
+            logger.info("drift monitor: environment reference %.3g ms (p95 of the first %d live latencies)", p95, size)
 
     # -- references ------------------------------------------------------------------------------
 

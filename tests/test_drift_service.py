@@ -215,6 +215,30 @@ def test_environment_and_accuracy_drift_are_stored_with_their_figures(parts) -> 
     assert {d.kind for e in detected for d in e.decisions} == {"environment", "accuracy"}
 
 
+def test_contention_under_the_budget_is_environment_drift_against_the_models_own_latency(parts) -> None:
+    """The first reference_window latencies are the model's own reference: a slowdown from
+    0.9 ms to 3 ms is drift though it stays under the 5 ms budget."""
+    check, feed, _, store, detected = parts
+    r = np.random.default_rng(1)
+    for v in r.uniform(0.7, 0.9, 50):
+        feed.add_latency("m1", 1, float(v))
+    check.run()
+    watching = check.status()["watching"]
+    assert (
+        watching["profiled_latency_ms"] == pytest.approx(0.9, abs=0.02) and "first 50" in watching["latency_reference"]
+    )
+    for v in r.uniform(0.7, 0.9, 100):
+        feed.add_latency("m1", 1, float(v))
+    check.run()
+    assert store.recent_drift(detector="environment", decision=True) == [], "the same latency is no drift"
+    for v in r.uniform(2.8, 3.2, 150):
+        feed.add_latency("m1", 1, float(v))
+    check.run()
+    (env,) = store.recent_drift(detector="environment", decision=True)
+    assert env.detail["over"] == ["profile"] and env.threshold == pytest.approx(1.3 * env.detail["profiled_ms"])
+    assert any(d.kind == "environment" for e in detected for d in e.decisions)
+
+
 def test_lifelong_status_shows_the_drift_section(parts) -> None:
     check, feed, _, store, _ = parts
     feed_rows(feed, "m1", *normal(100, seed=1))
