@@ -174,7 +174,6 @@ def finetune(
     model.train()
     t0 = time.monotonic()
     losses: list[float] = []
-    step = 0
     stopped = False
     for step in range(s.steps):
         if deadline is not None and time.monotonic() >= deadline:
@@ -214,8 +213,6 @@ def finetune(
         losses.append(value)
         if on_step is not None:
             on_step(step + 1, s.steps, value)
-    else:
-        step = s.steps
     model.eval()
     done = len(losses)
     report = FinetuneReport(

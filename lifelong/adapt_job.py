@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from lifelong.adapt import AdaptSettings, SubnetMeasurement, calibration_mix, finetune, measure_subnets
+from lifelong.adapt_request import ADAPT_REQUEST_FORMAT, AdaptRequest
 from lifelong.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from lifelong.data import ArrayDataset, load_dataset, load_fashion_mnist
 from lifelong.errors import DataError, LifelongError, TrainingError
@@ -55,7 +56,6 @@ __all__ = ["ADAPT_REQUEST_FORMAT", "ADAPT_RESULT_FORMAT", "AdaptRequest", "Adapt
 
 logger = logging.getLogger(__name__)
 
-ADAPT_REQUEST_FORMAT = 1
 ADAPT_RESULT_FORMAT = 1
 MIN_SAMPLES = 20
 """Fewer labelled local samples than this cannot be split into fine-tuning and held-out parts."""
@@ -65,81 +65,6 @@ Progress = Callable[[float, str, str], None]
 FINETUNE_SHARE, MEASURE_SHARE = 0.55, 0.75
 _PHASES = {"data": (0.0, 0.05), "baseline": (0.05, 0.08), "fine-tune": (0.08, 0.7), "measure": (0.7, 0.8),
            "search": (0.8, 0.85), "export": (0.85, 1.0)}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class AdaptRequest:
-    """What the daemon asks of one adaptation (written as JSON, see :meth:`save`).
-
-    Attributes:
-        samples: ``(ref, label)`` of labelled local samples, newest first.
-        checkpoint: The supernet version in use.
-        supernet_dir: Where adapted versions are written (``STATE/supernet``).
-        out_dir: This job's folder: the candidate model and the result go there.
-        policy: The policy in force (``policies.policy_to_dict``).
-        replay: The replay buffer file (built there from ``train_data`` if missing).
-        replay_size: Its size when built.
-        train_data: The original training data spec (``lifelong.data.load_dataset``), or
-            None for Fashion-MNIST.
-        front, predictor, profile: The cached front, the accuracy predictor and the device
-            profile (each may be None or missing: the search step is then skipped).
-        serving: The serving model: ``{"model_id", "subnet", "path"}`` (its ONNX file).
-        trigger: Why (the drift, in words).
-        max_seconds: The policy's time box; the job plans to finish within it.
-        steps: Fine-tuning steps.
-        candidates: Subnets measured for real after fine-tuning (the serving one included).
-        search_evaluations: Predictor evaluations of the warm-started search.
-        holdout_share: Share of local samples held out for validation.
-        threads: torch threads.
-        seed: Splits, batches, subnets.
-    """
-
-    samples: tuple[tuple[str, int], ...]
-    checkpoint: str
-    supernet_dir: str
-    out_dir: str
-    policy: dict[str, Any]
-    replay: str
-    replay_size: int = 2000
-    train_data: str | None = None
-    front: str | None = None
-    predictor: str | None = None
-    profile: str | None = None
-    serving: dict[str, Any] | None = None
-    trigger: str = ""
-    max_seconds: float = 300.0
-    steps: int = 200
-    candidates: int = 6
-    search_evaluations: int = 4000
-    holdout_share: float = 0.3
-    threads: int = 2
-    seed: int = 0
-    format_version: int = ADAPT_REQUEST_FORMAT
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"kind": "lifelong-adapt-request", **asdict(self)}, indent=1))
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> AdaptRequest:
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path} is not a readable adaptation request ({exc})") from exc
-        if not isinstance(d, dict) or d.pop("kind", None) != "lifelong-adapt-request":
-            raise DataError(f"{path} is not a lifelong adaptation request")
-        if d.get("format_version") != ADAPT_REQUEST_FORMAT:
-            raise DataError(f"{path}: request format {d.get('format_version')!r}, expected {ADAPT_REQUEST_FORMAT}")
-        try:
-            d["samples"] = tuple((str(r), int(y)) for r, y in d["samples"])
-            return cls(**d)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{path}: malformed adaptation request ({exc})") from exc
 
 
 @dataclass
@@ -267,6 +192,7 @@ def _searched(
     req: AdaptRequest, policy: Policy, space: SearchSpace, front: Front | None, measured: Sequence[SubnetMeasurement]
 ) -> tuple[Any, Front | None, dict[str, Any]]:
     """Refresh the predictor on ``measured`` and search warm-started; returns (evaluator, new front, info)."""
+    from lifelong.evaluator import PredictorEvaluator
     from lifelong.front_search import SearchSettings, search_front
     from lifelong.latency_table import LatencyTable
     from lifelong.predictor import AccuracyPredictor
@@ -276,9 +202,8 @@ def _searched(
         return None, None, {"skipped": "no predictor or no device profile"}
     predictor = AccuracyPredictor.load(req.predictor)
     profile = DeviceProfile.load(req.profile)
-    from lifelong.evaluator import PredictorEvaluator
-
-    evaluator = PredictorEvaluator(predictor, LatencyTable(profile, space), batch=policy.target.batch)
+    table = LatencyTable(profile, space)
+    evaluator = PredictorEvaluator(predictor, table, batch=policy.target.batch)
     cfgs = [space.parse(m.subnet) for m in measured]
     X = evaluator.features(evaluator.codec.codes(cfgs))
     y = np.array([m.local_accuracy for m in measured])
@@ -287,9 +212,9 @@ def _searched(
     if len(measured) >= 2:
         refreshed, fit = predictor.transfer(X, y, max_epochs=60, patience=60, meta={"adapted_on": len(measured)})
         info["fit_rmse"] = fit.train_rmse
-    else:  # one point: shift the predictions by its residual
+    else:  # one measurement cannot be fitted to: the predictor stays as it was
         refreshed = predictor
-    refreshed_eval = PredictorEvaluator(refreshed, LatencyTable(profile, space), batch=policy.target.batch)
+    refreshed_eval = PredictorEvaluator(refreshed, table, batch=policy.target.batch)
     budget = max(req.search_evaluations, 200)
     found = search_front(
         refreshed,

@@ -8,7 +8,6 @@ either the previous checkpoint or the new one, never half of one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch
 
+from lifelong.digest import file_sha256
 from lifelong.errors import CheckpointError, FormatVersionError
 from lifelong.space import SearchSpace, SpaceConfig
 from lifelong.supernet import Supernet
@@ -112,11 +112,3 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path} is missing or has a malformed field: {exc}") from exc
     return Checkpoint(space=space, state_dict=state_dict, record=record, train=train, meta=meta)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

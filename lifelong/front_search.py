@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lifelong.digest import file_sha256
 from lifelong.errors import DataError
 from lifelong.evaluator import Constraints, Metrics, PredictorEvaluator
 from lifelong.front import Front
@@ -138,15 +139,6 @@ def space_for_predictor(predictor: AccuracyPredictor) -> SearchSpace:
     if isinstance(described, Mapping):
         return SearchSpace(SpaceConfig.from_dict(dict(described)))
     return SearchSpace()
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (without torch, unlike ``lifelong.checkpoint.file_sha256``)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def input_record(predictor_path: str | Path, profile_path: str | Path) -> dict[str, str]:

@@ -15,7 +15,6 @@ pointer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lifelong.digest import file_sha256
 from lifelong.errors import CheckpointError, FormatVersionError
 
 __all__ = [
@@ -52,14 +52,6 @@ class SupernetVersion:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def adapted_path(folder: str | os.PathLike[str], sha256: str, at: float | None = None) -> Path:
@@ -126,7 +118,7 @@ def set_current(
         rel = path.resolve().relative_to(folder.resolve())
     except ValueError as exc:
         raise CheckpointError(f"{path} is not under {folder}; versions live in {folder / ADAPTED}") from exc
-    version = SupernetVersion(str(rel), _sha256(path), reason=reason, at=time.time())
+    version = SupernetVersion(str(rel), file_sha256(path), reason=reason, at=time.time())
     doc = {"kind": _KIND, "format_version": POINTER_FORMAT, **version.to_dict()}
     tmp = folder / f".{POINTER}.tmp-{os.getpid()}"
     try:

@@ -31,10 +31,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lifelong.adapt_request import AdaptRequest
 from lifelong.supernet_versions import current_supernet
 from policies import Policy, policy_to_dict
 from service.errors import ServiceError
@@ -193,30 +194,26 @@ class Adaptation:
         job_id = f"adapt-{time.strftime('%Y%m%dT%H%M%S')}"
         folder = self.state_dir / "adapt" / job_id
         a = policy.adaptation
-        request = {
-            "kind": "lifelong-adapt-request",
-            "format_version": 1,
-            "samples": samples,
-            "checkpoint": str(current_supernet(self.supernet_dir())),
-            "supernet_dir": str(self.supernet_dir()),
-            "out_dir": str(folder),
-            "policy": policy_to_dict(policy),
-            "replay": str(self.state_dir / "replay" / "replay.npz"),
-            "replay_size": a.replay_buffer,
-            "front": str(default_front(self.state_dir)),
-            "predictor": str(default_predictor(self.state_dir)),
-            "profile": str(default_profile(self.state_dir)),
-            "serving": None
+        request = AdaptRequest(
+            samples=tuple(samples),
+            checkpoint=str(current_supernet(self.supernet_dir())),
+            supernet_dir=str(self.supernet_dir()),
+            out_dir=str(folder),
+            policy=policy_to_dict(policy),
+            replay=str(self.state_dir / "replay" / "replay.npz"),
+            replay_size=a.replay_buffer,
+            front=str(default_front(self.state_dir)),
+            predictor=str(default_predictor(self.state_dir)),
+            profile=str(default_profile(self.state_dir)),
+            serving=None
             if serving is None
             else {"model_id": serving.id, "subnet": serving.subnet, "path": str(serving_path or "")},
-            "trigger": trigger,
-            "max_seconds": a.max_seconds,
-            "steps": a.finetune_steps,
-            "threads": policy.target.threads,
-        }
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "request.json"
-        path.write_text(json.dumps(request, indent=1))
+            trigger=trigger,
+            max_seconds=a.max_seconds,
+            steps=a.finetune_steps,
+            threads=policy.target.threads,
+        )
+        path = request.save(folder / "request.json")
         search = self.store.start_search(f"adaptation: {trigger}", phase="starting")
         try:
             handle = self.supervisor.start(
@@ -301,7 +298,7 @@ class Adaptation:
             handle, last = self.handle, None if self.last is None else dict(self.last)
         running = handle is not None and not handle.done
         p = handle.progress if running and handle is not None else None
-        pending = None if self.pending is None else asdict(replace(self.pending))
+        pending = None if self.pending is None else asdict(self.pending)
         return {
             "state": "running" if running else ("pending" if pending else "idle"),
             "pending": pending,

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from lifelong.digest import file_sha256
 from service.demo_report import Step
 from service.errors import DemoError
 from service.paths import default_checkpoint, default_front, default_predictor, default_profile
@@ -50,7 +51,6 @@ __all__ = [
     "DEMO_PREDICTOR",
     "ExportedPick",
     "StepRunner",
-    "checkpoint_sha256",
     "fast_policy",
     "initial_policy",
     "policy_text",
@@ -235,15 +235,6 @@ def policy_text(policy: Policy, header: str) -> str:
 
 
 # -- models --------------------------------------------------------------------------------------
-def checkpoint_sha256(path: Path) -> str:
-    """The checkpoint's SHA-256, as exports record it (without importing torch)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _checkpoint_complete(runner: StepRunner, ckpt: Path) -> bool:
     """Whether ``ckpt`` holds a finished training (asked in a subprocess: reading it needs torch)."""
     code = "import sys; from lifelong.checkpoint import load_checkpoint; sys.exit(0 if load_checkpoint(sys.argv[1]).complete else 3)"
@@ -369,7 +360,7 @@ def prepare_exports(
         points: Role (``initial``, ``fast``) -> the point its policy chose.
         batch: The batch size latencies are shown at.
     """
-    sha = checkpoint_sha256(ckpt)
+    sha = file_sha256(ckpt)
     out: dict[str, ExportedPick] = {}
     for role, point in points.items():
         onnx = state / "exports" / f"{point.subnet}.onnx"

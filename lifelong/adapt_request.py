@@ -1,0 +1,94 @@
+"""The adaptation request: what the daemon asks of one adaptation worker, as a JSON file.
+
+Kept apart from :mod:`lifelong.adapt_job` (which needs torch) so that the serving process
+writes the same dataclass the worker reads: one definition of the format, versioned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lifelong.errors import DataError
+
+__all__ = ["ADAPT_REQUEST_FORMAT", "AdaptRequest"]
+
+ADAPT_REQUEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class AdaptRequest:
+    """What the daemon asks of one adaptation (written as JSON, see :meth:`save`).
+
+    Attributes:
+        samples: ``(ref, label)`` of labelled local samples, newest first.
+        checkpoint: The supernet version in use.
+        supernet_dir: Where adapted versions are written (``STATE/supernet``).
+        out_dir: This job's folder: the candidate model and the result go there.
+        policy: The policy in force (``policies.policy_to_dict``).
+        replay: The replay buffer file (built there from ``train_data`` if missing).
+        replay_size: Its size when built.
+        train_data: The original training data spec (``lifelong.data.load_dataset``), or
+            None for Fashion-MNIST.
+        front, predictor, profile: The cached front, the accuracy predictor and the device
+            profile (each may be None or missing: the search step is then skipped).
+        serving: The serving model: ``{"model_id", "subnet", "path"}`` (its ONNX file).
+        trigger: Why (the drift, in words).
+        max_seconds: The policy's time box; the job plans to finish within it.
+        steps: Fine-tuning steps.
+        candidates: Subnets measured for real after fine-tuning (the serving one included).
+        search_evaluations: Predictor evaluations of the warm-started search.
+        holdout_share: Share of local samples held out for validation.
+        threads: torch threads.
+        seed: Splits, batches, subnets.
+    """
+
+    samples: tuple[tuple[str, int], ...]
+    checkpoint: str
+    supernet_dir: str
+    out_dir: str
+    policy: dict[str, Any]
+    replay: str
+    replay_size: int = 2000
+    train_data: str | None = None
+    front: str | None = None
+    predictor: str | None = None
+    profile: str | None = None
+    serving: dict[str, Any] | None = None
+    trigger: str = ""
+    max_seconds: float = 300.0
+    steps: int = 200
+    candidates: int = 6
+    search_evaluations: int = 4000
+    holdout_share: float = 0.3
+    threads: int = 2
+    seed: int = 0
+    format_version: int = ADAPT_REQUEST_FORMAT
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"kind": "lifelong-adapt-request", **asdict(self)}, indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> AdaptRequest:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path} is not a readable adaptation request ({exc})") from exc
+        if not isinstance(d, dict) or d.pop("kind", None) != "lifelong-adapt-request":
+            raise DataError(f"{path} is not a lifelong adaptation request")
+        if d.get("format_version") != ADAPT_REQUEST_FORMAT:
+            raise DataError(f"{path}: request format {d.get('format_version')!r}, expected {ADAPT_REQUEST_FORMAT}")
+        try:
+            d["samples"] = tuple((str(r), int(y)) for r, y in d["samples"])
+            return cls(**d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: malformed adaptation request ({exc})") from exc
