@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import target  # noqa: E402
 
 from service.client import Client  # noqa: E402
+from service.demo_stream import SHIFTS as CAMERA_SHIFTS  # noqa: E402
+from service.demo_stream import shift_images as camera_shift  # noqa: E402
 from service.runtime import OrtRuntime, RuntimeSettings  # noqa: E402
 
 SHIFTS = ("noise", "contrast", "brightness", "rotation", "class-prior")
@@ -52,28 +53,22 @@ class BenchmarkError(RuntimeError):
 def shift_images(name: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``uint8 (N, 28, 28)`` images under the shift ``name``, still ``uint8 (N, 28, 28)``.
 
-    ``noise``: gaussian noise of sigma ``NOISE_SIGMA`` (of full scale); ``contrast``: pixels
-    squeezed to ``x * 0.5 + 0.25``; ``brightness``: ``+ 0.2``, clipped; ``rotation``: 15
-    degrees, bilinear; ``clean`` and ``class-prior`` leave the pixels alone (the prior shift
-    is in which images are drawn, :func:`class_prior_indices`).
+    The demo's transforms (:func:`service.demo_stream.shift_images`) at this benchmark's
+    strengths: ``noise``: gaussian noise of sigma ``NOISE_SIGMA`` (of full scale);
+    ``contrast``: pixels squeezed to ``x * 0.5 + 0.25``; ``brightness``: ``+ 0.2``, clipped;
+    ``rotation``: 15 degrees, bilinear; ``clean`` and ``class-prior`` leave the pixels alone
+    (the prior shift is in which images are drawn, :func:`class_prior_indices`).
     """
     x = np.asarray(x)
     if x.dtype != np.uint8 or x.ndim != 3:
         raise ValueError(f"shift_images: expected uint8 (N, H, W) images, got {x.dtype} {x.shape}")
     if name in ("clean", "class-prior"):
         return x.copy()
-    if name == "rotation":
-        return np.stack([np.asarray(Image.fromarray(i).rotate(ROTATION_DEG, resample=Image.BILINEAR)) for i in x])
-    f = x.astype(np.float32) / 255.0
-    if name == "noise":
-        f = f + rng.normal(0.0, NOISE_SIGMA, f.shape).astype(np.float32)
-    elif name == "contrast":
-        f = f * CONTRAST + (1 - CONTRAST) / 2
-    elif name == "brightness":
-        f = f + BRIGHTNESS
-    else:
+    if name not in CAMERA_SHIFTS:
         raise ValueError(f"unknown shift {name!r}; expected one of clean, {', '.join(SHIFTS)}")
-    return np.rint(np.clip(f, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return camera_shift(
+        name, x, rng, noise_std=NOISE_SIGMA, contrast=CONTRAST, brightness=BRIGHTNESS, rotation_deg=ROTATION_DEG
+    )
 
 
 def class_prior_indices(

@@ -36,13 +36,26 @@ BRIGHTNESS = 0.05  # of the range added: a slightly over-exposed camera (the bac
 ROTATION_DEG = 20.0  # a camera knocked askew
 
 
-def shift_images(name: str, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def shift_images(
+    name: str,
+    images: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    noise_std: float = NOISE_STD,
+    contrast: float = CONTRAST,
+    brightness: float = BRIGHTNESS,
+    rotation_deg: float = ROTATION_DEG,
+) -> np.ndarray:
     """``uint8 (N, 28, 28)`` images as a shifted camera would deliver them, ``uint8`` again.
 
     Args:
         name: One of :data:`SHIFTS`.
         images: The clean images.
         rng: Draws the noise (the other shifts are deterministic).
+        noise_std, contrast, brightness, rotation_deg: The strengths (the demo's by default;
+            the drift benchmark passes its own): gaussian noise of ``noise_std`` of full
+            scale; pixels squeezed to ``contrast`` of their range around mid-grey;
+            ``brightness`` of full scale added; a bilinear rotation by ``rotation_deg``.
 
     Raises:
         ValueError: ``name`` is not a shift, or ``images`` are not ``uint8 (N, H, W)``.
@@ -52,16 +65,15 @@ def shift_images(name: str, images: np.ndarray, rng: np.random.Generator) -> np.
     x = np.asarray(images)
     if x.dtype != np.uint8 or x.ndim != 3:
         raise ValueError(f"expected uint8 images (N, H, W), got {x.dtype} {x.shape}")
+    if name == "rotation":
+        return np.stack([np.asarray(Image.fromarray(i).rotate(rotation_deg, resample=Image.BILINEAR)) for i in x])
     f = x.astype(np.float32) / 255.0
     if name == "noise":
-        f = f + rng.normal(0.0, NOISE_STD, f.shape).astype(np.float32)
+        f = f + rng.normal(0.0, noise_std, f.shape).astype(np.float32)
     elif name == "contrast":
-        f = (f - 0.5) * CONTRAST + 0.5
-    elif name == "brightness":
-        f = f + BRIGHTNESS
+        f = (f - 0.5) * contrast + 0.5
     else:
-        rotated = [Image.fromarray(i).rotate(ROTATION_DEG, resample=Image.BILINEAR) for i in x]
-        return np.stack([np.asarray(r, np.uint8) for r in rotated])
+        f = f + brightness
     return np.clip(np.rint(f * 255.0), 0, 255).astype(np.uint8)
 
 
