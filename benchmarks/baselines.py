@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelong.allocator import tune_allocator
 from lifelong.checkpoint import save_atomic
 from lifelong.errors import CheckpointError, FormatVersionError, TrainingError
 from lifelong.model_format import (
@@ -85,7 +86,6 @@ from lifelong.train import (
     param_groups,
     training_batch,
     training_tensors,
-    tune_allocator,
 )
 
 __all__ = [
@@ -289,19 +289,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # -- training -------------------------------------------------------------------------------------
 def recipe_from_checkpoint(checkpoint: Any) -> TrainConfig:
     """The :class:`TrainConfig` a supernet checkpoint (a path or a loaded ``Checkpoint``) was
-    trained with, its epochs included."""
+    trained with, its epochs counted across continuations (``lifelong train --init-from``)."""
     from lifelong.checkpoint import load_checkpoint
+    from lifelong.train import supernet_recipe
 
     ck = load_checkpoint(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
-    text = ck.train.get("config")
-    if not text:
-        raise CheckpointError(f"{checkpoint} records no training config; pass the baselines' epochs explicitly")
     try:
-        return TrainConfig(**json.loads(text))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{checkpoint}: its training config {text!r} is not one this version reads ({exc})"
-        ) from exc
+        return supernet_recipe(ck, checkpoint)
+    except TrainingError as exc:
+        raise CheckpointError(f"{exc}; pass the baselines' epochs explicitly") from exc
 
 
 @dataclass

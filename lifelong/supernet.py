@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lifelong.allocator import tune_allocator
 from lifelong.layers import Classifier, ConvBlock, IRBlock, QConvBN
 from lifelong.space import Precision, SearchSpace, SubnetConfig
 
@@ -29,6 +30,7 @@ class Supernet(nn.Module):
 
     def __init__(self, space: SearchSpace | None = None) -> None:
         super().__init__()
+        tune_allocator()  # a process holding a supernet trains, evaluates or exports: CPU torch work
         self.space = space or SearchSpace()
         c = self.space.config
         wb, ab = c.weight_bits, c.act_bits

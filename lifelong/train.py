@@ -14,6 +14,12 @@ from the labels, the smallest subnet (at the lowest precision of the phase) and 
 random subnets learn from its soft predictions (in-place distillation). Bit-sharing itself
 (one weight, one step size per precision) is HQNAS's.
 
+Continuing (``init_from``): training starts from a complete supernet, in the mixed phase,
+usually with more random subnets per step (``n_random``) and a lower learning rate. The
+corners of the sandwich are trained every step and the middle of the space only by the
+random draws, so the middle lags (one plain-conv block in the largest subnet cost 6.6 pt, all
+kernels at 3 cost 6.3 pt); OFA's later shrinking stages also sample several subnets a step.
+
 Data-parallel training: run under ``torchrun``; every rank samples the same subnets (the
 sampler is seeded by epoch and step), gradients are averaged with one all-reduce per step,
 and rank 0 writes checkpoints and logs.
@@ -21,7 +27,6 @@ and rank 0 writes checkpoints and logs.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import math
@@ -36,15 +41,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from lifelong.allocator import tune_allocator
 from lifelong.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lifelong.data import ArrayDataset
+from lifelong.digest import file_sha256
 from lifelong.errors import TrainingError
 from lifelong.progress import Progress
 from lifelong.quant import transfer_precision
 from lifelong.space import Precision, SearchSpace, SpaceConfig, SubnetConfig
 from lifelong.supernet import Supernet, init_quantizers
 
-__all__ = ["TrainConfig", "TrainResult", "phase_of", "train_supernet"]
+__all__ = ["TrainConfig", "TrainResult", "phase_of", "supernet_recipe", "train_supernet"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     fixed_subnet: str | None = None
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,6 +96,12 @@ class TrainConfig:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.checkpoint_every < 1:
             problems.append(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.init_from and (self.warmup_epochs or self.int8_epochs):
+            problems.append(
+                "init_from continues a trained supernet in the mixed phase: warmup_epochs and int8_epochs must be 0"
+            )
+        if self.init_from and self.fixed_subnet:
+            problems.append("init_from continues a supernet; it does not apply to a fixed subnet")
         if problems:
             raise TrainingError("invalid training config: " + "; ".join(problems))
 
@@ -119,17 +133,6 @@ def _phase_precisions(space: SearchSpace, phase: str) -> tuple[Precision, ...]:
     if phase == "int8":
         return tuple(p for p in space.precisions if p.w >= 8 and p.a >= 8)
     return space.precisions
-
-
-def tune_allocator() -> None:
-    """Keep freed large blocks in the heap (glibc): CPU training otherwise page-faults on
-    every new activation tensor. Best effort; a no-op where glibc is absent."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 class _Dist:
@@ -286,6 +289,7 @@ def train_supernet(
 
     space_cfg = space or SpaceConfig()
     search_space = SearchSpace(space_cfg)
+    lineage: list[dict[str, Any]] = []  # the checkpoints this one continues, first trained first
     model = Supernet(search_space)
     fixed = search_space.parse(cfg.fixed_subnet) if cfg.fixed_subnet else None
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
@@ -308,6 +312,9 @@ def train_supernet(
         step, phase, record = int(ck.train["step"]), ck.train["phase"], ck.record
         seconds_before = float(ck.train.get("seconds", 0.0))
         logger.info("resuming %s at step %d/%d (phase %s)", out, step, total_steps, phase)
+    elif cfg.init_from:
+        lineage = _load_initial(model, Path(cfg.init_from), space_cfg)
+        phase = "mixed"  # its quantizers have learned every precision already
     ddp.broadcast_model(model)
     model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -324,6 +331,9 @@ def train_supernet(
             "optimizer": optimizer.state_dict(),
         }
         meta = {"fixed_subnet": cfg.fixed_subnet, "steps": total_steps, "train_samples": n, "source": train_data.source}
+        if lineage:
+            meta["lineage"] = lineage
+            meta["init_from_sha256"] = lineage[-1]["sha256"]
         save_checkpoint(out, Checkpoint(space_cfg, model.state_dict(), record, train_state, meta))
 
     if ddp.main:
@@ -396,6 +406,55 @@ def train_supernet(
     if ddp.main:
         logger.info("training done in %.0f s; checkpoint %s", seconds, out)
     return TrainResult(out, record, seconds, model)
+
+
+def _load_initial(model: Supernet, path: Path, space_cfg: SpaceConfig) -> list[dict[str, Any]]:
+    """Start from the weights and learned step sizes of a complete supernet checkpoint;
+    returns the lineage of the checkpoint being trained (that one's, then that one)."""
+    if not path.is_file():
+        raise TrainingError(f"init_from {path}: no such checkpoint; expected a trained supernet .pt file")
+    src = load_checkpoint(path)
+    if not src.complete:
+        raise TrainingError(
+            f"init_from {path} is an unfinished training; finish it first (lifelong train --out {path})"
+        )
+    if src.meta.get("fixed_subnet"):
+        raise TrainingError(f"init_from {path} holds one fixed subnet, not a supernet")
+    if src.space != space_cfg:
+        raise TrainingError(f"init_from {path} was trained on another search space; expected {space_cfg}")
+    model.load_state_dict(src.state_dict)
+    return [*_lineage(src, path), {"sha256": file_sha256(path), "config": src.train.get("config", "")}]
+
+
+def _lineage(ck: Checkpoint, where: object) -> list[dict[str, Any]]:
+    """The checkpoints ``ck`` continues, first trained first: from its metadata, or for a
+    checkpoint written before lineages were kept, by following its ``init_from`` file."""
+    if "lineage" in ck.meta:
+        return list(ck.meta["lineage"])
+    cfg = json.loads(ck.train.get("config") or "{}")
+    if not cfg.get("init_from"):
+        return []
+    parent = Path(cfg["init_from"])
+    want = ck.meta.get("init_from_sha256")
+    if not parent.is_file() or (want and file_sha256(parent) != want):
+        raise TrainingError(f"{where} continues {parent}, which is gone or changed; its lineage is unknown")
+    src = load_checkpoint(parent)
+    return [*_lineage(src, parent), {"sha256": file_sha256(parent), "config": src.train.get("config", "")}]
+
+
+def supernet_recipe(ck: Checkpoint, where: object = "checkpoint") -> TrainConfig:
+    """How the supernet in ``ck`` was trained from scratch: the first training's config, with
+    ``epochs`` counted across every continuation (``init_from``). Baselines trained "for as
+    many epochs as the supernet" read it."""
+    text = ck.train.get("config")
+    if not text:
+        raise TrainingError(f"{where} records no training config")
+    chain = [*(json.loads(e["config"]) for e in _lineage(ck, where)), json.loads(text)]
+    try:
+        root = TrainConfig(**chain[0])
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"{where}: its training config {chain[0]!r} is not one this version reads ({exc})") from exc
+    return replace(root, epochs=sum(int(c["epochs"]) for c in chain))
 
 
 def _restrict(cfg: SubnetConfig, phase: str) -> SubnetConfig:

@@ -87,6 +87,13 @@ def cli() -> None:
 @click.option("--seed", type=int, default=None)
 @click.option("--subnet", default=None, help="Train this one subnet alone (a baseline), not the supernet.")
 @click.option(
+    "--init-from",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Continue a trained supernet (mixed precision from the first step) into --out.",
+)
+@click.option("--n-random", type=int, default=None, help="Random subnets per step besides the largest and smallest.")
+@click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Checkpoint path [STATE/supernet/supernet.pt]."
 )
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="State directory.")
@@ -103,6 +110,8 @@ def train(
     max_samples: int | None,
     seed: int | None,
     subnet: str | None,
+    init_from: Path | None,
+    n_random: int | None,
     out: Path | None,
     state_dir: Path | None,
     fresh: bool,
@@ -118,6 +127,7 @@ def train(
     Examples:
         lifelong train --preset quick
         lifelong train --data /srv/images --epochs 12
+        lifelong train --init-from supernet.pt --out supernet-2.pt --epochs 4 --n-random 3 --lr 0.03
         torchrun --nproc-per-node 2 -m service.cli train --preset full
     """
     import torch
@@ -132,13 +142,18 @@ def train(
     cfg = with_overrides(
         TrainConfig(**PRESETS[preset]),
         epochs=epochs, batch_size=batch_size, lr=lr, max_train_samples=max_samples, seed=seed, fixed_subnet=subnet,
+        n_random=n_random,
     )  # fmt: skip
-    if cfg.epochs <= cfg.warmup_epochs + cfg.int8_epochs:
+    if init_from is not None:
+        cfg = with_overrides(cfg, init_from=str(init_from), warmup_epochs=0, int8_epochs=0)
+    elif cfg.epochs <= cfg.warmup_epochs + cfg.int8_epochs:
         # keep every phase when the epochs were cut: a third each, the rest mixed precision
         third = cfg.epochs // 3
         cfg = with_overrides(cfg, warmup_epochs=third, int8_epochs=third)
     data = load_dataset(data_spec, split="train") if data_spec else load_fashion_mnist("train")
     ckpt = out or default_checkpoint(state)
+    if init_from is not None and ckpt.resolve() == init_from.resolve():
+        raise click.UsageError(f"--out {ckpt} is the --init-from checkpoint; continue into another file")
     if fresh and ckpt.exists():
         ckpt.unlink()
     click.echo(f"training -> {ckpt} (log: {log_file})", err=True)

@@ -7,6 +7,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from lifelong.checkpoint import load_checkpoint
+from lifelong.train import supernet_recipe
 from service.cli import cli
 
 
@@ -54,6 +56,15 @@ def test_train_then_eval_from_the_cli(fashion_train, tmp_path: Path) -> None:
     assert "training supernet" in (tmp_path / "logs" / "train.log").read_text()
     ev = runner.invoke(cli, ["eval", "--state-dir", str(tmp_path), "smallest:w8a8"])
     assert ev.exit_code == 0 and "smallest:w8a8" in ev.output
+    # continuing it: into another file, more random subnets a step, the epochs counted on
+    base = tmp_path / "supernet" / "supernet.pt"
+    same = runner.invoke(cli, [*args, "--init-from", str(base), "--no-eval"])
+    assert same.exit_code == 2 and "is the --init-from checkpoint" in same.output
+    more = [*args, "--init-from", str(base), "--out", str(tmp_path / "s2.pt"), "--n-random", "2", "--no-eval"]
+    cont = runner.invoke(cli, more)
+    assert cont.exit_code == 0, cont.output
+    ck = load_checkpoint(tmp_path / "s2.pt")
+    assert json.loads(ck.train["config"])["n_random"] == 2 and supernet_recipe(ck).epochs == 2
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from lifelong.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from lifelong.digest import file_sha256
 from lifelong.errors import CheckpointError, FormatVersionError, TrainingError
-from lifelong.train import TrainConfig, _augment, lr_at, phase_of, train_supernet
+from lifelong.train import TrainConfig, _augment, lr_at, phase_of, supernet_recipe, train_supernet
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -63,6 +64,54 @@ def test_training_learns_checkpoints_and_resumes_identically(fashion_train, tmp_
     train_supernet(data, tmp_path / "c.pt", cfg, progress=False, stop_after_steps=1)
     with pytest.raises(TrainingError, match="other settings"):
         train_supernet(data, tmp_path / "c.pt", TrainConfig(**{**TINY, "lr": 0.01}), progress=False)
+
+
+def test_continuing_a_supernet_keeps_its_learned_quantizers(fashion_train, tmp_path: Path) -> None:
+    data = fashion_train.head(96)
+    base = train_supernet(data, tmp_path / "a.pt", TrainConfig(**TINY), progress=False).checkpoint
+    more = dict(TINY, epochs=1, warmup_epochs=0, int8_epochs=0, n_random=2, init_from=str(base))
+    # one step at a vanishing learning rate: the weights and every precision's step size stay
+    # those of the base; re-initialising the quantizers or a precision transfer would move them
+    tiny_lr = TrainConfig(**{**more, "lr": 1e-9, "epochs": 1})
+    cont = train_supernet(data, tmp_path / "c.pt", tiny_lr, progress=False, stop_after_steps=1).checkpoint
+    a, c = load_checkpoint(base), load_checkpoint(cont)
+    assert c.train["phase"] == "mixed" and c.meta["init_from_sha256"] == file_sha256(base)
+    steps = [k for k in a.state_dict if ".steps." in k]
+    assert len(steps) > 10
+    learned = [k for k in a.state_dict if "running_" not in k and "num_batches" not in k]  # BN statistics move
+    for k in learned:
+        torch.testing.assert_close(
+            c.state_dict[k], a.state_dict[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}"
+        )
+    # a real continuation trains in the mixed phase only and changes the weights
+    done = train_supernet(data, tmp_path / "d.pt", TrainConfig(**more), progress=False)
+    assert [r["phase"] for r in done.record] == ["mixed"]
+    # baselines "trained for as many epochs as the supernet" count the base's 3 and these 1
+    ck = load_checkpoint(done.checkpoint)
+    assert [e["sha256"] for e in ck.meta["lineage"]] == [file_sha256(base)]
+    assert supernet_recipe(ck) == TrainConfig(**{**TINY, "epochs": 4})
+    # a checkpoint without the lineage in its metadata is traced through its init_from file
+    ck.meta.pop("lineage")
+    assert supernet_recipe(ck) == TrainConfig(**{**TINY, "epochs": 4})
+    base.write_bytes(base.read_bytes() + b"changed")
+    with pytest.raises(TrainingError, match="gone or changed"):
+        supernet_recipe(ck)
+    d = load_checkpoint(done.checkpoint).state_dict
+    assert any(not torch.equal(d[k], a.state_dict[k]) for k in a.state_dict if k.endswith("weight"))
+
+
+def test_continuing_needs_a_complete_supernet(fashion_train, tmp_path: Path) -> None:
+    data = fashion_train.head(96)
+    with pytest.raises(TrainingError, match="warmup_epochs and int8_epochs must be 0"):
+        TrainConfig(**dict(TINY, init_from="x.pt"))
+    more = dict(TINY, epochs=1, warmup_epochs=0, int8_epochs=0)
+    with pytest.raises(TrainingError, match="no such checkpoint"):
+        train_supernet(
+            data, tmp_path / "c.pt", TrainConfig(**more, init_from=str(tmp_path / "none.pt")), progress=False
+        )
+    part = train_supernet(data, tmp_path / "p.pt", TrainConfig(**TINY), progress=False, stop_after_steps=1).checkpoint
+    with pytest.raises(TrainingError, match="unfinished training"):
+        train_supernet(data, tmp_path / "c.pt", TrainConfig(**more, init_from=str(part)), progress=False)
 
 
 def test_training_reduces_loss(fashion_train, tmp_path: Path) -> None:
