@@ -6,17 +6,17 @@ writes the same dataclass the worker reads: one definition of the format, versio
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lifelong.errors import DataError
+from lifelong.errors import DataError, FormatVersionError
+from lifelong.versioned import read_versioned_json, write_json_atomic
 
 __all__ = ["ADAPT_REQUEST_FORMAT", "AdaptRequest"]
 
 ADAPT_REQUEST_FORMAT = 1
+_KIND = "lifelong-adapt-request"
 
 
 @dataclass(frozen=True)
@@ -69,24 +69,16 @@ class AdaptRequest:
     format_version: int = ADAPT_REQUEST_FORMAT
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"kind": "lifelong-adapt-request", **asdict(self)}, indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, {"kind": _KIND, **asdict(self)}, durable=False, indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> AdaptRequest:
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path} is not a readable adaptation request ({exc})") from exc
-        if not isinstance(d, dict) or d.pop("kind", None) != "lifelong-adapt-request":
-            raise DataError(f"{path} is not a lifelong adaptation request")
-        if d.get("format_version") != ADAPT_REQUEST_FORMAT:
-            raise DataError(f"{path}: request format {d.get('format_version')!r}, expected {ADAPT_REQUEST_FORMAT}")
+            d = read_versioned_json(path, kind=_KIND, version=ADAPT_REQUEST_FORMAT, what="adaptation request")
+        except FormatVersionError as exc:  # a DataError here, as the worker expects
+            raise DataError(f"{path}: request format {exc.found!r}, expected {exc.supported}") from exc
+        del d["kind"]
         try:
             d["samples"] = tuple((str(r), int(y)) for r, y in d["samples"])
             return cls(**d)

@@ -15,15 +15,14 @@ only when called, so the service does not pay for it.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lifelong.errors import DataError, FormatVersionError
+from lifelong.errors import DataError
+from lifelong.versioned import read_versioned_json, write_json_atomic
 
 if TYPE_CHECKING:  # types only: lifelong imports no policy code at run time
     from policies import Policy
@@ -238,29 +237,19 @@ class Front:
 
     def save(self, path: str | Path) -> Path:
         """Write the front as JSON, atomically (a temporary file renamed over the old one)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_json_atomic(path, self.to_dict(), durable=False, indent=1, sort_keys=True)
 
     @classmethod
     def load(cls, path: str | Path) -> Front:
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise DataError(f"no front at {path}: run a search first") from exc
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{path} is not a readable front ({exc})") from exc
-        if not isinstance(d, dict) or d.get("kind") != _KIND:
-            raise DataError(f"{path} is not a lifelong front (expected kind {_KIND!r})")
-        if d.get("format_version") != FRONT_FORMAT:
-            raise FormatVersionError(f"front {path}", d.get("format_version"), FRONT_FORMAT, "Search again.")
+        d = read_versioned_json(
+            path,
+            kind=_KIND,
+            version=FRONT_FORMAT,
+            what="front",
+            missing_hint="run a search first",
+            redo_hint="Search again.",
+        )
         if not isinstance(d.get("points"), list) or not isinstance(d.get("info", {}), dict):
             raise DataError(f"front {path}: expected a list of points and an info table")
         try:

@@ -36,7 +36,6 @@ import fcntl
 import itertools
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -45,9 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lifelong.errors import DataError, FormatVersionError, SpaceError
+from lifelong.errors import DataError, SpaceError
 from lifelong.progress import Progress
 from lifelong.space import Precision, SearchSpace, SpaceConfig, StageConfig, SubnetConfig
+from lifelong.versioned import read_versioned_json, write_json_atomic
 
 if TYPE_CHECKING:
     from lifelong.data import ArrayDataset
@@ -265,38 +265,21 @@ class PredictorData:
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON, atomically and durably: a kill leaves the old file or the new one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_json_atomic(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> PredictorData:
         """Read a file written by :meth:`save`; every problem is named with the file."""
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise DataError(f"no predictor data at {path}: collect it with `lifelong predictor collect`") from exc
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise DataError(f"{path} is not readable predictor data ({type(exc).__name__}: {exc})") from exc
-        if not isinstance(d, dict) or d.get("kind") != _KIND:
-            raise DataError(f"{path} is not lifelong predictor data (expected JSON of kind {_KIND!r})")
-        if d.get("format_version") != PREDICTOR_DATA_FORMAT:
-            raise FormatVersionError(
-                f"predictor data {path}",
-                d.get("format_version"),
-                PREDICTOR_DATA_FORMAT,
-                "Collect it again with `lifelong predictor collect` to a new --out.",
-            )
+        d = read_versioned_json(
+            path,
+            kind=_KIND,
+            version=PREDICTOR_DATA_FORMAT,
+            what="predictor data",
+            article="",
+            missing_hint="collect it with `lifelong predictor collect`",
+            redo_hint="Collect it again with `lifelong predictor collect` to a new --out.",
+        )
         shapes = {"space": dict, "provenance": dict, "samples": list, "info": dict}
         problems = [
             f"{key!r} must be a {'table' if kind is dict else 'list'}, found {type(d.get(key)).__name__}"

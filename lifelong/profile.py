@@ -15,7 +15,6 @@ reported as stale. Needs numpy, onnx and onnxruntime, not torch.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.errors import FormatVersionError, LifelongError
+from lifelong.errors import LifelongError
 from lifelong.model_format import INPUT_NAME, INPUT_SHAPE, ort_session
 from lifelong.onnx_graph import (
     BlockSpec,
@@ -40,6 +39,7 @@ from lifelong.onnx_graph import (
 )
 from lifelong.progress import Progress
 from lifelong.space import Precision, SearchSpace, SubnetConfig
+from lifelong.versioned import read_versioned_json, write_json_atomic
 
 __all__ = [
     "CORRECTION_TERMS",
@@ -430,30 +430,21 @@ class DeviceProfile:
         }
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, self.to_dict(), durable=False, indent=1, sort_keys=True)
 
     @classmethod
     def load(cls, path: str | Path) -> DeviceProfile:
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ProfileError(f"no device profile at {path}: run `lifelong profile`") from exc
-        except (OSError, ValueError) as exc:
-            raise ProfileError(
-                f"{path} is not a readable device profile ({exc}); run `lifelong profile` again"
-            ) from exc
-        if not isinstance(d, dict) or d.get("kind") != "lifelong-device-profile":
-            raise ProfileError(f"{path} is not a lifelong device profile (expected kind 'lifelong-device-profile')")
-        if d.get("format_version") != PROFILE_FORMAT:
-            raise FormatVersionError(
-                f"device profile {path}", d.get("format_version"), PROFILE_FORMAT, "Run `lifelong profile` again."
-            )
+        d = read_versioned_json(
+            path,
+            kind="lifelong-device-profile",
+            version=PROFILE_FORMAT,
+            what="device profile",
+            missing_hint="run `lifelong profile`",
+            unreadable_hint="run `lifelong profile` again",
+            redo_hint="Run `lifelong profile` again.",
+            error=ProfileError,
+        )
         try:
             prof = cls(
                 fingerprint=dict(d["fingerprint"]),

@@ -15,7 +15,6 @@ pointer.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.digest import file_sha256
-from lifelong.errors import CheckpointError, FormatVersionError
+from lifelong.errors import CheckpointError
+from lifelong.versioned import read_versioned_json, write_json_atomic
 
 __all__ = [
     "POINTER_FORMAT",
@@ -61,20 +61,16 @@ def adapted_path(folder: str | os.PathLike[str], sha256: str, at: float | None =
 
 
 def _read_pointer(folder: Path) -> dict[str, Any] | None:
-    path = folder / POINTER
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable supernet pointer ({exc}); delete it to use {ORIGINAL}"
-        ) from exc
-    if not isinstance(d, dict) or d.get("kind") != _KIND:
-        raise CheckpointError(f"{path} is not a lifelong supernet pointer (expected kind {_KIND!r})")
-    if d.get("format_version") != POINTER_FORMAT:
-        raise FormatVersionError(f"supernet pointer {path}", d.get("format_version"), POINTER_FORMAT, "Delete it.")
-    return d
+    return read_versioned_json(
+        folder / POINTER,
+        kind=_KIND,
+        version=POINTER_FORMAT,
+        what="supernet pointer",
+        missing_ok=True,
+        unreadable_hint=f"delete it to use {ORIGINAL}",
+        redo_hint="Delete it.",
+        error=CheckpointError,
+    )
 
 
 def current_supernet(folder: str | os.PathLike[str]) -> Path:
@@ -120,15 +116,7 @@ def set_current(
         raise CheckpointError(f"{path} is not under {folder}; versions live in {folder / ADAPTED}") from exc
     version = SupernetVersion(str(rel), file_sha256(path), reason=reason, at=time.time())
     doc = {"kind": _KIND, "format_version": POINTER_FORMAT, **version.to_dict()}
-    tmp = folder / f".{POINTER}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / POINTER)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json_atomic(folder / POINTER, doc, indent=1, sort_keys=True)
     return version
 
 
