@@ -60,6 +60,7 @@ def main() -> None:
                 "tau_ceiling_from_label_noise": report.tau_ceiling,
                 "holdout_top1_std_pt": report.holdout_top1_std_pt,
                 "label_noise_pt": report.label_noise_pt,
+                **_corner_summary(report),
             },
             "targets": targets,
         },
@@ -68,6 +69,24 @@ def main() -> None:
         f"tau {report.transfer.kendall_tau:.3f} (scratch {report.scratch.kendall_tau:.3f}, "
         f"ceiling {report.tau_ceiling}), RMSE {report.transfer.rmse_pt:.2f} pt"
     )
+    if report.corner is not None:
+        c = report.corner
+        print(
+            f"corners ({report.corner_holdout} held out): tau {c.transfer.kendall_tau:.3f}, RMSE {c.transfer.rmse_pt:.2f} pt, bias {c.bias_pt:+.2f} pt"
+        )
+
+
+def _corner_summary(report: object) -> dict[str, object]:
+    """The held-out corner figures (the accurate end of the space), when any were held out."""
+    c = report.corner
+    if c is None:
+        return {"corner_holdout": 0}
+    return {
+        "corner_holdout": report.corner_holdout,
+        "corner_tau_transfer": c.transfer.kendall_tau,
+        "corner_rmse_transfer_pt": c.transfer.rmse_pt,
+        "corner_bias_pt": c.bias_pt,
+    }
 
 
 if __name__ == "__main__":
