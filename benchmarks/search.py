@@ -60,14 +60,20 @@ from lifelong.data import load_fashion_mnist  # noqa: E402
 from lifelong.errors import LifelongError, ParityError  # noqa: E402
 from lifelong.export import export_subnet, kernel_counts  # noqa: E402
 from lifelong.front import Front, FrontPoint, plot_front  # noqa: E402
-from lifelong.front_search import SearchSettings, input_record, search_front  # noqa: E402
+from lifelong.front_search import SearchSettings, input_record, measured_accuracies, search_front  # noqa: E402
 from lifelong.predictor import kendall_tau  # noqa: E402
-from lifelong.predictor_data import calibration_images  # noqa: E402
+from lifelong.predictor_data import PredictorData, calibration_images  # noqa: E402
 from lifelong.profile import DeviceProfile, PairedTimer, device_fingerprint  # noqa: E402
 from lifelong.space import Precision, SearchSpace  # noqa: E402
 from lifelong.supernet import recalibrate_bn  # noqa: E402
 from lifelong.train import TrainConfig  # noqa: E402
-from service.paths import default_checkpoint, default_predictor, default_profile, resolve_state_dir  # noqa: E402
+from service.paths import (  # noqa: E402
+    default_checkpoint,
+    default_predictor,
+    default_predictor_data,
+    default_profile,
+    resolve_state_dir,
+)
 
 W8A8 = Precision(8, 8)
 THREADS = 2
@@ -243,6 +249,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--checkpoint", type=Path, default=None, help="[STATE/supernet/supernet.pt]")
     ap.add_argument("--predictor", type=Path, default=None, help="[STATE/predictor/predictor.npz]")
     ap.add_argument("--profile", type=Path, default=None, help="[STATE/profile/device.json]")
+    ap.add_argument("--samples", type=Path, default=None,
+                    help="predictor data whose measured subnets keep their measurement [STATE/predictor/samples.json]")  # fmt: skip
     ap.add_argument("--state-dir", type=Path, default=None)
     ap.add_argument("--policy", default="balanced", help="preset name or policy file [balanced]")
     ap.add_argument("--points", type=int, default=None, help="front points exported and measured [8; quick 3]")
@@ -318,10 +326,16 @@ def main(argv: list[str] | None = None) -> Path:
     baselines_seconds = time.monotonic() - t0
 
     # 2. the search
+    measured, why = {}, "no predictor data"
+    samples = args.samples or default_predictor_data(resolve_state_dir(args.state_dir))
+    if samples.exists():
+        measured, why = measured_accuracies(PredictorData.load(samples), predictor)
+    logger.info("measured accuracies: %s", why)
     found = search_front(
         predictor, profile, policy, space=space,
         settings=SearchSettings(evaluations=args.budget, seed=args.seed, warm_start=False),
         record={**input_record(predictor_path, profile_path), "policy_source": policy_source},
+        measured=measured,
     )  # fmt: skip
     front = found.front
     if not len(front):

@@ -37,6 +37,7 @@ from lifelong.space import SearchSpace, SpaceConfig, SubnetConfig
 
 if TYPE_CHECKING:  # types only: lifelong imports no policy code at run time
     from lifelong.predictor import AccuracyPredictor
+    from lifelong.predictor_data import PredictorData
     from lifelong.profile import DeviceProfile
     from policies import Policy
 
@@ -126,6 +127,20 @@ def corner_subnets(space: SearchSpace) -> list[SubnetConfig]:
     return out
 
 
+def measured_accuracies(data: PredictorData, predictor: AccuracyPredictor) -> tuple[dict[str, float], str]:
+    """The measured validation top-1 of ``data`` usable in a search with ``predictor``, and why.
+
+    Only measurements of the supernet the predictor was built for count: another checkpoint's
+    subnets have other accuracies.
+    """
+    want = predictor.meta.get("checkpoint_sha256")
+    have = data.provenance.checkpoint_sha256
+    if not want or want != have:
+        return {}, f"predictor data of checkpoint {have[:12]} does not match the predictor's ({str(want)[:12]})"
+    measured = data.measured_top1()
+    return measured, f"{len(measured)} subnets measured on the validation split use their measurement"
+
+
 def space_hash(space: SearchSpace) -> str:
     """A short fingerprint of the space's definition: fronts of other spaces do not warm-start."""
     text = json.dumps(space.config.to_dict(), sort_keys=True)
@@ -208,6 +223,7 @@ def search_front(
     cached: Front | None = None,
     progress: Callable[[SearchProgress], None] | None = None,
     record: Mapping[str, Any] | None = None,
+    measured: Mapping[str, float] | None = None,
 ) -> FrontSearch:
     """Search the front of ``space`` for ``policy`` and return it with the search's record.
 
@@ -220,6 +236,8 @@ def search_front(
         cached: The cached front: the warm start, and the source of kept measurements.
         progress: Called after every generation.
         record: Extra JSON-able facts for the front's ``info`` (e.g. :func:`input_record`).
+        measured: Measured validation top-1 by subnet name (:func:`measured_accuracies`),
+            used instead of the prediction for those subnets.
 
     Raises:
         DataError: The predictor does not fit the space.
@@ -229,7 +247,7 @@ def search_front(
     space = space or space_for_predictor(predictor)
     constraints = Constraints.from_policy(policy)
     table = LatencyTable(profile, space)
-    evaluator = PredictorEvaluator(predictor, table, batch=constraints.batch)
+    evaluator = PredictorEvaluator(predictor, table, batch=constraints.batch, measured=measured)
     note = _other_space(cached, space)
     if note is not None:
         logger.warning("cached front not used: %s", note)
@@ -279,6 +297,7 @@ def search_front(
         "profile_fingerprint": dict(profile.fingerprint),
         "predictor_meta": dict(predictor.meta),
         "warm_started": result.warm_started,
+        "measured_subnets": len(evaluator.measured),
         "created": created,
         **dict(record or {}),
     }

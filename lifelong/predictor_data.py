@@ -232,6 +232,13 @@ class PredictorData:
             raise DataError(f"predictor data holds a subnet outside its space: {exc}") from exc
         return cfgs, np.array([s.top1 for s in chosen], dtype=np.float64)
 
+    def measured_top1(self) -> dict[str, float]:
+        """Validation top-1 by canonical subnet name, every kind (a subnet met twice: the mean)."""
+        seen: dict[str, list[float]] = {}
+        for s in self.samples:
+            seen.setdefault(s.subnet, []).append(s.top1)
+        return {name: float(np.mean(v)) for name, v in seen.items()}
+
     def with_sample(self, sample: Sample) -> PredictorData:
         return replace(self, samples=(*self.samples, sample))
 

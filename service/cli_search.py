@@ -12,6 +12,7 @@ device profile's table.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -19,7 +20,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from lifelong.errors import CheckpointError, DataError, FormatVersionError
-from service.paths import default_front, default_policy, default_predictor, default_profile, resolve_state_dir
+from service.paths import (
+    default_front,
+    default_policy,
+    default_predictor,
+    default_predictor_data,
+    default_profile,
+    resolve_state_dir,
+)
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from lifelong.front import Front, FrontPoint
@@ -258,7 +268,10 @@ def search(
         "policy_source": source,
         "cached_front": str(out_path) if cached is not None else None,
     }
-    found = search_front(model, prof, pol, settings=settings, cached=cached, progress=progress, record=record)
+    measured = _measured(state, model)
+    found = search_front(
+        model, prof, pol, settings=settings, cached=cached, progress=progress, record=record, measured=measured
+    )
     bar.close()
     found.front.save(out_path)
     chosen = choose(found.front, pol)
@@ -360,3 +373,21 @@ def front(
     click.echo(format_front(fr, pol, chosen, str(path)))
     if png is not None:
         click.echo(f"plot -> {png}")
+
+
+def _measured(state: Path, predictor: object) -> dict[str, float]:
+    """Measured validation top-1 from STATE's predictor data, when it is the predictor's supernet's."""
+    from lifelong.front_search import measured_accuracies
+    from lifelong.predictor_data import PredictorData
+
+    path = default_predictor_data(state)
+    if not path.exists():
+        return {}
+    try:
+        data = PredictorData.load(path)
+    except (DataError, FormatVersionError) as exc:
+        click.echo(f"warning: measured accuracies not used ({exc})", err=True)
+        return {}
+    measured, why = measured_accuracies(data, predictor)
+    logger.info("%s", why)
+    return measured

@@ -288,6 +288,40 @@ def test_build_trains_on_fp_transfers_and_reports_on_the_holdout(tmp_path: Path)
     assert len(ev.evaluate(cfgs[:5]).accuracy) == 5
 
 
+def test_measured_subnets_keep_their_measurement_in_the_search() -> None:
+    """The predictor is smooth: it rates the largest subnet's neighbours near the largest. The
+    subnets the data measured get their measurement, and only with the predictor's checkpoint."""
+    from lifelong.front_search import SearchSettings, measured_accuracies, search_front
+    from policies import load_preset
+
+    data = _synthetic_data(150, 140, n_corner=30)
+    model, _ = build_predictor(data, BuildSettings(holdout=60, compare_at=(20,), config=FAST))
+    measured, why = measured_accuracies(data, model)
+    assert len(measured) == len({s.subnet for s in data.samples}) and "measured" in why
+    corners, y = data.subnets("corner")
+    table = LatencyTable(structured_profile(), SPACE)
+    predicted = PredictorEvaluator(model, table).evaluate(corners).accuracy
+    ev = PredictorEvaluator(model, table, measured=measured)
+    assert np.array_equal(ev.evaluate(corners).accuracy, y)
+    assert not np.allclose(predicted, y, atol=1e-4), "the predictions differ from the measurements"
+    unseen = samples(5, seed=999)
+    assert np.array_equal(ev.evaluate(unseen).accuracy, PredictorEvaluator(model, table).evaluate(unseen).accuracy)
+    # another checkpoint's measurements are not used
+    other = replace(data, provenance=replace(data.provenance, checkpoint_sha256="b" * 64))
+    assert measured_accuracies(other, model)[0] == {}
+    # in the search: a corner measured above every prediction is on the front, with its measurement
+    best = str(corners[0])  # the largest inverted-residual subnet at the lowest precision
+    measured[best] = 0.999
+    settings = SearchSettings(evaluations=400, population=40, seed=1)
+    found = search_front(
+        model, structured_profile(), load_preset("balanced"), space=SPACE, settings=settings, measured=measured
+    )
+    assert found.front.info["measured_subnets"] == len(measured)
+    assert best in {p.subnet for p in found.front.points}
+    assert found.front[best].accuracy == pytest.approx(0.999)
+    assert max(p.accuracy for p in found.front.points) == pytest.approx(0.999)
+
+
 def test_build_trains_on_corners_but_reports_them_apart_from_the_quantized_holdout() -> None:
     settings = BuildSettings(holdout=60, compare_at=(20,), config=FAST)
     data = _synthetic_data(150, 140, n_corner=60)
