@@ -269,26 +269,28 @@ class Scheduler:
             if event.code == EVENT_JOB_ERROR:
                 assert isinstance(event, JobExecutionEvent)
                 exc = event.exception
-                with c.lock:
-                    c.errors += 1
-                    c.last_error = f"{type(exc).__name__}: {exc}"
+                # Each line is written before its counter moves, so a reader who sees the count
+                # also finds the line in the log.
                 logger.error(
                     "job %s failed (run scheduled at %s); it runs again in %g s",
                     event.job_id, event.scheduled_run_time, c.spec.interval_s,
                     exc_info=(type(exc), exc, exc.__traceback__),
                 )  # fmt: skip
-            elif event.code == EVENT_JOB_MISSED:
                 with c.lock:
-                    c.missed += 1
+                    c.errors += 1
+                    c.last_error = f"{type(exc).__name__}: {exc}"
+            elif event.code == EVENT_JOB_MISSED:
                 assert isinstance(event, JobExecutionEvent)
                 logger.warning(
                     "job %s missed its run scheduled at %s: not started within the %g s grace time",
                     event.job_id, event.scheduled_run_time, c.spec.grace_s,
                 )  # fmt: skip
+                with c.lock:
+                    c.missed += 1
             elif event.code == EVENT_JOB_MAX_INSTANCES:
+                logger.warning("job %s is still running; skipped the next run", event.job_id)
                 with c.lock:
                     c.skipped += 1
-                logger.warning("job %s is still running; skipped the next run", event.job_id)
             elif event.code == EVENT_JOB_EXECUTED:
                 with c.lock:
                     c.last_error = None
