@@ -26,7 +26,6 @@ search), never by skipping the export and its validation.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -40,6 +39,7 @@ import torch
 
 from lifelong.adapt import AdaptSettings, SubnetMeasurement, calibration_mix, finetune, measure_subnets
 from lifelong.adapt_request import ADAPT_REQUEST_FORMAT, AdaptRequest
+from lifelong.calibration import calibration_path, save_calibration
 from lifelong.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from lifelong.data import ArrayDataset, load_dataset, load_fashion_mnist
 from lifelong.errors import DataError, LifelongError, TrainingError
@@ -50,6 +50,7 @@ from lifelong.replay import build_replay, load_replay, save_replay
 from lifelong.space import SearchSpace, SubnetConfig
 from lifelong.supernet import recalibrate_bn
 from lifelong.supernet_versions import adapted_path
+from lifelong.versioned import write_json_atomic
 from policies import Policy
 
 __all__ = ["ADAPT_REQUEST_FORMAT", "ADAPT_RESULT_FORMAT", "AdaptRequest", "AdaptResult", "run_adaptation"]
@@ -88,11 +89,9 @@ class AdaptResult:
         return asdict(self)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"kind": "lifelong-adapt-result", **self.to_dict()}, indent=1, default=float))
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(
+            path, {"kind": "lifelong-adapt-result", **self.to_dict()}, durable=False, indent=1, default=float
+        )
 
 
 class _Clock:
@@ -329,6 +328,8 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
     sha = file_sha256(tmp_ckpt)
     version_path = adapted_path(req.supernet_dir, sha)
     version_path.parent.mkdir(parents=True, exist_ok=True)
+    # The images its BN statistics come from go first: a later export from this version needs them.
+    save_calibration(calibration_path(version_path), calib, source=f"adaptation {req.trigger}")
     os.replace(tmp_ckpt, version_path)
 
     cfg = space.parse(winner.subnet)

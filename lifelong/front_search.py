@@ -307,7 +307,11 @@ def search_front(
     if len(front) != len(result.front):  # an invariant of Front: one point per subnet
         raise DataError(f"the search returned {len(result.front)} subnets but the front holds {len(front)}")
     front, kept = _keep_measurements(front, cached)
-    front = Front(front.sorted(constraints.batch).points, {**front.info, "measurements_kept": kept})
+    on_validation = sorted(p.subnet for p in front.points if p.subnet in evaluator.measured)
+    front = Front(
+        front.sorted(constraints.batch).points,
+        {**front.info, "measurements_kept": kept, "validation_measured": on_validation},
+    )
     logger.info(
         "front of %d points for policy %r: %d evaluations (%.0f/s), hypervolume %.4g, warm start %d",
         len(front), policy.name, result.evaluations, info["evaluations_per_s"] or 0.0, hv, result.warm_started,

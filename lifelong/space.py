@@ -329,6 +329,20 @@ class SearchSpace:
         """Parse a canonical string and check that the subnet belongs to this space."""
         return self.validate(SubnetConfig.parse(text))
 
+    def resolve(self, name: str) -> SubnetConfig:
+        """A canonical name, or ``largest[:wXaY]`` / ``smallest[:wXaY]``, as a subnet of this space."""
+        base, _, prec = name.partition(":")
+        if base not in ("largest", "smallest"):
+            return self.parse(name)
+        p = None
+        if prec:
+            try:
+                w, a = prec.lower().removeprefix("w").split("a")
+                p = Precision(int(w), int(a))
+            except ValueError:
+                raise SpaceError(f"{name!r}: expected {base}:wXaY (e.g. {base}:w8a8), got precision {prec!r}") from None
+        return getattr(self, base)(p)
+
     # -- named points -------------------------------------------------------------------------
     def largest(self, prec: Precision | None = None, kind: str | None = None) -> SubnetConfig:
         """Widest, deepest subnet with the largest kernel and expand ratio (inverted residual

@@ -164,19 +164,6 @@ def train(
     _print_evals(report, as_json, header=f"trained in {result.seconds:.0f} s")
 
 
-def _resolve_subnet(space: object, name: str) -> object:
-    from lifelong.space import Precision
-
-    base, _, prec = name.partition(":")
-    if base in ("largest", "smallest"):
-        p = None
-        if prec:
-            w, a = prec.lstrip("w").split("a")
-            p = Precision(int(w), int(a))
-        return getattr(space, base)(p)
-    return space.parse(name)
-
-
 def _evaluate_named(ckpt: Path, data_spec: str | None, names: list[str]) -> list[dict[str, object]]:
     from lifelong.checkpoint import load_checkpoint
     from lifelong.data import load_dataset, load_fashion_mnist
@@ -188,7 +175,7 @@ def _evaluate_named(ckpt: Path, data_spec: str | None, names: list[str]) -> list
     calib = train_data.head(2000).as_float()
     rows = []
     for name in names:
-        cfg = _resolve_subnet(model.space, name)
+        cfg = model.space.resolve(name)
         ev, _ = evaluate_subnet(model, cfg, calib, test.as_float(), test.y)
         rows.append({"name": name, **ev.to_dict()})
     return rows
@@ -258,32 +245,22 @@ def export(
     Example:
         lifelong export largest:w8a8 --out /tmp/largest-w8a8.onnx
     """
-    import torch
-
-    from lifelong.checkpoint import file_sha256, load_checkpoint
     from lifelong.data import load_dataset, load_fashion_mnist
-    from lifelong.export import export_subnet
-    from lifelong.supernet import recalibrate_bn
+    from lifelong.export_job import export_from_checkpoint
 
     state = resolve_state_dir(state_dir)
     ckpt = checkpoint or default_checkpoint(state)
-    model = load_checkpoint(ckpt).build()
-    cfg = _resolve_subnet(model.space, subnet)
     train_data = load_dataset(data_spec, split="train") if data_spec else load_fashion_mnist("train")
     test = load_dataset(data_spec, split="test") if data_spec else load_fashion_mnist("test")
-    sub = model.get_subnet(cfg)
-    calib_images = train_data.head(calib).as_float()
-    recalibrate_bn(sub, torch.from_numpy(calib_images))
-    sub.eval()
-    target = out or state / "exports" / f"{cfg}.onnx"
-    n = min(parity_images, len(test))
-    report = export_subnet(
-        sub,
-        target,
-        test.as_float()[:n],
-        test.y[:n],
-        checkpoint_sha256=file_sha256(ckpt),
-        calibration=None if exact else calib_images[:1000],
+    report = export_from_checkpoint(
+        ckpt,
+        subnet,
+        out,
+        out_dir=state / "exports",
+        calibration=train_data.head(calib).as_float(),
+        test=test,
+        parity_images=parity_images,
+        exact=exact,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -140,8 +141,19 @@ def _budgets(policy: Policy) -> str:
     return f"{policy.objective.kind}; " + ", ".join(parts)
 
 
-def _point_line(p: FrontPoint, batch: int) -> str:
-    acc = f"{100 * p.best_accuracy():.2f}%" + (" (measured)" if p.measured_accuracy is not None else " (predicted)")
+def _on_validation(front_info: Mapping[str, Any]) -> set[str]:
+    """Front points whose accuracy is a validation measurement (predictor data), not a prediction."""
+    return set(front_info.get("validation_measured") or ())
+
+
+def _point_line(p: FrontPoint, batch: int, on_validation: frozenset[str] | set[str] = frozenset()) -> str:
+    if p.measured_accuracy is not None:
+        how = "measured"
+    elif p.subnet in on_validation:
+        how = "measured on the validation split"
+    else:
+        how = "predicted"
+    acc = f"{100 * p.best_accuracy():.2f}% ({how})"
     return f"{p.subnet}: accuracy {acc}, {p.latency_at(batch):.3f} ms at batch {batch}, {_kb(p.best_bytes())}"
 
 
@@ -165,15 +177,18 @@ def format_front(front: Front, policy: Policy, chosen: FrontPoint | None, source
         measured = p.measured_latency_ms is not None and b in dict(p.measured_latency_ms)
         return f"{p.latency_at(b):.3f}{'m' if measured else ' '}"
 
-    head = f"  {'pred acc':>8} {'meas acc':>8} " + " ".join(f"{f'ms@{b}':>9}" for b in batches)
+    validated = _on_validation(info)
+    head = f"  {'pred acc':>9} {'meas acc':>8} " + " ".join(f"{f'ms@{b}':>9}" for b in batches)
     lines.append(f"{head} {'bytes':>10}  subnet")
     for p in front.sorted(batch).points:
         mark = "*" if chosen is not None and p.subnet == chosen.subnet else " "
         meas = "-" if p.measured_accuracy is None else f"{100 * p.measured_accuracy:.2f}%"
         lat = " ".join(f"{ms(p, b):>9}" for b in batches)
-        lines.append(f"{mark} {100 * p.accuracy:7.2f}% {meas:>8} {lat} {_kb(p.best_bytes()):>10}  {p.subnet}")
+        v = "v" if p.subnet in validated else " "
+        lines.append(f"{mark} {100 * p.accuracy:7.2f}%{v} {meas:>8} {lat} {_kb(p.best_bytes()):>10}  {p.subnet}")
+    legend = "m = measured latency" + ("; v = validation top-1, not predicted" if validated else "")
     if chosen is not None:
-        lines.append(f"(* = chosen by policy {policy.name!r}: {_budgets(policy)}; m = measured latency)")
+        lines.append(f"(* = chosen by policy {policy.name!r}: {_budgets(policy)}; {legend})")
     else:
         lines.append(f"no point meets the budgets of policy {policy.name!r} ({_budgets(policy)})")
     return "\n".join(lines)
@@ -307,7 +322,7 @@ def search(
         click.echo(f"policy {pol.name!r} ({_budgets(pol)}): no point meets its budgets")
     else:
         click.echo(f"policy {pol.name!r} ({_budgets(pol)}) chooses:")
-        click.echo(f"  {_point_line(chosen, pol.target.batch)}")
+        click.echo(f"  {_point_line(chosen, pol.target.batch, _on_validation(info))}")
 
 
 @click.command("front")

@@ -61,7 +61,10 @@ changed what the service aims for, the cached front is asked which model the new
 wants (:mod:`service.preference`). One already exported is deployed at once through the
 same validated swap as ``lifelong deploy`` (its canary watch judges errors only: a slower or
 less accurate model is what the new policy asked for); one never exported is recorded as
-"export needed" and the current model serves on.
+"export needed" and exported by a worker (:mod:`service.front_export`), from the supernet
+version in use, while the current model serves on; when the export ends, the front is asked
+again with the policy then in force and, if it still chooses that subnet, the file is
+deployed through the same validated swap.
 
 **Test-only fault injection.** ``LIFELONG_TEST_PAUSE_AT=POINT`` makes the daemon, on
 reaching ``POINT``, write the point's name into ``$LIFELONG_TEST_PAUSE_MARKER`` (default
@@ -115,6 +118,7 @@ from service.drift_check import DRIFT_CHECK_JOB, DriftCheck, DriftDetected
 from service.drift_feed import DriftFeed, TappedFeedback
 from service.errors import ModelLoadError, SettingsError
 from service.feedback import StoreFeedback
+from service.front_export import ExportDone, FrontExport, prune_job_folders
 from service.ingest import RecentInputs, ingest_file
 from service.jobs import JobSpec, Scheduler
 from service.live import LiveMonitor
@@ -198,8 +202,9 @@ class Daemon:
         self.loop.on(Reload, self._reload)
         self.loop.on(CanaryCheck, self._check_canary)
         self.loop.on(DriftDetected, lambda event: self._on_drift(event.model_id, list(event.decisions)))
-        self.loop.on(AdaptationTick, lambda event: self._adaptation_tick())
+        self.loop.on(AdaptationTick, lambda event: self._worker_tick())
         self.loop.on(AdaptationDone, self._on_adaptation_done)
+        self.loop.on(ExportDone, self._on_export_done)
         for name, command in (("deploy", self._deploy), ("rollback", self._rollback), ("prune", self._prune)):
             self.loop.command(name, command)
         assert settings.policy_path is not None
@@ -225,6 +230,7 @@ class Daemon:
         self.api: ApiServer | None = None
         self.scheduler: Scheduler | None = None
         self.adaptation: Adaptation | None = None
+        self.exporter: FrontExport | None = None
         self.supervisor: WorkerSupervisor | None = None
         self.watchers: list[InboxWatcher | PolicyWatcher] = []
 
@@ -280,6 +286,7 @@ class Daemon:
                 self._resume_canary(serving)
             self.supervisor = WorkerSupervisor(s.state_dir / "logs" / "workers")
             self.adaptation = Adaptation(s.state_dir, self.store, self.supervisor, self.loop.put)
+            self.exporter = FrontExport(s.state_dir, self.store, self.supervisor, self.loop.put)
             feedback = StoreFeedback(
                 self.store,
                 s.state_dir / "samples" / "feedback",
@@ -501,10 +508,17 @@ class Daemon:
         assert self.store is not None and self.registry is not None
         keep = self.policy.retention
         removed = self.registry.prune(keep.keep_models, keep.keep_days, store=self.store)
-        deleted = self.store.delete_older_than(time.time() - keep.keep_days * 86400, ("metrics", "drift_events"))
+        before = time.time() - keep.keep_days * 86400
+        deleted = self.store.delete_older_than(before, ("metrics", "drift_events"))
+        busy = {h.job_id for h in self.supervisor.active()} if self.supervisor is not None else set()
+        folders = prune_job_folders(
+            [self.settings.state_dir / "adapt", self.settings.state_dir / "export"], before, busy
+        )
         if removed:
             self._event("retention", f"pruned models {', '.join(removed)}")
-        return {"removed_models": removed, "deleted_rows": deleted}
+        if folders:
+            self._event("retention", f"removed {len(folders)} worker job folders older than {keep.keep_days:g} days")
+        return {"removed_models": removed, "deleted_rows": deleted, "removed_job_folders": folders}
 
     # -- events (on the loop) ------------------------------------------------------------------
 
@@ -612,15 +626,19 @@ class Daemon:
             try:
                 self._deploy(model=answer.model_id, reason=f"environment drift: {message}", judge="errors")
                 self.drift.clear_needed("environment")
+                self._export_moot("environment")
                 return
             except LifelongError as exc:  # _deploy recorded why; the current model serves on
                 message = f"{message}; the deploy failed: {exc}"
         if answer.action == "serving":
             self.drift.clear_needed("environment")
+            self._export_moot("environment")
         else:
             self.drift.note_needed(
                 "environment", "export" if answer.action == "export-needed" else "re-search", message
             )
+            if answer.action == "export-needed":
+                message = f"{message}; {self._want_export('environment', answer.subnet, policy, message)}"
         self._event("drift", f"{message}; {self.runtime.current_id} serves on")
 
     def _adapted_sha(self) -> str | None:
@@ -671,6 +689,63 @@ class Daemon:
         self.adaptation.record_outcome(outcome, reason, result)
         serving = "" if self.runtime is None else f"; {self.runtime.current_id} serves"
         self._event("adapt", f"adaptation {outcome}: {reason}{serving}")
+
+    # -- exports of front points (the cached front chose a model never exported) ----------------
+
+    def _want_export(self, kind: str, subnet: str | None, policy: Policy, reason: str) -> str:
+        if self.exporter is None or subnet is None:
+            return "no export possible"
+        said = self.exporter.want(kind, subnet, policy, reason)
+        self._worker_tick()  # start it now rather than at the next tick
+        return said
+
+    def _export_moot(self, kind: str) -> None:
+        if self.exporter is not None:
+            self.exporter.drop(kind)
+
+    def _worker_tick(self) -> None:
+        """Start a pending adaptation, or else a wished export (on the loop, every ``ADAPT_TICK_S``)."""
+        self._adaptation_tick()
+        if self.exporter is None:
+            return
+        busy = "an adaptation runs" if self.adaptation is not None and self.adaptation.running else None
+        message = self.exporter.tick(busy=busy)
+        if message is not None:
+            self._event("export", message)
+
+    def _on_export_done(self, event: ExportDone) -> None:
+        """The export worker ended (on the loop): deploy the model if the front still chooses it."""
+        assert self.exporter is not None and self.store is not None and self.registry is not None
+        assert self.runtime is not None and self.drift is not None
+        wish, report, why = self.exporter.finish(event)
+        if wish is None:
+            self._event("export", why)
+            return
+        if report is None:
+            self.exporter.record_outcome("failed", why)
+            self._event("export", f"export of {wish.subnet} failed: {why}; {self.runtime.current_id} serves on")
+            return
+        policy = self.policy if wish.kind == "preference" else wish.policy  # a newer policy may have come
+        answer = answer_preference(
+            self.fronts.get(), policy, store=self.store, registry=self.registry,
+            serving=self.runtime.current_id, front_error=self.fronts.error, adapted_sha=self._adapted_sha(),
+        )  # fmt: skip
+        if answer.action != "export-needed" or answer.subnet != wish.subnet:
+            outcome = f"not deployed: the cached front now answers {answer.action} ({answer.reason})"
+            self.exporter.record_outcome("kept", f"{why}; {outcome}")
+            self._event("export", f"{why}; {outcome}")
+            if answer.action == "export-needed":
+                self._want_export(wish.kind, answer.subnet, policy, answer.reason)
+            return
+        reason = f"{wish.kind} drift: the cached front's choice {wish.subnet}, exported by the service ({why})"
+        try:
+            self._deploy(path=str(report["path"]), reason=reason, judge="errors")
+        except LifelongError as exc:  # _deploy recorded why; the current model serves on
+            self.exporter.record_outcome("refused", f"{why}; the deploy was refused: {exc}")
+            return
+        self.drift.clear_needed(wish.kind)
+        self.exporter.record_outcome("deployed", why)
+        Path(str(report["path"])).unlink(missing_ok=True)  # the registry holds its copy
 
     def _on_policy_changed(self, event: PolicyChanged) -> None:
         self._reload_policy("the policy file changed")
@@ -740,13 +815,17 @@ class Daemon:
             try:
                 self._deploy(model=answer.model_id, reason=f"preference drift: {message}", judge="errors")
                 self.drift.clear_needed("preference")  # an earlier "export needed" is moot now
+                self._export_moot("preference")
             except LifelongError as exc:  # _deploy recorded why; the current model serves on
                 answer = replace(answer, reason=f"{answer.reason}; the deploy failed: {exc}")
         elif answer.action == "serving":
             self.drift.clear_needed("preference")
+            self._export_moot("preference")
             self._event("preference", message)
-        else:  # export-needed, no-point, no-front: a worker's job (a later part); serving goes on
+        else:  # export-needed: a worker exports it; no-point, no-front: a re-search; serving goes on
             self.drift.note_needed("preference", "export" if answer.action == "export-needed" else "re-search", message)
+            if answer.action == "export-needed":
+                message = f"{message}; {self._want_export('preference', answer.subnet, new, message)}"
             self._event("preference", f"{message}; {self.runtime.current_id} serves on")
         self.drift.record_preference(decision, answer)
 
@@ -827,6 +906,7 @@ class Daemon:
             "jobs": {} if self.scheduler is None else {k: v.to_dict() for k, v in self.scheduler.stats().items()},
             "workers": [] if self.supervisor is None else [h.to_dict() for h in self.supervisor.active()],
             "adaptation": None if self.adaptation is None else self.adaptation.status(),
+            "export": None if self.exporter is None else self.exporter.status(),
         }
 
     def _canary_status(self) -> dict[str, Any] | None:

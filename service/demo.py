@@ -17,12 +17,14 @@ What a person watching sees, step by step (each printed with its duration):
 5. **shift**: the images change (noise, contrast, brightness or rotation) and the demo waits
    for the daemon to detect it, then for the adaptation (the daemon fine-tunes the supernet
    on the labelled local samples, re-searches, validates and swaps: :mod:`service.adaptation`),
-   then measures the model serving on shifted images the adaptation never saw. (A preference
-   change after an adaptation would be answered "export needed": the front's exports come
-   from the original supernet, and deploying one would throw the adaptation away.)
-6. **stop** the daemon (SIGTERM) and write ``STATE/demo/report.md`` and ``report.json``
+   then measures the model serving on shifted images the adaptation never saw;
+6. **relax** the budget again: the front chooses the initial point, exported before only from
+   the original supernet (deploying that file would throw the adaptation away), so the daemon
+   exports the subnet from the adapted supernet in a worker (:mod:`service.front_export`) and
+   swaps to it; the demo measures it on unseen shifted images;
+7. **stop** the daemon (SIGTERM) and write ``STATE/demo/report.md`` and ``report.json``
    (timeline, accuracy before the shift, after it, after adaptation, after the preference
-   change) with the front as ``front.png``.
+   changes) with the front as ``front.png``.
 
 What does not happen within ``--timeout`` seconds (no drift detected, no adaptation: a
 daemon without the adaptation half says so in its status) is said plainly and the demo goes
@@ -72,6 +74,8 @@ NO_ADAPTATION_WAIT_S = 30.0
 """How long to wait for an adaptation swap from a daemon whose status has no adaptation section."""
 PREFERENCE_WAIT_S = 60.0
 """How long to wait for the daemon to answer the new policy."""
+EXPORT_WAIT_S = 180.0
+"""How long to wait for the daemon to export the front's choice from the adapted supernet and swap."""
 _SERVICE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STATE_DIRECTORY", "RUNTIME_DIRECTORY",
                 "CONFIGURATION_DIRECTORY", "LIFELONG_SOCKET", "LIFELONG_POLICY", "LIFELONG_STATE_DIR")  # fmt: skip
 
@@ -272,6 +276,8 @@ class _Demo:
             return
         if "adaptation:" in event["message"]:
             self.names[model_id] = "adapted"
+        elif "exported by the service" in event["message"]:
+            self.names[model_id] = "re-exported"
         elif "preference" in event["message"]:
             self.names[model_id] = "preferred"
 
@@ -385,6 +391,70 @@ class _Demo:
             with run.step(f"measure the adapted model on {s.measure_samples} shifted images it never saw") as note:
                 self._stream("adapted", pool_b, min_samples=s.measure_samples, timeout=s.timeout, shift=s.shift)
                 note.detail = f"accuracy {100 * (self.streamer.tallies['adapted'].accuracy or 0):.1f}%"
+            self._relax(pool_b)
+
+    def _relax(self, pool: np.ndarray) -> None:
+        """The budget lowered before the shift is raised again after the adaptation.
+
+        The front then chooses the initial point, which was exported only from the original
+        supernet: deploying that file would throw the adaptation away, so the daemon exports
+        the subnet from the adapted supernet in a worker and swaps to it.
+        """
+        s = self.s
+        if self.fast is None or "fast" not in self.picks:
+            return
+        b1, b0 = self.fast.budgets.latency_ms_p95, self.initial.budgets.latency_ms_p95
+        what = f"latency budget {b1:g} -> {b0:g} ms"
+        limit = min(s.timeout, EXPORT_WAIT_S)
+        with self.runner.step(
+            f"preference change after the adaptation: rewrite the policy file ({what}); the front's choice "
+            f"is exported from the adapted supernet and swapped in (at most {limit:.0f} s)"
+        ) as note:
+            before = status_facts(self.last_status)["model"]
+            written = time.time()
+            atomic_write(self.daemon.policy, policy_text(self.initial, f"lifelong demo: the budget relaxed ({what})"))
+            self.timeline.note("preference", f"policy file rewritten: {what} (policy {self.initial.name!r})")
+
+            def export_last(f: dict[str, Any]) -> dict[str, Any] | None:
+                last = (f.get("export") or {}).get("last") or {}
+                return last if float(last.get("finished") or 0) >= written else None
+
+            def settled(f: dict[str, Any]) -> bool:
+                if (f["model"] is not None and f["model"] != before) or export_last(f) is not None:
+                    return True
+                answer = self.timeline.first("preference", after=written, source="daemon")
+                return answer is not None and "export" not in answer["message"]  # answered without an export
+
+            # a fifth of the rate while the worker exports: it needs the CPU
+            self._stream("relaxed", pool, until=settled, timeout=limit, rate=s.rate / 5, shift=s.shift)
+            facts = status_facts(self.last_status)
+            last = export_last(facts)
+            moved = facts["model"] is not None and facts["model"] != before
+            if moved:
+                deployed = self.timeline.first("deploy", after=written, source="daemon")
+                self.milestones["export_swap_s"] = round((deployed["at"] if deployed else time.time()) - written, 1)
+                self.names.setdefault(facts["model"], "re-exported")
+                if last is not None:
+                    self.models.setdefault(facts["model"], {}).update(
+                        {"name": self.names[facts["model"]], "subnet": last.get("subnet")}
+                    )
+                note.detail = f"now serving {facts['model']}" + (f": {last['reason']}" if last else "")
+            elif last is not None:
+                note.detail = f"export {last.get('outcome')}: {last.get('reason')}"
+                self.notes.append(f"the budget relaxed after the adaptation was not answered by a swap: {note.detail}")
+            else:
+                answer = self.timeline.first("preference", after=written, source="daemon")
+                if answer is not None and "export" not in answer["message"]:
+                    note.detail = f"the daemon kept {before}: {answer['message']}"
+                else:
+                    note.outcome = "timed out"
+                    note.detail = f"no export and swap within {limit:.0f} s of the relaxed budget"
+                    self.notes.append(note.detail)
+        if moved:
+            with self.runner.step(f"measure the re-exported model on {s.measure_samples} shifted images") as note:
+                self._stream("re-exported", pool, min_samples=s.measure_samples, timeout=s.timeout, shift=s.shift)
+                tally = self.streamer.tallies["re-exported"] if self.streamer else None
+                note.detail = f"accuracy {100 * (tally.accuracy or 0):.1f}%" if tally else ""
 
     def _wait_adaptation(self, pool: np.ndarray, shift_at: float) -> bool:
         """Wait for the adaptation's outcome; True if the daemon swapped to an adapted model."""

@@ -35,6 +35,7 @@ PHASES = (
     ("shifted", "after the shift, before adaptation"),
     ("adapted", "after adaptation"),
     ("preference", "after the preference change"),
+    ("re-exported", "after the budget was relaxed (exported from the adapted supernet)"),
 )
 """The demo's phases, in order, with the words the report uses for them."""
 
@@ -132,6 +133,7 @@ def status_facts(status: Mapping[str, Any] | None) -> dict[str, Any]:
         "has_adaptation": "adaptation" in status,
         "canary": canary.get("model"),
         "needs": list(drift.get("needs") or []),
+        "export": status.get("export"),
     }
 
 
@@ -340,6 +342,10 @@ def format_summary(doc: Mapping[str, Any]) -> list[str]:
         lines.append(f"  adaptation: {ms['adaptation_outcome']} after {ms.get('adaptation_seconds')} s")
     if "preference_swap_s" in ms:
         lines.append(f"  preference change answered by a swap in {ms['preference_swap_s']} s")
+    if "export_swap_s" in ms:
+        lines.append(
+            f"  budget relaxed after the adaptation: exported from the adapted supernet and swapped in {ms['export_swap_s']} s"
+        )
     lines += [f"  note: {n}" for n in doc.get("notes") or []]
     return lines
 

@@ -9,8 +9,9 @@ policy prefers. :func:`answer_preference` turns that choice into one of :data:`A
   (the store's ``models.subnet``, read from the model's ``lifelong.subnet`` metadata): the
   daemon deploys it through the one validated swap path;
 - ``serving``: the model serving now is the chosen subnet already;
-- ``export-needed``: the chosen subnet was never exported: a worker must export (or the
-  search run again); the current model serves on meanwhile;
+- ``export-needed``: the chosen subnet was never exported: the daemon has a worker export
+  it (:mod:`service.front_export`) and deploys it when the export ends; the current model
+  serves on meanwhile;
 - ``no-point``: no point of the front meets the new policy's budgets: a re-search is needed;
 - ``no-front``: there is no readable cached front yet.
 

@@ -243,6 +243,25 @@ def _adaptation_lines(a: Mapping[str, Any] | None, now: float) -> list[str]:
     return lines
 
 
+def _export_lines(e: Mapping[str, Any] | None, now: float) -> list[str]:
+    """A front point being exported for the service (wanted, running) and how the last export ended."""
+    if not e:
+        return []
+    lines = []
+    if e.get("state") == "running":
+        frac = e.get("progress")
+        done = "" if frac is None else f" {100 * frac:.0f}%"
+        lines.append(f"export:   running{done} {e.get('subnet')}: {e.get('message') or e.get('phase') or ''}")
+    elif e.get("state") == "wanted":
+        w = e.get("wanted") or {}
+        lines.append(f"export:   {w.get('subnet')} wanted since {_ago(w.get('since'), now)} ({w.get('kind')} drift)")
+    last = e.get("last")
+    if last:
+        head = "export:   " if not lines else "          "
+        lines.append(f"{head}last {last.get('outcome')} {_ago(last.get('finished'), now)}: {last.get('reason')}")
+    return lines
+
+
 def format_status(doc: Mapping[str, Any]) -> str:
     """``/v1/status`` as the lines ``lifelong status`` prints."""
     now = time.time()
@@ -299,6 +318,7 @@ def format_status(doc: Mapping[str, Any]) -> str:
     lines.append(line)
     lines += _drift_lines(doc.get("drift"), store.get("drift_24h") or {}, now)
     lines += _adaptation_lines(doc.get("adaptation"), now)
+    lines += _export_lines(doc.get("export"), now)
     samples = store.get("samples") or {}
     by = ", ".join(f"{k} {v.get('total')}" for k, v in (samples.get("by_source") or {}).items())
     lines.append(

@@ -19,6 +19,7 @@ import pytest
 import torch
 from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_until
 
+from lifelong.calibration import calibration_path, load_calibration
 from lifelong.export import export_subnet
 from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec
 from lifelong.supernet import Supernet, recalibrate_bn
@@ -139,6 +140,8 @@ def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_req
     pointer = (state / "supernet" / "current.json").read_text()
     adapted = sorted((state / "supernet" / "adapted").glob("*.pt"))
     assert len(adapted) == 1 and adapted[0].name in pointer
+    calib = load_calibration(calibration_path(adapted[0]))  # what a later export from it re-calibrates on
+    assert calib.shape[1:] == (1, 28, 28) and len(calib) >= 80
     store = Store.open(state)
     try:
         (search,) = store.recent_searches(1)

@@ -249,11 +249,17 @@ def test_report_has_the_accuracy_of_every_phase_the_timeline_and_what_did_not_ha
         settings={"state_dir": "/tmp/x", "shift": "noise"},
         outcome="completed",
         notes=["no adaptation within 30 s"],
-        milestones={"detection_delay_s": 4.0},
+        milestones={"detection_delay_s": 4.0, "export_swap_s": 7.5},
         png=str(tmp_path / "front.png"),
         finished=1100.0,
     )
-    assert doc["seconds"] == 100.0 and list(doc["accuracy"]) == ["clean", "shifted", "adapted", "preference"]
+    assert doc["seconds"] == 100.0 and list(doc["accuracy"]) == [
+        "clean",
+        "shifted",
+        "adapted",
+        "preference",
+        "re-exported",
+    ]
     assert doc["accuracy"]["clean"]["accuracy"] == pytest.approx(0.86) and doc["accuracy"]["adapted"]["samples"] == 0
     md = format_report(doc)
     assert "| before the shift | 3000 | 86.0% | initial (86.0%, 3000) |" in md
@@ -271,7 +277,9 @@ def test_report_has_the_accuracy_of_every_phase_the_timeline_and_what_did_not_ha
         "  accuracy after the shift, before adaptation: 61.0% on 1000 samples",
         "  accuracy after adaptation: -",
         "  accuracy after the preference change: -",
+        "  accuracy after the budget was relaxed (exported from the adapted supernet): -",
         "  drift detected 4.0 s after the shift",
+        "  budget relaxed after the adaptation: exported from the adapted supernet and swapped in 7.5 s",
         "  note: no adaptation within 30 s",
     ]
     js, mdp = write_report(doc, tmp_path / "demo")

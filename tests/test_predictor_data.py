@@ -320,6 +320,18 @@ def test_measured_subnets_keep_their_measurement_in_the_search() -> None:
     assert best in {p.subnet for p in found.front.points}
     assert found.front[best].accuracy == pytest.approx(0.999)
     assert max(p.accuracy for p in found.front.points) == pytest.approx(0.999)
+    # the front says which of its accuracies are measurements, and `lifelong front` labels them
+    on_validation = found.front.info["validation_measured"]
+    assert best in on_validation and set(on_validation) <= set(measured)
+    assert set(on_validation) == {p.subnet for p in found.front.points if p.subnet in measured}
+    from service.cli_search import _point_line, format_front
+
+    table = format_front(found.front, load_preset("balanced"), found.front[best])
+    (row,) = [line for line in table.splitlines() if line.endswith(best)]
+    assert "99.90%v" in row and "v = validation top-1, not predicted" in table
+    assert "(measured on the validation split)" in _point_line(found.front[best], 1, set(on_validation))
+    others = [p for p in found.front.points if p.subnet not in measured]
+    assert not others or "(predicted)" in _point_line(others[0], 1, set(on_validation))
 
 
 def test_build_trains_on_corners_but_reports_them_apart_from_the_quantized_holdout() -> None:

@@ -1,0 +1,31 @@
+"""Worker job: export one subnet of the supernet in use (runs in a worker process, with torch).
+
+Started by :class:`service.front_export.FrontExport` as
+``python -m service.worker_io [priority] -- service.export_worker REQUEST.json``; it reads the
+request (:class:`lifelong.export_request.ExportRequest`), runs
+:func:`lifelong.export_job.run_export`, reports each phase and, at the end, the exported
+file with its parity figures. The daemon deploys it through its validated swap.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from service.worker_io import report_progress, report_result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        raise SystemExit("usage: python -m service.worker_io -- service.export_worker REQUEST.json")
+    from lifelong.export_job import run_export
+    from lifelong.export_request import ExportRequest
+
+    report = run_export(ExportRequest.load(args[0]), report_progress)
+    report_result(report.to_dict())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

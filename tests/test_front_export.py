@@ -1,0 +1,288 @@
+"""Exporting a front point the service needs: the cached front chose a model never exported.
+
+In-process first (a real store, a real worker supervisor, real files): the calibration file
+of an adapted supernet, the export request, and each reason the service refuses to start an
+export. Then the real daemon with a briefly trained tiny supernet: a policy edit whose
+choice was never exported makes the daemon export it in a worker process and swap to it,
+while clients predict without one failed request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_until
+
+from lifelong.calibration import calibration_path, load_calibration, save_calibration
+from lifelong.errors import DataError, FormatVersionError, SpaceError
+from lifelong.export_job import export_from_checkpoint
+from lifelong.export_request import ExportRequest
+from lifelong.front import Front, FrontPoint
+from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec
+from lifelong.supernet_versions import adapted_path, set_current
+from lifelong.train import TrainConfig, train_supernet
+from policies import Policy
+from service.front_export import FrontExport
+from service.status import format_status
+from service.store import Store
+from service.worker import WorkerSupervisor
+
+TINY_SPACE = SpaceConfig(
+    stem_widths=(8,),
+    stages=(StageSpec((8, 16), (1, 2), 1), StageSpec((16, 24), (1, 2), 2)),
+    expands=(2, 3),
+    head_width=16,
+)
+
+
+# -- in-process ----------------------------------------------------------------------------------
+
+
+def test_calibration_images_round_trip_and_foreign_files_are_refused_by_name(tmp_path: Path) -> None:
+    version = tmp_path / "adapted" / "20261202T000000-abcdef012345.pt"
+    path = calibration_path(version)
+    assert path == tmp_path / "adapted" / "20261202T000000-abcdef012345.calib.npz"
+    images = np.random.default_rng(0).random((7, 1, 28, 28), dtype=np.float32)
+    save_calibration(path, images, source="test")
+    assert np.array_equal(load_calibration(path), images)
+    with pytest.raises(DataError, match="float32"):
+        save_calibration(path, images.astype(np.float64))
+    with pytest.raises(DataError, match="no calibration images at"):
+        load_calibration(tmp_path / "missing.calib.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="junk.npz is not readable calibration images"):
+        load_calibration(tmp_path / "junk.npz")
+    np.savez(tmp_path / "other.npz", x=images)
+    with pytest.raises(DataError, match="not a lifelong calibration file"):
+        load_calibration(tmp_path / "other.npz")
+    np.savez(tmp_path / "future.npz", kind=np.array("lifelong-calibration"), format_version=np.array(9), x=images)
+    with pytest.raises(FormatVersionError, match="format version 9"):
+        load_calibration(tmp_path / "future.npz")
+
+
+def test_export_request_round_trip_and_malformed_requests(tmp_path: Path) -> None:
+    req = ExportRequest(checkpoint="/s/supernet.pt", subnet="largest:w8a8", out="/s/export/j/model.onnx")
+    assert ExportRequest.load(req.save(tmp_path / "r.json")) == req
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["kind"] == "lifelong-export-request" and doc["format_version"] == 1
+    doc["colour"] = "blue"
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="malformed export request.*colour"):
+        ExportRequest.load(tmp_path / "bad.json")
+    doc.pop("colour")
+    doc["format_version"] = 2
+    (tmp_path / "new.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="export request format 2, expected 1"):
+        ExportRequest.load(tmp_path / "new.json")
+
+
+def test_named_subnets_resolve_and_a_bad_precision_is_named() -> None:
+    space = SearchSpace(TINY_SPACE)
+    assert space.resolve("largest:w8a8") == space.largest(Precision(8, 8))
+    assert space.resolve("smallest") == space.smallest()
+    assert space.resolve(str(space.largest())) == space.largest()
+    with pytest.raises(SpaceError, match="expected largest:wXaY.*'8bit'"):
+        space.resolve("largest:8bit")
+
+
+@pytest.fixture
+def exporter(tmp_path: Path):
+    store = Store(tmp_path / "state" / "state.db")
+    posted: list[object] = []
+    fe = FrontExport(tmp_path / "state", store, WorkerSupervisor(tmp_path / "logs"), posted.append)
+    yield fe, tmp_path / "state"
+    store.close()
+
+
+def test_an_export_without_a_supernet_is_refused_with_the_reason(exporter) -> None:
+    fe, _ = exporter
+    assert fe.want("preference", "largest:w8a8", Policy(), "policy changed") == "its export is queued"
+    assert fe.status()["state"] == "wanted"
+    assert fe.tick(busy="an adaptation runs") is None and fe.status()["state"] == "wanted", "waits for the CPU"
+    said = fe.tick()
+    assert said is not None and "no export of largest:w8a8: no supernet at" in said and "lifelong train" in said
+    st = fe.status()
+    assert st["state"] == "idle" and st["last"]["outcome"] == "failed" and "no supernet" in st["last"]["reason"]
+    assert "export:   last failed" in format_status({"export": st})
+    fe.want("environment", "smallest", Policy(), "slower device")
+    fe.drop("preference")
+    assert fe.wish is not None, "a wish of another kind stays"
+    fe.drop("environment")
+    assert fe.wish is None and fe.tick() is None
+
+
+def test_an_adapted_supernet_without_its_calibration_images_is_not_exported_from(exporter) -> None:
+    fe, state = exporter
+    folder = state / "supernet"
+    folder.mkdir(parents=True)
+    (folder / "supernet.pt").write_bytes(b"original")
+    version = adapted_path(folder, "ab" * 32)
+    version.parent.mkdir()
+    version.write_bytes(b"adapted")
+    set_current(folder, version, reason="test")
+    fe.want("preference", "smallest", Policy(), "policy changed")
+    said = fe.tick()
+    assert said is not None and f"the adapted supernet {version.name} has no calibration images" in said
+    assert fe.status()["last"]["outcome"] == "failed"
+
+
+# -- the real daemon ------------------------------------------------------------------------------
+
+
+def _policy(budget_ms: float) -> str:
+    return (
+        f'format_version = 1\nname = "budget-{budget_ms:g}"\n[target]\nthreads = 1\n[budgets]\n'
+        f'latency_ms_p95 = {budget_ms}\n[objective]\nkind = "max-accuracy"\n'
+        "[drift]\nwindow = 50\nreference_window = 50\ncheck_interval_s = 0.5\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def export_state(fashion_train, fashion_test):
+    """A tiny supernet, a front of two of its subnets, the accurate one exported and serving."""
+    run = short_dir("llfx")
+    state = run / "state"
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=1, warmup_epochs=1, int8_epochs=0, batch_size=64, max_train_samples=1200,
+                      val_fraction=0.0, checkpoint_every=1000)  # fmt: skip
+    ckpt = state / "supernet" / "supernet.pt"
+    train_supernet(fashion_train, ckpt, cfg, TINY_SPACE, progress=False)
+    space = SearchSpace(TINY_SPACE)
+    big, small = space.largest(Precision(8, 8)), space.smallest(Precision(8, 8))
+    report = export_from_checkpoint(
+        ckpt, str(big), run / "big.onnx", calibration=fashion_train.head(500).as_float(), test=fashion_test,
+        parity_images=500,
+    )  # fmt: skip
+    serving = commit_model(state, report.path)
+    points = (FrontPoint(str(big), 0.80, {1: 2.0}, 20_000, 200_000), FrontPoint(str(small), 0.70, {1: 0.5}, 5_000, 50_000))  # fmt: skip
+    Front(points, {"policy": "test"}).save(state / "front" / "front.json")
+    (state / "policy.toml").write_text(_policy(5.0))
+    yield run, state, serving, str(small)
+    remove(run)
+
+
+def test_a_policy_whose_choice_was_never_exported_is_exported_in_a_worker_and_swapped_to(export_state) -> None:
+    run, state, serving, small = export_state
+    failures: list[str] = []
+    seen: list[tuple[float, str]] = []
+    stop = threading.Event()
+    with DaemonProcess(state, run).start() as d:
+
+        def client() -> None:
+            r = np.random.default_rng(0)
+            with d.client(timeout=60) as c:
+                while not stop.is_set():
+                    try:
+                        seen.append(
+                            (time.monotonic(), c.predict(r.integers(0, 256, (2, 28, 28), dtype=np.uint8)).model)
+                        )
+                    except Exception as exc:  # every failure counts
+                        failures.append(f"{type(exc).__name__}: {exc}")
+
+        t = threading.Thread(target=client)
+        t.start()
+        try:
+            wait_until(lambda: len(seen) >= 10, what="answers from the serving model")
+            d.policy.write_text(_policy(1.0))  # the 2 ms point no longer fits: the front chooses the small one
+            saved = time.monotonic()
+            with d.client() as c:
+                try:
+                    status = wait_until(
+                        lambda: (s := c.status())["model"] != serving and s["export"]["last"] and s,
+                        timeout=180, what="the exported model serving",
+                    )  # fmt: skip
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}; the daemon's log:\n{d.log()}") from None
+                served = next(at for at, m in seen if m == status["model"])
+                wait_until(lambda: len([1 for at, _ in seen if at > served]) >= 20, what="answers after the swap")
+                history = c.history(5)["deployments"]
+        finally:
+            stop.set()
+            t.join(60)
+    print(f"\npolicy saved -> exported model serving: {served - saved:.1f} s; {status['export']['last']}")
+    assert failures == [], failures[:5]
+    assert status["export"]["last"]["outcome"] == "deployed", status["export"]
+    assert history[0]["model_id"] == status["model"]
+    assert history[0]["reason"].startswith(
+        f"preference drift: the cached front's choice {small}, exported by the service"
+    )
+    store = Store.open(state)
+    try:
+        assert store.get_model(status["model"]).subnet == small
+        (job,) = [j for j in store.recent_jobs() if j.kind == "export"]
+        assert job.state == "done" and job.progress == 1.0 and "parity agreement" in (job.message or "")
+    finally:
+        store.close()
+    events = [e["message"] for e in status["events"]]
+    assert any(f"export of {small} started" in m and "from the original supernet" in m for m in events), events
+    assert not any(n["kind"] == "preference" for n in status["drift"]["needs"]), "the need is met"
+    assert "export:   last deployed" in format_status(status)
+    assert (state / "logs" / "workers").is_dir() and list((state / "export").glob("export-*/request.json"))
+
+
+def test_an_export_from_an_adapted_supernet_uses_its_calibration_images(export_state, fashion_test, tmp_path) -> None:
+    import shutil
+
+    from lifelong.digest import file_sha256
+    from lifelong.export import onnx_session
+    from lifelong.model_format import META_CHECKPOINT
+    from service.front_export import ExportDone
+
+    run, source_state, _, small = export_state
+    state = tmp_path / "state"
+    folder = state / "supernet"
+    folder.mkdir(parents=True)
+    shutil.copy(source_state / "supernet" / "supernet.pt", folder / "supernet.pt")
+    sha = file_sha256(folder / "supernet.pt")
+    version = adapted_path(folder, sha)  # the same weights stand in for an adapted version
+    version.parent.mkdir()
+    shutil.copy(folder / "supernet.pt", version)
+    inverted = (1.0 - fashion_test.head(300).as_float()).astype(np.float32)  # local data unlike the training data
+    save_calibration(calibration_path(version), inverted, source="test")
+    set_current(folder, version, reason="test")
+    store = Store(state / "state.db")
+    done: list[object] = []
+    try:
+        fe = FrontExport(state, store, WorkerSupervisor(state / "logs"), done.append, parity_images=300)
+        fe.want("preference", small, Policy(), "policy changed")
+        said = fe.tick()
+        assert said is not None and f"from the adapted supernet {version.name}" in said, said
+        assert fe.handle is not None and fe.handle.wait(120) is not None
+        wait_until(lambda: done, what="the ExportDone event")
+        (event,) = done
+        assert isinstance(event, ExportDone)
+        wish, report, why = fe.finish(event)
+        assert report is not None, why
+        assert wish is not None and wish.subnet == small and "parity agreement" in why
+        request = json.loads((Path(report["path"]).parent / "request.json").read_text())
+        assert request["calibration"] == str(calibration_path(version)) and request["checkpoint"] == str(version)
+        model = onnx_session(report["path"])
+        meta = model.get_modelmeta().custom_metadata_map
+        assert meta[META_CHECKPOINT] == file_sha256(version), "the model names the adapted version it came from"
+        assert store.recent_jobs()[0].state == "done"
+    finally:
+        store.close()
+
+
+def test_retention_removes_old_worker_job_folders_but_not_running_or_recent_ones(tmp_path: Path) -> None:
+    import os
+
+    from service.front_export import prune_job_folders
+
+    old = time.time() - 40 * 86400
+    for name in ("adapt/adapt-1", "adapt/adapt-2", "export/export-1", "export/export-2"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "request.json").write_text("{}")
+    for name in ("adapt/adapt-1", "adapt/adapt-2", "export/export-1"):
+        for p in (tmp_path / name / "request.json", tmp_path / name):
+            os.utime(p, (old, old))
+    roots = [tmp_path / "adapt", tmp_path / "export", tmp_path / "missing"]
+    removed = prune_job_folders(roots, time.time() - 30 * 86400, busy={"adapt-2"})
+    assert removed == ["adapt/adapt-1", "export/export-1"]
+    assert (tmp_path / "adapt" / "adapt-2").is_dir() and (tmp_path / "export" / "export-2").is_dir()
