@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,8 @@ class AdaptResult:
     phases: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    front: str | None = None
+    """The front searched on the adapted supernet (``front.json`` in the job's folder), or None."""
     format_version: int = ADAPT_RESULT_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +189,43 @@ def _within(point: Any, policy: Policy) -> bool:
     return b.latency_ms_p95 is None or point.latency_at(policy.target.batch) <= b.latency_ms_p95
 
 
+def _front_budgets(policy: Policy, front: Front | None) -> Policy:
+    """``policy`` with the budgets the cached ``front`` was searched under, when it says.
+
+    The adapted front replaces the cached one for every later policy, so it must span what the
+    cached one spanned, not only what the policy in force allows."""
+    c = (front.info.get("constraints") if front is not None else None) or {}
+    if not c or not isinstance(c, dict):
+        return policy
+    b = replace(
+        policy.budgets,
+        latency_ms_p95=c.get("latency_ms"),
+        model_bytes=c.get("model_bytes"),
+        peak_memory_bytes=c.get("peak_memory_bytes"),
+    )
+    return replace(policy, budgets=b)
+
+
+def adapted_front(front: Front, measured: Sequence[SubnetMeasurement], sha: str, parent_sha: str) -> Front:
+    """The adaptation's front as the service's cached front for the adapted supernet ``sha``.
+
+    Subnets measured on held-out local samples carry that measurement instead of a prediction.
+    Accuracies measured on exports of the original supernet (kept from the cached front) are
+    dropped: they describe other weights on other data. Measured latency and size stay: they
+    depend on the subnet, not on its weights.
+    """
+    got = {m.subnet: m.local_accuracy for m in measured}
+    points = tuple(replace(p, accuracy=got.get(p.subnet, p.accuracy), measured_accuracy=None) for p in front.points)
+    info = {
+        **front.info,
+        "checkpoint_sha256": sha,
+        "adapted_from": parent_sha,
+        "accuracy_on": "held-out local samples of the adaptation (measured) and the predictor refreshed on them",
+        "validation_measured": sorted(s for s in got if s in {p.subnet for p in front.points}),
+    }
+    return Front(points, info)
+
+
 def _searched(
     req: AdaptRequest, policy: Policy, space: SearchSpace, front: Front | None, measured: Sequence[SubnetMeasurement]
 ) -> tuple[Any, Front | None, dict[str, Any]]:
@@ -218,10 +257,11 @@ def _searched(
     found = search_front(
         refreshed,
         profile,
-        policy,
+        _front_budgets(policy, front),
         space=space,
         settings=SearchSettings(evaluations=budget, population=min(100, budget // 2), seed=req.seed),
         cached=front,
+        measured={m.subnet: m.local_accuracy for m in measured},
     )
     info.update({"evaluations": found.front.info.get("evaluations"), "seconds": found.front.info.get("seconds"),
                  "front_points": len(found.front)})  # fmt: skip
@@ -355,7 +395,11 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
         **figures,
     }
     clock.close()
+    front_path = None
+    if new_front is not None:
+        front_path = str(adapted_front(new_front, measured, sha, parent_sha).save(out_dir / "front.json"))
     result = AdaptResult(
+        front=front_path,
         trigger=req.trigger,
         samples=samples,
         serving=serving_figures,

@@ -150,7 +150,7 @@ def _point_line(p: FrontPoint, batch: int, on_validation: frozenset[str] | set[s
     if p.measured_accuracy is not None:
         how = "measured"
     elif p.subnet in on_validation:
-        how = "measured on the validation split"
+        how = "measured, not predicted"
     else:
         how = "predicted"
     acc = f"{100 * p.best_accuracy():.2f}% ({how})"
@@ -186,7 +186,9 @@ def format_front(front: Front, policy: Policy, chosen: FrontPoint | None, source
         lat = " ".join(f"{ms(p, b):>9}" for b in batches)
         v = "v" if p.subnet in validated else " "
         lines.append(f"{mark} {100 * p.accuracy:7.2f}%{v} {meas:>8} {lat} {_kb(p.best_bytes()):>10}  {p.subnet}")
-    legend = "m = measured latency" + ("; v = validation top-1, not predicted" if validated else "")
+    legend = "m = measured latency" + (
+        "; v = measured top-1 (validation or local samples), not predicted" if validated else ""
+    )
     if chosen is not None:
         lines.append(f"(* = chosen by policy {policy.name!r}: {_budgets(policy)}; {legend})")
     else:

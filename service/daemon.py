@@ -94,6 +94,7 @@ from typing import Any
 from lifelong.drift import DriftDecision
 from lifelong.drift_signals import preference_drift
 from lifelong.errors import LifelongError
+from lifelong.front import Front
 from lifelong.model_format import META_SUBNET
 from lifelong.supernet_versions import adapted_in_use
 from lifelong.supernet_versions import set_current as set_current_supernet
@@ -684,6 +685,8 @@ class Daemon:
                     set_current_supernet(self.adaptation.supernet_dir(), cand["checkpoint"], reason=reason)
                 except LifelongError as exc:
                     self._event("adapt", f"the adapted supernet could not be made current: {exc}")
+                else:
+                    self._install_front(result.get("front"))
                 for kind in ("data", "label", "accuracy"):
                     self.drift.clear_needed(kind)
         self.adaptation.record_outcome(outcome, reason, result)
@@ -746,6 +749,26 @@ class Daemon:
         self.drift.clear_needed(wish.kind)
         self.exporter.record_outcome("deployed", why)
         Path(str(report["path"])).unlink(missing_ok=True)  # the registry holds its copy
+
+    def _install_front(self, path: str | None) -> None:
+        """The adapted supernet's front becomes the cached front (the original's is kept once,
+        as ``front.original.json``), so later policy changes choose by accuracy on the local data."""
+        target = default_front(self.settings.state_dir)
+        if not path:
+            self._event(
+                "adapt", f"no front was searched on the adapted supernet: {target} still describes the original"
+            )
+            return
+        try:
+            front = Front.load(path)  # it must read before it replaces anything
+            keep = target.with_name("front.original.json")
+            if target.is_file() and not keep.exists():
+                keep.write_bytes(target.read_bytes())
+            front.save(target)
+        except (LifelongError, OSError) as exc:
+            self._event("adapt", f"the adapted supernet's front was not installed: {exc}")
+            return
+        self._event("adapt", f"the cached front is now the adapted supernet's: {len(front)} points, from {path}")
 
     def _on_policy_changed(self, event: PolicyChanged) -> None:
         self._reload_policy("the policy file changed")

@@ -18,10 +18,11 @@ What a person watching sees, step by step (each printed with its duration):
    for the daemon to detect it, then for the adaptation (the daemon fine-tunes the supernet
    on the labelled local samples, re-searches, validates and swaps: :mod:`service.adaptation`),
    then measures the model serving on shifted images the adaptation never saw;
-6. **relax** the budget again: the front chooses the initial point, exported before only from
-   the original supernet (deploying that file would throw the adaptation away), so the daemon
-   exports the subnet from the adapted supernet in a worker (:mod:`service.front_export`) and
-   swaps to it; the demo measures it on unseen shifted images;
+6. **relax** the budget again: the daemon answers from its cached front, which after the swap
+   is the adapted supernet's (accuracy measured or predicted on the local data); if it chooses
+   a subnet never exported from the adapted supernet, the daemon exports it in a worker
+   (:mod:`service.front_export`) and swaps to it, and the demo measures it on unseen shifted
+   images; if it chooses the adapted model, that serves on;
 7. **stop** the daemon (SIGTERM) and write ``STATE/demo/report.md`` and ``report.json``
    (timeline, accuracy before the shift, after it, after adaptation, after the preference
    changes) with the front as ``front.png``.
@@ -396,9 +397,9 @@ class _Demo:
     def _relax(self, pool: np.ndarray) -> None:
         """The budget lowered before the shift is raised again after the adaptation.
 
-        The front then chooses the initial point, which was exported only from the original
-        supernet: deploying that file would throw the adaptation away, so the daemon exports
-        the subnet from the adapted supernet in a worker and swaps to it.
+        The daemon answers from the adapted supernet's front. A choice never exported from the
+        adapted supernet is exported by a worker and swapped in (a file exported from the
+        original would throw the adaptation away); the adapted model itself may be the choice.
         """
         s = self.s
         if self.fast is None or "fast" not in self.picks:
@@ -407,8 +408,8 @@ class _Demo:
         what = f"latency budget {b1:g} -> {b0:g} ms"
         limit = min(s.timeout, EXPORT_WAIT_S)
         with self.runner.step(
-            f"preference change after the adaptation: rewrite the policy file ({what}); the front's choice "
-            f"is exported from the adapted supernet and swapped in (at most {limit:.0f} s)"
+            f"preference change after the adaptation: rewrite the policy file ({what}); the daemon answers from "
+            f"the adapted supernet's front, exporting its choice if needed (at most {limit:.0f} s)"
         ) as note:
             before = status_facts(self.last_status)["model"]
             written = time.time()

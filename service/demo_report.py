@@ -35,7 +35,7 @@ PHASES = (
     ("shifted", "after the shift, before adaptation"),
     ("adapted", "after adaptation"),
     ("preference", "after the preference change"),
-    ("re-exported", "after the budget was relaxed (exported from the adapted supernet)"),
+    ("re-exported", "after the budget was relaxed again (a model exported from the adapted supernet)"),
 )
 """The demo's phases, in order, with the words the report uses for them."""
 

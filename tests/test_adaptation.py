@@ -209,3 +209,24 @@ def test_adaptation_requests_wait_out_a_cooldown_after_the_last_one(tmp_path: Pa
         assert "already pending" in a.request("label drift", at=1401.0, cooldown_s=300)
     finally:
         store.close()
+
+
+def test_the_adapted_front_spans_the_cached_fronts_budgets_and_drops_original_measurements() -> None:
+    from lifelong.adapt import SubnetMeasurement
+    from lifelong.adapt_job import _front_budgets, adapted_front
+    from lifelong.front import Front, FrontPoint
+    from policies.schema import Budgets
+
+    tight = Policy(budgets=Budgets(latency_ms_p95=0.3, model_bytes=10_000))
+    cached = Front(
+        (FrontPoint("a", 0.9, {1: 2.0}, 20_000, 1, measured_accuracy=0.91, measured_latency_ms={1: 2.1}),
+         FrontPoint("b", 0.8, {1: 0.2}, 5_000, 1)),
+        {"constraints": {"latency_ms": 5.0, "model_bytes": None, "peak_memory_bytes": 10**6}},
+    )  # fmt: skip
+    wide = _front_budgets(tight, cached)
+    assert (wide.budgets.latency_ms_p95, wide.budgets.model_bytes, wide.budgets.peak_memory_bytes) == (5.0, None, 10**6)
+    assert wide.objective == tight.objective and _front_budgets(tight, None) is tight
+    got = adapted_front(cached, [SubnetMeasurement("b", 0.55, None, 1.0)], "c" * 64, "p" * 64)
+    assert got["b"].accuracy == 0.55 and got["a"].accuracy == 0.9, "measured locally, else predicted"
+    assert got["a"].measured_accuracy is None and got["a"].measured_latency_ms == ((1, 2.1),), "latency still holds"
+    assert got.info["checkpoint_sha256"] == "c" * 64 and got.info["validation_measured"] == ["b"]

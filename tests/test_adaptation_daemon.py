@@ -10,6 +10,7 @@ the original, record the job in the store, and answer every request meanwhile.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_
 
 from lifelong.calibration import calibration_path, load_calibration
 from lifelong.export import export_subnet
+from lifelong.front import Front
 from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec
 from lifelong.supernet import Supernet, recalibrate_bn
 from lifelong.train import TrainConfig, train_supernet
@@ -64,6 +66,37 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _search_inputs(state: Path, checkpoint_sha: str) -> None:
+    """A predictor (on made-up accuracies), a device profile and a front for the tiny space,
+    so that the worker re-searches and the daemon installs the adapted supernet's front."""
+    from search_helpers import structured_profile
+
+    from lifelong.front_search import SearchSettings, search_front
+    from lifelong.predictor import PredictorConfig
+    from lifelong.predictor_build import BuildSettings, build_predictor
+    from lifelong.predictor_data import PredictorData, Provenance, Sample, planned_subnets
+    from policies import Policy
+    from service.paths import default_front, default_predictor, default_profile
+
+    space = SearchSpace(TINY_SPACE)
+    rng = np.random.default_rng(0)
+    samples = []
+    for kind, n in (("fp", 30), ("quant", 30)):
+        for i, cfg in enumerate(planned_subnets(space, kind, n, seed=1)):
+            a = float(0.6 + 0.2 * rng.random())
+            samples.append(Sample(kind, i, str(cfg), a, 1.0, 1.0, (a, a)))
+    data = PredictorData(TINY_SPACE, Provenance(checkpoint_sha, "made up", 0.1, 0, 100, 100, 0), tuple(samples))
+    settings = BuildSettings(holdout=5, compare_at=(), config=PredictorConfig(max_epochs=20, patience=5))
+    predictor, _ = build_predictor(data, settings)
+    predictor.save(default_predictor(state))
+    profile = structured_profile(space)
+    profile.save(default_profile(state))
+    found = search_front(
+        predictor, profile, Policy(), space=space, settings=SearchSettings(evaluations=400, population=40)
+    )
+    found.front.save(default_front(state))
+
+
 @pytest.fixture(scope="module")
 def adapt_state(fashion_train, fashion_test, tmp_path_factory: pytest.TempPathFactory):
     """A state dir with a briefly trained tiny supernet, and a random-weights model serving."""
@@ -73,6 +106,7 @@ def adapt_state(fashion_train, fashion_test, tmp_path_factory: pytest.TempPathFa
     cfg = TrainConfig(epochs=1, warmup_epochs=1, int8_epochs=0, batch_size=64, max_train_samples=1200,
                       val_fraction=0.0, checkpoint_every=1000)  # fmt: skip
     train_supernet(fashion_train, state / "supernet" / "supernet.pt", cfg, TINY_SPACE, progress=False)
+    _search_inputs(state, _sha(state / "supernet" / "supernet.pt"))
     untrained = Supernet(SearchSpace(TINY_SPACE))
     sub = untrained.get_subnet(SearchSpace(TINY_SPACE).largest(Precision(32, 32)))
     images = fashion_test.as_float()[:200]
@@ -142,6 +176,18 @@ def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_req
     assert len(adapted) == 1 and adapted[0].name in pointer
     calib = load_calibration(calibration_path(adapted[0]))  # what a later export from it re-calibrates on
     assert calib.shape[1:] == (1, 28, 28) and len(calib) >= 80
+    # the cached front is now the adapted supernet's, searched on its local measurements; the original's is kept
+    front = Front.load(state / "front" / "front.json")
+    original = Front.load(state / "front" / "front.original.json")
+    assert front.info["checkpoint_sha256"] == _sha(adapted[0]) and front.info["adapted_from"] == original_sha
+    assert "adapted_from" not in original.info
+    result = json.loads(result_path(state).read_text())
+    local = {m["subnet"]: m["local_accuracy"] for m in result["measurements"]}
+    on_local = front.info["validation_measured"]
+    assert set(on_local) == set(local) & {p.subnet for p in front.points}, (on_local, result["search"])
+    assert all(front[s].measured_accuracy is None for s in front.info["validation_measured"])
+    assert all(front[s].accuracy == pytest.approx(local[s]) for s in on_local), "measured, not predicted"
+    assert any("the cached front is now the adapted supernet's" in m for m in events), events
     store = Store.open(state)
     try:
         (search,) = store.recent_searches(1)
@@ -150,3 +196,8 @@ def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_req
         assert search.result["candidate"]["subnet"] == last["candidate"]["subnet"]
     finally:
         store.close()
+
+
+def result_path(state: Path) -> Path:
+    (path,) = sorted((state / "adapt").glob("adapt-*/result.json"))
+    return path

@@ -328,8 +328,8 @@ def test_measured_subnets_keep_their_measurement_in_the_search() -> None:
 
     table = format_front(found.front, load_preset("balanced"), found.front[best])
     (row,) = [line for line in table.splitlines() if line.endswith(best)]
-    assert "99.90%v" in row and "v = validation top-1, not predicted" in table
-    assert "(measured on the validation split)" in _point_line(found.front[best], 1, set(on_validation))
+    assert "99.90%v" in row and "v = measured top-1 (validation or local samples), not predicted" in table
+    assert "(measured, not predicted)" in _point_line(found.front[best], 1, set(on_validation))
     others = [p for p in found.front.points if p.subnet not in measured]
     assert not others or "(predicted)" in _point_line(others[0], 1, set(on_validation))
 
