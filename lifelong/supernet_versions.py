@@ -31,8 +31,10 @@ __all__ = [
     "adapted_in_use",
     "adapted_path",
     "current_supernet",
+    "find_version",
     "list_versions",
     "set_current",
+    "sha_in_use",
 ]
 
 POINTER_FORMAT = 1
@@ -125,3 +127,27 @@ def list_versions(folder: str | os.PathLike[str]) -> list[Path]:
     folder = Path(folder)
     found = [folder / ORIGINAL] if (folder / ORIGINAL).is_file() else []
     return found + sorted((folder / ADAPTED).glob("*.pt"))
+
+
+def find_version(folder: str | os.PathLike[str], sha256: str) -> Path | None:
+    """The version (original or adapted) whose content hash is ``sha256``, or None.
+
+    Adapted versions carry the hash's first 12 digits in their name, so only a candidate or two
+    is hashed; the original is hashed when no adapted version matches.
+    """
+    folder = Path(folder)
+    adapted = [p for p in sorted((folder / ADAPTED).glob("*.pt")) if p.stem.endswith(sha256[:12])]
+    original = [folder / ORIGINAL] if (folder / ORIGINAL).is_file() else []
+    for path in adapted + original:
+        if file_sha256(path) == sha256:
+            return path
+    return None
+
+
+def sha_in_use(folder: str | os.PathLike[str]) -> str | None:
+    """The content hash of the version in use (hashing the original when it is), or None without one."""
+    version = adapted_in_use(folder)
+    if version is not None:
+        return version.sha256
+    original = Path(folder) / ORIGINAL
+    return file_sha256(original) if original.is_file() else None

@@ -96,7 +96,7 @@ from lifelong.drift_signals import preference_drift
 from lifelong.errors import LifelongError
 from lifelong.front import Front
 from lifelong.model_format import META_SUBNET
-from lifelong.supernet_versions import adapted_in_use
+from lifelong.supernet_versions import adapted_in_use, find_version, sha_in_use
 from lifelong.supernet_versions import set_current as set_current_supernet
 from policies import Policy
 from service import status as status_doc
@@ -434,8 +434,39 @@ class Daemon:
         if result.changed:
             self.live.begin(result.model_id)
         self._event(kind, f"{result.model_id} serves again (was {result.previous_id}): {reason}")
+        if result.changed:
+            self._follow_serving(result.model_id)
         self.notifier.status(self.status_line())
         return result.to_dict()
+
+    def _follow_serving(self, model_id: str) -> None:
+        """After a rollback, the supernet in use and the cached front go back to the version the
+        serving model was exported from: an adapted model rolled back takes its supernet with it,
+        so later exports and fronts do not build on an adaptation that was undone."""
+        assert self.store is not None
+        folder = self.settings.state_dir / "supernet"
+        record = self.store.get_model(model_id)
+        sha = None if record is None else record.checkpoint_sha
+        try:
+            in_use = sha_in_use(folder)
+            if not sha or in_use is None or in_use == sha:
+                return
+            path = find_version(folder, sha)
+            if path is None:
+                self._event("rollback", f"{model_id} came from supernet {sha[:12]}, not among the versions in {folder}: the supernet in use stays")  # fmt: skip
+                return
+            set_current_supernet(folder, path, reason=f"rollback: {model_id} serves again")
+        except LifelongError as exc:
+            self._event("rollback", f"the supernet in use could not follow {model_id}: {exc}")
+            return
+        front, said = default_front(self.settings.state_dir).parent / "versions" / f"{sha}.json", ""
+        if front.is_file():
+            try:
+                Front.load(front).save(default_front(self.settings.state_dir))
+                said = " with its front"
+            except (LifelongError, OSError) as exc:
+                said = f"; its front could not be restored: {exc}"
+        self._event("rollback", f"the supernet in use is again {path.relative_to(folder)}{said}")
 
     # -- the canary watch (on the loop) --------------------------------------------------------
 
@@ -686,7 +717,8 @@ class Daemon:
                 except LifelongError as exc:
                     self._event("adapt", f"the adapted supernet could not be made current: {exc}")
                 else:
-                    self._install_front(result.get("front"))
+                    sn = result.get("supernet") or {}
+                    self._install_front(result.get("front"), sn.get("sha256"), sn.get("parent_sha256"))
                 for kind in ("data", "label", "accuracy"):
                     self.drift.clear_needed(kind)
         self.adaptation.record_outcome(outcome, reason, result)
@@ -750,20 +782,23 @@ class Daemon:
         self.exporter.record_outcome("deployed", why)
         Path(str(report["path"])).unlink(missing_ok=True)  # the registry holds its copy
 
-    def _install_front(self, path: str | None) -> None:
-        """The adapted supernet's front becomes the cached front (the original's is kept once,
-        as ``front.original.json``), so later policy changes choose by accuracy on the local data."""
+    def _install_front(self, path: str | None, sha: str | None, parent_sha: str | None) -> None:
+        """The adapted supernet's front becomes the cached front, so later policy changes choose
+        by accuracy on the local data. Each supernet version's front is kept as
+        ``front/versions/SHA.json`` (the replaced one under its parent's hash) for a rollback."""
         target = default_front(self.settings.state_dir)
         if not path:
             self._event(
                 "adapt", f"no front was searched on the adapted supernet: {target} still describes the original"
             )
             return
+        versions = target.parent / "versions"
         try:
             front = Front.load(path)  # it must read before it replaces anything
-            keep = target.with_name("front.original.json")
-            if target.is_file() and not keep.exists():
-                keep.write_bytes(target.read_bytes())
+            if parent_sha and target.is_file() and not (versions / f"{parent_sha}.json").exists():
+                Front.load(target).save(versions / f"{parent_sha}.json")
+            if sha:
+                front.save(versions / f"{sha}.json")
             front.save(target)
         except (LifelongError, OSError) as exc:
             self._event("adapt", f"the adapted supernet's front was not installed: {exc}")

@@ -18,7 +18,7 @@ from lifelong.local_data import load_refs
 from lifelong.replay import build_replay, load_replay, save_replay
 from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec
 from lifelong.supernet import Supernet, init_quantizers
-from lifelong.supernet_versions import adapted_path, current_supernet, list_versions, set_current
+from lifelong.supernet_versions import adapted_in_use, adapted_path, current_supernet, list_versions, set_current
 from policies import Policy
 from policies.schema import Budgets, SwapRules
 from service.adaptation import decide_swap
@@ -101,6 +101,28 @@ def test_supernet_versions_fall_back_to_the_original_and_move_atomically(tmp_pat
     (folder / "current.json").write_text("{broken")
     with pytest.raises(CheckpointError, match="delete it"):
         current_supernet(folder)
+
+
+def test_a_version_is_found_by_its_content_hash(tmp_path: Path) -> None:
+    import hashlib
+
+    from lifelong.supernet_versions import find_version, sha_in_use
+
+    folder = tmp_path / "supernet"
+    assert sha_in_use(folder) is None, "no supernet, no version in use"
+    folder.mkdir()
+    (folder / "supernet.pt").write_bytes(b"original")
+    sha0, sha1 = hashlib.sha256(b"original").hexdigest(), hashlib.sha256(b"adapted").hexdigest()
+    v1 = adapted_path(folder, sha1, at=0)
+    v1.parent.mkdir()
+    v1.write_bytes(b"adapted")
+    assert sha_in_use(folder) == sha0
+    set_current(folder, v1)
+    assert sha_in_use(folder) == sha1
+    assert find_version(folder, sha1) == v1 and find_version(folder, sha0) == folder / "supernet.pt"
+    assert find_version(folder, "0" * 64) is None
+    set_current(folder, folder / "supernet.pt")  # back to the original: no adapted version in use
+    assert adapted_in_use(folder) is None and sha_in_use(folder) == sha0
 
 
 # -- request and decision ------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from lifelong.export import export_subnet
 from lifelong.front import Front
 from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec
 from lifelong.supernet import Supernet, recalibrate_bn
+from lifelong.supernet_versions import adapted_in_use, current_supernet
 from lifelong.train import TrainConfig, train_supernet
 from service.status import format_status
 from service.store import Store
@@ -113,7 +114,9 @@ def adapt_state(fashion_train, fashion_test, tmp_path_factory: pytest.TempPathFa
     recalibrate_bn(sub, torch.from_numpy(images))
     sub.eval()
     tmp = tmp_path_factory.mktemp("serving")
-    export_subnet(sub, tmp / "serving.onnx", images, fashion_test.y[:200])
+    # named as exported from the original supernet (it stands in for a poor export of it), so
+    # that rolling the adapted model back brings the original supernet and its front back
+    export_subnet(sub, tmp / "serving.onnx", images, fashion_test.y[:200], checkpoint_sha256=_sha(state / "supernet" / "supernet.pt"))  # fmt: skip
     model_id = commit_model(state, tmp / "serving.onnx")
     (state / "policy.toml").write_text(POLICY)
     yield run, state, model_id
@@ -122,8 +125,8 @@ def adapt_state(fashion_train, fashion_test, tmp_path_factory: pytest.TempPathFa
 
 def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_request(adapt_state, fashion_test):
     run, state, serving = adapt_state
-    original = state / "supernet" / "supernet.pt"
-    original_sha = _sha(original)
+    original_path = state / "supernet" / "supernet.pt"
+    original_sha = _sha(original_path)
     order = np.random.default_rng(0).permutation(len(fashion_test.x))
     clean = fashion_test.x[order[:200]]
     stream_x, stream_y = 255 - fashion_test.x[order[200:]], fashion_test.y[order[200:]]
@@ -155,6 +158,12 @@ def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_req
             time.sleep(0.01)
         status = c.status()
         history = c.history()["deployments"]
+        pointer = (state / "supernet" / "current.json").read_text()
+        front = Front.load(state / "front" / "front.json")
+        rolled = None
+        if (status["adaptation"]["last"] or {}).get("outcome") == "swapped":  # undo it: the supernet follows
+            c.rollback("test: undo the adaptation")
+            rolled = c.status()
     adaptation = status["adaptation"]
     print(f"\nadaptation: {adaptation['last']}")
     assert adaptation["last"] is not None, f"no adaptation ended within 240 s: {status['events'][:5]}"
@@ -170,17 +179,16 @@ def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_req
     events = [e["message"] for e in status["events"]]
     assert any("adaptation started" in m for m in events) and any("adaptation swapped" in m for m in events)
     # the adapted supernet is a new version in use; the original is untouched
-    assert _sha(original) == original_sha
-    pointer = (state / "supernet" / "current.json").read_text()
+    assert _sha(original_path) == original_sha
     adapted = sorted((state / "supernet" / "adapted").glob("*.pt"))
     assert len(adapted) == 1 and adapted[0].name in pointer
     calib = load_calibration(calibration_path(adapted[0]))  # what a later export from it re-calibrates on
     assert calib.shape[1:] == (1, 28, 28) and len(calib) >= 80
-    # the cached front is now the adapted supernet's, searched on its local measurements; the original's is kept
-    front = Front.load(state / "front" / "front.json")
-    original = Front.load(state / "front" / "front.original.json")
+    # the cached front was the adapted supernet's, searched on its local measurements; each version's is kept
+    original = Front.load(state / "front" / "versions" / f"{original_sha}.json")
     assert front.info["checkpoint_sha256"] == _sha(adapted[0]) and front.info["adapted_from"] == original_sha
     assert "adapted_from" not in original.info
+    assert Front.load(state / "front" / "versions" / f"{_sha(adapted[0])}.json") == front
     result = json.loads(result_path(state).read_text())
     local = {m["subnet"]: m["local_accuracy"] for m in result["measurements"]}
     on_local = front.info["validation_measured"]
@@ -188,6 +196,11 @@ def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_req
     assert all(front[s].measured_accuracy is None for s in front.info["validation_measured"])
     assert all(front[s].accuracy == pytest.approx(local[s]) for s in on_local), "measured, not predicted"
     assert any("the cached front is now the adapted supernet's" in m for m in events), events
+    # the rollback brought the model, the original supernet and its front back
+    assert rolled is not None and rolled["model"] == serving
+    assert adapted_in_use(state / "supernet") is None and current_supernet(state / "supernet") == original_path
+    assert Front.load(state / "front" / "front.json") == original
+    assert any("the supernet in use is again supernet.pt with its front" in e["message"] for e in rolled["events"])
     store = Store.open(state)
     try:
         (search,) = store.recent_searches(1)
