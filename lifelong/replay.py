@@ -10,13 +10,13 @@ so a gateway needs the original dataset only on the day the buffer is made.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from lifelong.data import ArrayDataset
-from lifelong.errors import DataError, FormatVersionError
+from lifelong.errors import DataError
+from lifelong.versioned_npz import read_versioned_npz, write_npz_atomic
 
 __all__ = ["REPLAY_FORMAT", "build_replay", "load_replay", "save_replay"]
 
@@ -45,45 +45,16 @@ def build_replay(data: ArrayDataset, size: int, seed: int = 0) -> ArrayDataset:
 
 def save_replay(path: str | Path, buffer: ArrayDataset) -> Path:
     """Write ``buffer`` atomically with its format version."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                kind=np.array(_KIND),
-                format_version=np.array(REPLAY_FORMAT),
-                x=buffer.x,
-                y=buffer.y,
-                classes=np.array(buffer.classes, dtype=str),
-                source=np.array(buffer.source),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    arrays = {"x": buffer.x, "y": buffer.y, "classes": np.array(buffer.classes, dtype=str),
+              "source": np.array(buffer.source)}  # fmt: skip
+    return write_npz_atomic(path, kind=_KIND, version=REPLAY_FORMAT, arrays=arrays)
 
 
 def load_replay(path: str | Path) -> ArrayDataset:
     """Read a buffer written by :func:`save_replay`; a clear error for anything else."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError as exc:
-        raise DataError(f"no replay buffer at {path}") from exc
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable replay buffer ({type(exc).__name__}: {exc})") from exc
-    if str(arrays.get("kind", "")) != _KIND:
-        raise DataError(f"{path} is not a lifelong replay buffer (expected kind {_KIND!r})")
-    version = int(arrays["format_version"]) if "format_version" in arrays else None
-    if version != REPLAY_FORMAT:
-        raise FormatVersionError(f"replay buffer {path}", version, REPLAY_FORMAT, "Delete it; it is rebuilt.")
-    missing = [k for k in ("x", "y") if k not in arrays]
-    if missing:
-        raise DataError(f"replay buffer {path} lacks {missing}")
+    arrays = read_versioned_npz(
+        path, kind=_KIND, version=REPLAY_FORMAT, what="replay buffer", redo_hint="Delete it; it is rebuilt.",
+        needs=("x", "y"),
+    )  # fmt: skip
     classes = tuple(str(c) for c in arrays.get("classes", np.array([], dtype=str)))
     return ArrayDataset(arrays["x"], arrays["y"], classes, str(arrays.get("source", path)))

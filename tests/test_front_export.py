@@ -53,10 +53,10 @@ def test_calibration_images_round_trip_and_foreign_files_are_refused_by_name(tmp
     assert np.array_equal(load_calibration(path), images)
     with pytest.raises(DataError, match="float32"):
         save_calibration(path, images.astype(np.float64))
-    with pytest.raises(DataError, match="no calibration images at"):
+    with pytest.raises(DataError, match="no calibration file at"):
         load_calibration(tmp_path / "missing.calib.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="junk.npz is not readable calibration images"):
+    with pytest.raises(DataError, match="junk.npz is not a readable calibration file"):
         load_calibration(tmp_path / "junk.npz")
     np.savez(tmp_path / "other.npz", x=images)
     with pytest.raises(DataError, match="not a lifelong calibration file"):
