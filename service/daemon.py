@@ -772,7 +772,7 @@ class Daemon:
             if answer.action == "export-needed":
                 self._want_export(wish.kind, answer.subnet, policy, answer.reason)
             return
-        reason = f"{wish.kind} drift: the cached front's choice {wish.subnet}, exported by the service ({why})"
+        reason = f"{wish.kind} drift: the cached front's choice {why}"
         try:
             self._deploy(path=str(report["path"]), reason=reason, judge="errors")
         except LifelongError as exc:  # _deploy recorded why; the current model serves on

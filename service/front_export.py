@@ -200,8 +200,8 @@ class FrontExport:
             why = f"the export {handle.state}: {handle.error or 'no detail'}"
         else:
             parity = report.get("parity") or {}
-            why = (f"exported {wish.subnet} ({report.get('bytes')} bytes, parity agreement "
-                   f"{100 * float(parity.get('agreement', 0.0)):.2f}%) in {float(report.get('seconds') or 0):.1f} s")  # fmt: skip
+            why = (f"{wish.subnet} exported by the service ({report.get('bytes')} bytes, parity agreement "
+                   f"{100 * float(parity.get('agreement', 0.0)):.2f}%, {float(report.get('seconds') or 0):.1f} s)")  # fmt: skip
         if self.job_row is not None:
             state = "done" if report is not None else ("killed" if handle.state is WorkerState.CANCELLED else "failed")
             self.store.finish_job(self.job_row, state=state, error=None if report else why, message=why)

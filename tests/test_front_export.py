@@ -210,7 +210,7 @@ def test_a_policy_whose_choice_was_never_exported_is_exported_in_a_worker_and_sw
     assert status["export"]["last"]["outcome"] == "deployed", status["export"]
     assert history[0]["model_id"] == status["model"]
     assert history[0]["reason"].startswith(
-        f"preference drift: the cached front's choice {small}, exported by the service"
+        f"preference drift: the cached front's choice {small} exported by the service ("
     )
     store = Store.open(state)
     try:
