@@ -30,6 +30,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,6 +138,7 @@ class Adaptation:
         self.search_id: int | None = None
         self.trigger: str | None = None
         self.last: dict[str, Any] | None = None
+        self.outcomes: Counter[str] = Counter()  # how adaptations ended since the daemon started
         self._lock = threading.Lock()  # progress is written by the supervision thread, read by the API
 
     @property
@@ -273,6 +275,7 @@ class Adaptation:
     def _set_last(self, outcome: str, reason: str, trigger: str, started: float, result: Mapping[str, Any] | None) -> None:  # fmt: skip
         cand, serving = (result or {}).get("candidate"), (result or {}).get("serving")
         with self._lock:
+            self.outcomes[outcome] += 1
             self.last = {
                 "outcome": outcome,
                 "reason": reason,

@@ -306,6 +306,7 @@ class Daemon:
             tapped = TappedFeedback(feedback, self.drift_feed)  # every predict's embedding reaches the drift feed
             app = ApiApp(self.runtime, tapped, self.status_extra, max_body_bytes=s.max_body_bytes)
             app.metric_sources.append(self.drift.metrics_text)
+            app.metric_sources.append(self._worker_metrics)
             install_admin_routes(app, self.loop, history=self.history, max_upload_bytes=s.max_upload_bytes)
             api_settings = ApiSettings(
                 socket_path=s.socket_path,
@@ -966,6 +967,20 @@ class Daemon:
             "adaptation": None if self.adaptation is None else self.adaptation.status(),
             "export": None if self.exporter is None else self.exporter.status(),
         }
+
+    def _worker_metrics(self) -> str:
+        """Prometheus families of the worker jobs: how they ended, and what runs now (API threads)."""
+        parts = [("adapt", self.adaptation), ("export", self.exporter)]
+        ended = [(kind, outcome, n) for kind, part in parts if part is not None for outcome, n in sorted(part.outcomes.items())]  # fmt: skip
+        lines = [
+            "# HELP lifelong_worker_jobs_total Worker jobs (adaptations, exports) ended since the daemon started, by outcome.",
+            "# TYPE lifelong_worker_jobs_total counter",
+            *(f'lifelong_worker_jobs_total{{kind="{k}",outcome="{o}"}} {n}' for k, o, n in ended),
+            "# HELP lifelong_worker_jobs_running Worker jobs running now.",
+            "# TYPE lifelong_worker_jobs_running gauge",
+            *(f'lifelong_worker_jobs_running{{kind="{k}"}} {int(p is not None and p.running)}' for k, p in parts),
+        ]
+        return "\n".join(lines) + "\n"
 
     def _canary_status(self) -> dict[str, Any] | None:
         """The watch with a fresh evaluation (pure: the loop's own decision is not disturbed)."""

@@ -23,6 +23,7 @@ import logging
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,7 @@ class FrontExport:
         self.exporting: ExportWish | None = None
         self.job_row: int | None = None
         self.last: dict[str, Any] | None = None
+        self.outcomes: Counter[str] = Counter()  # how exports ended since the daemon started
         self._lock = threading.Lock()  # progress arrives on the supervision thread, status is read by the API
 
     @property
@@ -214,6 +216,7 @@ class FrontExport:
 
     def _set_last(self, outcome: str, reason: str, wish: ExportWish, handle: WorkerHandle | None) -> None:
         with self._lock:
+            self.outcomes[outcome] += 1
             self.last = {
                 "outcome": outcome,
                 "reason": reason,

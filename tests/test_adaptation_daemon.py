@@ -158,6 +158,7 @@ def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_req
             time.sleep(0.01)
         status = c.status()
         history = c.history()["deployments"]
+        metrics = c.metrics()
         pointer = (state / "supernet" / "current.json").read_text()
         front = Front.load(state / "front" / "front.json")
         rolled = None
@@ -176,6 +177,7 @@ def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_req
     assert models_seen[0] == serving and models_seen[-1] == new_model
     assert failures == [], failures[:5]
     assert "adapt:    last swapped" in format_status(status)
+    assert 'lifelong_worker_jobs_total{kind="adapt",outcome="swapped"} 1' in metrics
     events = [e["message"] for e in status["events"]]
     assert any("adaptation started" in m for m in events) and any("adaptation swapped" in m for m in events)
     # the adapted supernet is a new version in use; the original is untouched

@@ -202,6 +202,7 @@ def test_a_policy_whose_choice_was_never_exported_is_exported_in_a_worker_and_sw
                 served = next(at for at, m in seen if m == status["model"])
                 wait_until(lambda: len([1 for at, _ in seen if at > served]) >= 20, what="answers after the swap")
                 history = c.history(5)["deployments"]
+                metrics = c.metrics()
         finally:
             stop.set()
             t.join(60)
@@ -223,6 +224,8 @@ def test_a_policy_whose_choice_was_never_exported_is_exported_in_a_worker_and_sw
     assert any(f"export of {small} started" in m and "from the original supernet" in m for m in events), events
     assert not any(n["kind"] == "preference" for n in status["drift"]["needs"]), "the need is met"
     assert "export:   last deployed" in format_status(status)
+    assert 'lifelong_worker_jobs_total{kind="export",outcome="deployed"} 1' in metrics
+    assert 'lifelong_worker_jobs_running{kind="export"} 0' in metrics
     assert (state / "logs" / "workers").is_dir() and list((state / "export").glob("export-*/request.json"))
 
 
