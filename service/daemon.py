@@ -119,7 +119,7 @@ from service.drift_check import DRIFT_CHECK_JOB, DriftCheck, DriftDetected
 from service.drift_feed import DriftFeed, TappedFeedback
 from service.errors import ModelLoadError, SettingsError
 from service.feedback import StoreFeedback
-from service.front_export import ExportDone, FrontExport, prune_job_folders
+from service.front_export import ExportDone, FrontExport, ResumeExport, prune_job_folders
 from service.ingest import RecentInputs, ingest_file
 from service.jobs import JobSpec, Scheduler
 from service.live import LiveMonitor
@@ -206,6 +206,7 @@ class Daemon:
         self.loop.on(AdaptationTick, lambda event: self._worker_tick())
         self.loop.on(AdaptationDone, self._on_adaptation_done)
         self.loop.on(ExportDone, self._on_export_done)
+        self.loop.on(ResumeExport, self._resume_export)
         for name, command in (("deploy", self._deploy), ("rollback", self._rollback), ("prune", self._prune)):
             self.loop.command(name, command)
         assert settings.policy_path is not None
@@ -288,6 +289,7 @@ class Daemon:
             self.supervisor = WorkerSupervisor(s.state_dir / "logs" / "workers")
             self.adaptation = Adaptation(s.state_dir, self.store, self.supervisor, self.loop.put)
             self.exporter = FrontExport(s.state_dir, self.store, self.supervisor, self.loop.put)
+            self.loop.put(ResumeExport())  # an export wished or running before a restart
             feedback = StoreFeedback(
                 self.store,
                 s.state_dir / "samples" / "feedback",
@@ -748,6 +750,33 @@ class Daemon:
         message = self.exporter.tick(busy=busy)
         if message is not None:
             self._event("export", message)
+
+    def _resume_export(self, event: ResumeExport) -> None:
+        """An export wished or running when the daemon last stopped: ask the front again (on the loop)."""
+        assert self.exporter is not None and self.store is not None and self.registry is not None
+        assert self.runtime is not None and self.drift is not None
+        wish, error = self.exporter.resume()
+        if error is not None:
+            self._event("export", f"the export wished before the restart is dropped: {error}")
+        if wish is None:
+            return
+        policy = self.policy if wish.kind == "preference" else wish.policy
+        answer = answer_preference(
+            self.fronts.get(), policy, store=self.store, registry=self.registry,
+            serving=self.runtime.current_id, front_error=self.fronts.error, adapted_sha=self._adapted_sha(),
+        )  # fmt: skip
+        message = f"an export of {wish.subnet} was wanted before the restart ({wish.kind} drift): {answer.reason}"
+        if answer.action == "export-needed":
+            self.drift.note_needed(wish.kind, "export", message)
+            message = f"{message}; {self._want_export(wish.kind, answer.subnet, policy, wish.reason)}"
+        elif answer.action == "deploy":
+            assert answer.model_id is not None
+            try:
+                self._deploy(model=answer.model_id, reason=f"{wish.kind} drift: {message}", judge="errors")
+                return
+            except LifelongError as exc:  # _deploy recorded why; the current model serves on
+                message = f"{message}; the deploy failed: {exc}"
+        self._event("export", message)
 
     def _on_export_done(self, event: ExportDone) -> None:
         """The export worker ended (on the loop): deploy the model if the front still chooses it."""

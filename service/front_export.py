@@ -14,6 +14,11 @@ Its end is a loop event (:class:`ExportDone`); the daemon asks the front again w
 in force and, if it still chooses that subnet, deploys the file through its validated swap.
 Serving never waits for any of it. The job is a row of the store's ``jobs`` table.
 
+What is wished or running is also kept in ``STATE/export/wanted.json`` (versioned), removed
+when nothing is: a daemon restarted meanwhile (a crash, ``systemctl restart``) reads it back
+(:meth:`FrontExport.resume`) and asks the front again, so the answer to a policy change is not
+lost with the process.
+
 No torch here: this module runs in the serving process.
 """
 
@@ -30,15 +35,24 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.calibration import calibration_path
-from lifelong.errors import LifelongError
+from lifelong.errors import DataError, LifelongError
 from lifelong.export_request import ExportRequest
 from lifelong.supernet_versions import adapted_in_use, current_supernet
-from policies import Policy
+from lifelong.versioned import read_versioned_json, write_json_atomic
+from policies import Policy, parse_policy, policy_to_dict
 from service.errors import ServiceError
 from service.store import Store
 from service.worker import WorkerHandle, WorkerProgress, WorkerState, WorkerSupervisor
 
-__all__ = ["EXPORT_NICE", "EXPORT_TIME_LIMIT_S", "ExportDone", "ExportWish", "FrontExport", "prune_job_folders"]
+__all__ = [
+    "EXPORT_NICE",
+    "EXPORT_TIME_LIMIT_S",
+    "ExportDone",
+    "ExportWish",
+    "FrontExport",
+    "ResumeExport",
+    "prune_job_folders",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +62,13 @@ EXPORT_TIME_LIMIT_S = 900.0
 still running after this is stuck."""
 EXPORT_NICE = 10
 """Below serving, above nothing: an export answers a user's request and should not starve."""
+WISH_FORMAT = 1
+_WISH_KIND = "lifelong-export-wish"
+
+
+@dataclass(frozen=True)
+class ResumeExport:
+    """Loop event: read back an export wished or running before the daemon restarted."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,27 @@ class ExportWish:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "subnet": self.subnet, "policy": self.policy.name, "reason": self.reason,
                 "since": self.since}  # fmt: skip
+
+    def save(self, path: Path) -> Path:
+        doc = {"kind": _WISH_KIND, "format_version": WISH_FORMAT, "wish": self.kind, "subnet": self.subnet,
+               "policy": policy_to_dict(self.policy), "reason": self.reason, "since": self.since}  # fmt: skip
+        return write_json_atomic(path, doc, indent=1)
+
+    @classmethod
+    def load(cls, path: Path) -> ExportWish | None:
+        """The wish kept at ``path``, None when there is none.
+
+        Raises:
+            LifelongError: the file cannot be read or holds no wish this code reads.
+        """
+        d = read_versioned_json(path, kind=_WISH_KIND, version=WISH_FORMAT, what="export wish", missing_ok=True)  # fmt: skip
+        if d is None:
+            return None
+        try:
+            policy = parse_policy(d["policy"], source=f"{path} [policy]")
+            return cls(str(d["wish"]), str(d["subnet"]), policy, str(d.get("reason", "")), float(d["since"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: malformed export wish ({type(exc).__name__}: {exc})") from exc
 
 
 class FrontExport:
@@ -110,8 +152,10 @@ class FrontExport:
         """Ask for ``subnet`` to be exported (on the loop); returns what happens, in words."""
         if self.running and self.exporting is not None and self.exporting.subnet == subnet:
             self.wish = None
+            self._persist()
             return f"its export is already running ({self.handle.job_id if self.handle else '-'})"
         self.wish = ExportWish(kind, subnet, policy, reason, time.time())
+        self._persist()
         if self.running:
             return f"its export starts when the running export of {self.exporting.subnet if self.exporting else '?'} ends"  # fmt: skip
         return "its export is queued"
@@ -120,6 +164,7 @@ class FrontExport:
         """Forget a wish of ``kind``: the front answered that need another way."""
         if self.wish is not None and self.wish.kind == kind:
             self.wish = None
+            self._persist()
 
     def tick(self, *, busy: str | None = None) -> str | None:
         """Start the wished export unless one runs or ``busy`` says what else holds the CPU (on the loop)."""
@@ -175,11 +220,13 @@ class FrontExport:
         self.store.update_job(row.id, pid=handle.pid)
         with self._lock:
             self.handle, self.exporting, self.job_row = handle, wish, row.id
+        self._persist()
         src = "the original supernet" if version is None else f"the adapted supernet {checkpoint.name}"
         return f"export of {wish.subnet} started ({job_id}) from {src}"
 
     def _refuse(self, wish: ExportWish, reason: str) -> str:
         self._set_last("failed", f"{wish.subnet} not exported: {reason}", wish, None)
+        self._persist()
         return f"no export of {wish.subnet}: {reason}"
 
     def _on_progress(self, handle: WorkerHandle, p: WorkerProgress) -> None:
@@ -207,7 +254,37 @@ class FrontExport:
         if self.job_row is not None:
             state = "done" if report is not None else ("killed" if handle.state is WorkerState.CANCELLED else "failed")
             self.store.finish_job(self.job_row, state=state, error=None if report else why, message=why)
+        if handle.state is not WorkerState.CANCELLED:  # cancelled: the daemon is stopping; a restart resumes it
+            self._persist(running=False)
         return wish, report, why
+
+    # -- kept across restarts --------------------------------------------------------------------
+
+    @property
+    def wish_path(self) -> Path:
+        return self.state_dir / "export" / "wanted.json"
+
+    def _persist(self, *, running: bool | None = None) -> None:
+        """Keep the wish, else the running export's, in :attr:`wish_path`; remove it when neither."""
+        running = self.running if running is None else running
+        keep = self.wish or (self.exporting if running else None)
+        try:
+            if keep is None:
+                self.wish_path.unlink(missing_ok=True)
+            else:
+                keep.save(self.wish_path)
+        except (OSError, LifelongError) as exc:  # serving goes on; only a restart would lose the wish
+            logger.warning("cannot keep the export wish in %s: %s", self.wish_path, exc)
+
+    def resume(self) -> tuple[ExportWish | None, str | None]:
+        """The wish kept before a restart (its file removed), and why it could not be read, if so."""
+        try:
+            wish = ExportWish.load(self.wish_path)
+        except LifelongError as exc:
+            self.wish_path.unlink(missing_ok=True)
+            return None, str(exc)
+        self.wish_path.unlink(missing_ok=True)
+        return wish, None
 
     def record_outcome(self, outcome: str, reason: str) -> None:
         wish = self.exporting

@@ -289,3 +289,63 @@ def test_retention_removes_old_worker_job_folders_but_not_running_or_recent_ones
     removed = prune_job_folders(roots, time.time() - 30 * 86400, busy={"adapt-2"})
     assert removed == ["adapt/adapt-1", "export/export-1"]
     assert (tmp_path / "adapt" / "adapt-2").is_dir() and (tmp_path / "export" / "export-2").is_dir()
+
+
+def test_an_export_wish_is_kept_on_disk_while_wanted_and_read_back_once(exporter) -> None:
+    from lifelong.errors import LifelongError
+    from service.front_export import ExportWish
+
+    fe, state = exporter
+    policy = Policy(name="tight")
+    fe.want("environment", "smallest", policy, "the device is slower")
+    kept = ExportWish.load(fe.wish_path)
+    assert kept is not None and (kept.kind, kept.subnet, kept.policy, kept.reason) == (
+        "environment", "smallest", policy, "the device is slower",
+    )  # fmt: skip
+    fe.drop("environment")
+    assert not fe.wish_path.exists(), "nothing wanted, nothing kept"
+    fe.want("preference", "largest", policy, "policy changed")
+    wish, error = fe.resume()
+    assert error is None and wish is not None and wish.subnet == "largest" and not fe.wish_path.exists()
+    assert fe.resume() == (None, None)
+    fe.wish_path.write_text('{"kind": "lifelong-export-wish", "format_version": 1, "wish": "preference"}')
+    wish, error = fe.resume()
+    assert wish is None and error is not None and "malformed export wish" in error and not fe.wish_path.exists()
+    fe.wish_path.write_text("{not json")
+    with pytest.raises(LifelongError, match="not a readable export wish"):
+        ExportWish.load(fe.wish_path)
+
+
+def test_a_daemon_restarted_while_an_export_was_wanted_resumes_it(export_state, tmp_path) -> None:
+    import shutil
+
+    from service.front_export import ExportWish
+
+    run0, source, _, small = export_state
+    run = short_dir("llfr")
+    state = run / "state"
+    try:
+        (state / "supernet").mkdir(parents=True)
+        shutil.copy(source / "supernet" / "supernet.pt", state / "supernet" / "supernet.pt")
+        shutil.copytree(source / "front", state / "front")
+        serving = commit_model(state, run0 / "big.onnx")
+        (state / "policy.toml").write_text(_policy(1.0))  # in force before the restart: the front chooses small
+        ExportWish("preference", small, Policy(), "policy 'budget-1' changed budgets", time.time()).save(
+            state / "export" / "wanted.json"
+        )
+        with DaemonProcess(state, run).start() as d, d.client() as c:
+            status = wait_until(
+                lambda: (s := c.status())["model"] != serving and s["export"]["last"] and s,
+                timeout=120, what="the resumed export serving",
+            )  # fmt: skip
+        events = [e["message"] for e in status["events"]]
+        assert any(f"an export of {small} was wanted before the restart" in m for m in events), events
+        assert status["export"]["last"]["outcome"] == "deployed"
+        assert not (state / "export" / "wanted.json").exists()
+        store = Store.open(state)
+        try:
+            assert store.get_model(status["model"]).subnet == small
+        finally:
+            store.close()
+    finally:
+        remove(run)
