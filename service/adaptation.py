@@ -140,6 +140,8 @@ class Adaptation:
         self.last: dict[str, Any] | None = None
         self.outcomes: Counter[str] = Counter()  # how adaptations ended since the daemon started
         self._lock = threading.Lock()  # progress is written by the supervision thread, read by the API
+        self._row_state: str | None = None
+        self.last = self._last_from_store()
 
     @property
     def running(self) -> bool:
@@ -260,6 +262,7 @@ class Adaptation:
         else:
             decision = SwapDecision(False, f"the adaptation {handle.state}: {handle.error or 'no detail'}")
         state = {WorkerState.SUCCEEDED: "done", WorkerState.CANCELLED: "cancelled"}.get(handle.state, "failed")
+        self._row_state = state
         if self.search_id is not None:
             summary = (
                 None if result is None else {k: result.get(k) for k in ("candidate", "serving", "seconds", "phases")}
@@ -271,6 +274,39 @@ class Adaptation:
         handle = self.handle
         started = handle.started_at if handle is not None else time.time()
         self._set_last(outcome, reason, self.trigger or "", started, result)
+        if self.search_id is not None and self._row_state is not None:  # the outcome outlives the process
+            summary = (
+                None if result is None else {k: result.get(k) for k in ("candidate", "serving", "seconds", "phases")}
+            )
+            self.store.finish_search(
+                self.search_id, state=self._row_state, result={**(summary or {}), "outcome": outcome, "reason": reason},
+                error=None if self._row_state == "done" else reason,
+            )  # fmt: skip
+
+    def _last_from_store(self) -> dict[str, Any] | None:
+        """How the newest finished adaptation ended, from the store (after a restart), or None."""
+        try:
+            rows = self.store.recent_searches(20)
+        except Exception:  # noqa: BLE001 - a store that cannot answer only loses this line of the status
+            logger.exception("could not read the last adaptation from the store")
+            return None
+        row = next((r for r in rows if r.trigger.startswith("adaptation: ") and r.finished is not None), None)
+        if row is None:
+            return None
+        result = row.result if isinstance(row.result, dict) else {}
+        cand, serving = result.get("candidate") or {}, result.get("serving") or {}
+        return {
+            "outcome": result.get("outcome") or row.state,
+            "reason": result.get("reason") or row.error or "",
+            "trigger": row.trigger.removeprefix("adaptation: "),
+            "started": row.started,
+            "finished": row.finished,
+            "seconds": result.get("seconds"),
+            "candidate": {k: cand.get(k) for k in ("subnet", "local_accuracy", "replay_accuracy", "latency_ms", "path")}
+            if cand else None,
+            "serving": {k: serving.get(k) for k in ("model_id", "subnet", "local_accuracy", "replay_accuracy")}
+            if serving else None,
+        }  # fmt: skip
 
     def _set_last(self, outcome: str, reason: str, trigger: str, started: float, result: Mapping[str, Any] | None) -> None:  # fmt: skip
         cand, serving = (result or {}).get("candidate"), (result or {}).get("serving")

@@ -233,6 +233,32 @@ def test_adaptation_requests_wait_out_a_cooldown_after_the_last_one(tmp_path: Pa
         store.close()
 
 
+def test_the_last_adaptation_outlives_a_restart_of_the_daemon(tmp_path: Path) -> None:
+    from service.adaptation import Adaptation
+    from service.store import Store
+
+    store = Store.open(tmp_path)
+    try:
+        assert Adaptation(tmp_path, store, supervisor=None, post=print).last is None  # type: ignore[arg-type]
+        old = store.start_search("adaptation: data drift on m1", at=100.0)
+        store.finish_search(old.id, state="done", result={"outcome": "kept", "reason": "below the minimum"})
+        store.start_search("policy")  # not an adaptation
+        row = store.start_search("adaptation: label drift on m2", at=200.0)
+        cand = {"subnet": "s", "local_accuracy": 0.8, "replay_accuracy": 0.9, "latency_ms": {"1": 0.3}, "path": "p"}
+        store.finish_search(row.id, state="done", result={"candidate": cand, "serving": None, "seconds": 42.0,
+                                                          "outcome": "swapped", "reason": "+20 pt"})  # fmt: skip
+        last = Adaptation(tmp_path, store, supervisor=None, post=print).last  # type: ignore[arg-type]
+        assert last is not None and (last["outcome"], last["reason"], last["trigger"]) == ("swapped", "+20 pt", "label drift on m2")  # fmt: skip
+        assert last["candidate"] == cand and last["seconds"] == 42.0 and last["started"] == 200.0
+        running = store.start_search("adaptation: accuracy drift on m3")
+        store.recover_after_restart()  # the daemon died while it ran
+        last = Adaptation(tmp_path, store, supervisor=None, post=print).last  # type: ignore[arg-type]
+        assert last is not None and last["outcome"] == "interrupted" and last["trigger"] == "accuracy drift on m3"
+        assert running.id != row.id
+    finally:
+        store.close()
+
+
 def test_the_adapted_front_spans_the_cached_fronts_budgets_and_drops_original_measurements() -> None:
     from lifelong.adapt import SubnetMeasurement
     from lifelong.adapt_job import _front_budgets, adapted_front
