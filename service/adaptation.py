@@ -297,7 +297,8 @@ class Adaptation:
         cand, serving = result.get("candidate") or {}, result.get("serving") or {}
         return {
             "outcome": result.get("outcome") or row.state,
-            "reason": result.get("reason") or row.error or "",
+            "reason": result.get("reason") or row.error
+            or (f"candidate {cand.get('subnet')} (the swap decision was not recorded)" if cand else "no detail recorded"),
             "trigger": row.trigger.removeprefix("adaptation: "),
             "started": row.started,
             "finished": row.finished,

@@ -9,6 +9,9 @@ file mode (0660, the service's user and group) and, over TCP, by listening on lo
   ``?name=FILE.onnx&reason=...``), which is what ``lifelong deploy FILE`` sends, since the daemon's
   sandbox may not see the caller's files. Answers the :class:`~service.swap.SwapResult`;
   422 when the model is refused (the old one serves on), 404 for an unknown id.
+- ``POST /v1/deploy`` with JSON ``{"subnet": NAME}``: export that subnet of the supernet in use
+  in a worker (behind the parity gate) and deploy it when the export ends. Answers at once
+  with what was queued (``{"export": ...}``); ``lifelong status`` shows the export and its outcome.
 - ``POST /v1/rollback``: optional JSON ``{"reason": ...}``; 404 when there is nothing to go back to.
 - ``GET /v1/history?limit=N``: deployments, newest first.
 
@@ -30,6 +33,9 @@ from service.errors import RequestError
 __all__ = ["CommandSink", "install_admin_routes"]
 
 MODEL_ID = re.compile(r"[0-9a-f]{16}")
+SUBNET_NAME = re.compile(r"(largest|smallest)(:w\d+a\d+)?|s\d+w\d+a\d+(_[a-z0-9.]+)+")
+"""A subnet name as the space writes it (``lifelong/space.py``) or a named extreme; the worker
+checks that the subnet belongs to the supernet in use."""
 ONNX_TYPES = ("application/octet-stream", "application/x-onnx", "application/onnx")
 
 
@@ -74,15 +80,25 @@ def install_admin_routes(
         doc = app.read_json(environ)
         if not isinstance(doc, dict):
             raise RequestError('expected a JSON object {"model": ID} or {"path": FILE}')
-        unknown = sorted(set(doc) - {"model", "path", "reason"})
+        unknown = sorted(set(doc) - {"model", "path", "subnet", "reason"})
         if unknown:
-            raise RequestError(f"unknown keys {unknown}; expected 'model' or 'path', and optionally 'reason'")
-        given = [k for k in ("model", "path") if doc.get(k) is not None]
+            raise RequestError(f"unknown keys {unknown}; expected 'model', 'path' or 'subnet', and optionally 'reason'")
+        given = [k for k in ("model", "path", "subnet") if doc.get(k) is not None]
         if len(given) != 1 or not isinstance(doc[given[0]], str) or not doc[given[0]].strip():
-            raise RequestError('expected exactly one of {"model": "<model id>"} or {"path": "/path/to/model.onnx"}')
+            raise RequestError(
+                'expected exactly one of {"model": "<model id>"}, {"path": "/path/to/model.onnx"} or '
+                '{"subnet": "<subnet name>"}'
+            )
         key, value = given[0], doc[given[0]].strip()
         if key == "model" and not MODEL_ID.fullmatch(value):
             raise RequestError(f"model id {value!r} is not one; expected 16 hex digits as `lifelong history` shows")
+        if key == "subnet":
+            if not SUBNET_NAME.fullmatch(value):
+                raise RequestError(
+                    f"subnet {value!r} is not a subnet name; expected a canonical name as `lifelong front` "
+                    "shows, or largest[:wXaY] / smallest[:wXaY]"
+                )
+            return 202, commands.submit("export", {"subnet": value, "reason": _reason(doc)})
         return 200, commands.submit("deploy", {key: value, "reason": _reason(doc)})
 
     def rollback_route(environ: dict[str, Any]) -> tuple[int, Any]:

@@ -401,7 +401,14 @@ class ApiApp:
         return body
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large"}
+_REASONS = {
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+}
 _REASONS |= {415: "Unsupported Media Type", 422: "Unprocessable Entity", 500: "Internal Server Error"}
 _REASONS |= {503: "Service Unavailable"}
 

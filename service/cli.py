@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -559,12 +560,15 @@ def _print_swap(result: dict[str, Any], verb: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("target")
 @click.option("--reason", default=None, help="Recorded in the history.")
+@click.option("--export", "export_subnet", is_flag=True,
+              help="TARGET is a subnet: the daemon exports it from the supernet in use, then deploys it.")  # fmt: skip
 @_client_options
 @click.option("--timeout", type=click.FloatRange(min=1), default=150.0, show_default=True, help="Seconds to wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def deploy(
     target: str,
     reason: str | None,
+    export_subnet: bool,
     socket_path: Path | None,
     tcp_port: int | None,
     state_dir: Path | None,
@@ -575,15 +579,21 @@ def deploy(
 
     A file is uploaded to the daemon (its sandbox need not see your files). The model is
     loaded, validated and warmed up before it serves; a refused model leaves the current one
-    serving and the command fails with the reason.
+    serving and the command fails with the reason. With --export, TARGET is a subnet (as
+    `lifelong front` lists them): the daemon exports it in a worker from the supernet it uses
+    (an adapted one included), behind the parity gate, and deploys it; the command waits for that.
 
     \b
     Examples:
         lifelong deploy /tmp/largest-w8a8.onnx
         lifelong deploy 3f2a9c0d1e4b5a6c --reason "back to last week's model"
+        lifelong deploy largest:w8a8 --export
     """
     path = Path(target)
     with _client(socket_path, tcp_port, state_dir, timeout) as client:
+        if export_subnet:
+            _export_and_wait(client, target, reason, timeout, as_json)
+            return
         if path.is_file():
             result = client.deploy(data=path.read_bytes(), name=path.name, reason=reason)
         elif path.suffix == ".onnx" or os.sep in target:
@@ -591,6 +601,31 @@ def deploy(
         else:
             result = client.deploy(model=target, reason=reason)
     _print_swap(result, "deployed", as_json)
+
+
+def _export_and_wait(client: Any, subnet: str, reason: str | None, timeout: float, as_json: bool) -> None:
+    asked = time.time()
+    queued = client.export_deploy(subnet, reason=reason)
+    if not as_json:
+        click.echo(f"{subnet}: {queued['export']}")
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.status()
+        last = (status.get("export") or {}).get("last") or {}
+        if last.get("subnet") == subnet and float(last.get("finished") or 0) >= asked:
+            break
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"the export of {subnet} did not end within {timeout:g} s; see `lifelong status`"
+            )
+        time.sleep(0.5)
+    if as_json:
+        click.echo(json.dumps({"queued": queued, "last": last, "model": status.get("model")}, indent=2))
+    else:
+        click.echo(f"{last['outcome']}: {last['reason']}")
+        click.echo(f"serving: {status.get('model')}")
+    if last["outcome"] != "deployed":
+        raise SystemExit(1)
 
 
 @cli.command()

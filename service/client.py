@@ -173,6 +173,15 @@ class Client:
             doc["reason"] = reason
         return self._call("POST", "/v1/deploy", json.dumps(doc).encode(), "application/json")
 
+    def export_deploy(self, subnet: str, reason: str | None = None) -> dict[str, Any]:
+        """Ask the daemon to export ``subnet`` of the supernet in use and deploy it when done.
+
+        Returns at once with what was queued (``{"export": message, "subnet": ...}``); the
+        export's end and the swap show in :meth:`status` (``export.last``).
+        """
+        doc: dict[str, Any] = {"subnet": subnet} | ({"reason": reason} if reason is not None else {})
+        return self._call("POST", "/v1/deploy", json.dumps(doc).encode(), "application/json")
+
     def rollback(self, reason: str | None = None) -> dict[str, Any]:
         """Go back to the previous model; raises RecordNotFound when there is none."""
         body = json.dumps({"reason": reason}).encode() if reason else None

@@ -119,7 +119,7 @@ from service.drift_check import DRIFT_CHECK_JOB, DriftCheck, DriftDetected
 from service.drift_feed import DriftFeed, TappedFeedback
 from service.errors import ModelLoadError, SettingsError
 from service.feedback import StoreFeedback
-from service.front_export import ExportDone, FrontExport, ResumeExport, prune_job_folders
+from service.front_export import OPERATOR, ExportDone, FrontExport, ResumeExport, prune_job_folders
 from service.ingest import RecentInputs, ingest_file
 from service.jobs import JobSpec, Scheduler
 from service.live import LiveMonitor
@@ -207,7 +207,9 @@ class Daemon:
         self.loop.on(AdaptationDone, self._on_adaptation_done)
         self.loop.on(ExportDone, self._on_export_done)
         self.loop.on(ResumeExport, self._resume_export)
-        for name, command in (("deploy", self._deploy), ("rollback", self._rollback), ("prune", self._prune)):
+        commands = (("deploy", self._deploy), ("rollback", self._rollback), ("prune", self._prune),
+                    ("export", self._export_command))  # fmt: skip
+        for name, command in commands:
             self.loop.command(name, command)
         assert settings.policy_path is not None
         self.policy_state = PolicyState(settings.policy_path)
@@ -737,6 +739,13 @@ class Daemon:
         self._worker_tick()  # start it now rather than at the next tick
         return said
 
+    def _export_command(self, subnet: str, reason: str | None = None) -> dict[str, Any]:
+        """``lifelong deploy SUBNET --export``: export it from the supernet in use, deploy it when done."""
+        why = reason or f"operator: export and deploy {subnet}"
+        said = self._want_export(OPERATOR, subnet, self.policy, why)
+        self._event("export", f"{subnet} asked for by the operator: {said}")
+        return {"subnet": subnet, "export": said, "status": None if self.exporter is None else self.exporter.status()}
+
     def _export_moot(self, kind: str) -> None:
         if self.exporter is not None:
             self.exporter.drop(kind)
@@ -759,6 +768,10 @@ class Daemon:
         if error is not None:
             self._event("export", f"the export wished before the restart is dropped: {error}")
         if wish is None:
+            return
+        if wish.kind == OPERATOR:
+            said = self._want_export(OPERATOR, wish.subnet, wish.policy, wish.reason)
+            self._event("export", f"{wish.subnet}, asked for by the operator before the restart: {said}")
             return
         policy = self.policy if wish.kind == "preference" else wish.policy
         answer = answer_preference(
@@ -788,7 +801,16 @@ class Daemon:
             return
         if report is None:
             self.exporter.record_outcome("failed", why)
-            self._event("export", f"export of {wish.subnet} failed: {why}; {self.runtime.current_id} serves on")
+            self._event("export", f"{why}; {self.runtime.current_id} serves on")
+            return
+        if wish.kind == OPERATOR:  # asked for by name: deployed as any model the operator deploys
+            try:
+                self._deploy(path=str(report["path"]), reason=f"{wish.reason}: {why}")
+            except LifelongError as exc:
+                self.exporter.record_outcome("refused", f"{why}; the deploy was refused: {exc}")
+                return
+            self.exporter.record_outcome("deployed", why)
+            Path(str(report["path"])).unlink(missing_ok=True)
             return
         policy = self.policy if wish.kind == "preference" else wish.policy  # a newer policy may have come
         answer = answer_preference(

@@ -47,6 +47,7 @@ from service.worker import WorkerHandle, WorkerProgress, WorkerState, WorkerSupe
 __all__ = [
     "EXPORT_NICE",
     "EXPORT_TIME_LIMIT_S",
+    "OPERATOR",
     "ExportDone",
     "ExportWish",
     "FrontExport",
@@ -62,6 +63,8 @@ EXPORT_TIME_LIMIT_S = 900.0
 still running after this is stuck."""
 EXPORT_NICE = 10
 """Below serving, above nothing: an export answers a user's request and should not starve."""
+OPERATOR = "operator"
+"""The kind of an export asked for by name (``lifelong deploy SUBNET --export``), not by drift."""
 WISH_FORMAT = 1
 _WISH_KIND = "lifelong-export-wish"
 
@@ -203,7 +206,8 @@ class FrontExport:
             reason=wish.reason,
         )
         path = request.save(out / "request.json")
-        row = self.store.start_job("export", message=f"{wish.subnet}: {wish.kind} drift")
+        why = "asked for by the operator" if wish.kind == OPERATOR else f"{wish.kind} drift"
+        row = self.store.start_job("export", message=f"{wish.subnet}: {why}")
         try:
             handle = self.supervisor.start(
                 WORKER_MODULE,
@@ -244,9 +248,12 @@ class FrontExport:
             return None, None, f"unknown export job {event.job_id}"
         report = handle.result if handle.state is WorkerState.SUCCEEDED else None
         if report is not None and not Path(str(report.get("path", ""))).is_file():
-            report, why = None, f"the export reported {report.get('path')!r}, which is no file"
+            report, why = (
+                None,
+                f"{wish.subnet} not exported: the export reported {report.get('path')!r}, which is no file",
+            )
         elif report is None:
-            why = f"the export {handle.state}: {handle.error or 'no detail'}"
+            why = f"{wish.subnet} not exported: the export {handle.state}: {handle.error or 'no detail'}"
         else:
             parity = report.get("parity") or {}
             why = (f"{wish.subnet} exported by the service ({report.get('bytes')} bytes, parity agreement "

@@ -254,7 +254,8 @@ def _export_lines(e: Mapping[str, Any] | None, now: float) -> list[str]:
         lines.append(f"export:   running{done} {e.get('subnet')}: {e.get('message') or e.get('phase') or ''}")
     elif e.get("state") == "wanted":
         w = e.get("wanted") or {}
-        lines.append(f"export:   {w.get('subnet')} wanted since {_ago(w.get('since'), now)} ({w.get('kind')} drift)")
+        why = "asked for by the operator" if w.get("kind") == "operator" else f"{w.get('kind')} drift"
+        lines.append(f"export:   {w.get('subnet')} wanted since {_ago(w.get('since'), now)} ({why})")
     last = e.get("last")
     if last:
         head = "export:   " if not lines else "          "

@@ -316,9 +316,14 @@ def test_an_export_wish_is_kept_on_disk_while_wanted_and_read_back_once(exporter
         ExportWish.load(fe.wish_path)
 
 
-def test_a_daemon_restarted_while_an_export_was_wanted_resumes_it(export_state, tmp_path) -> None:
+def test_a_daemon_restarted_while_an_export_was_wanted_resumes_it_and_an_operator_exports_by_name(
+    export_state, tmp_path
+) -> None:
     import shutil
 
+    from click.testing import CliRunner
+
+    from service.cli import cli
     from service.front_export import ExportWish
 
     run0, source, _, small = export_state
@@ -338,13 +343,30 @@ def test_a_daemon_restarted_while_an_export_was_wanted_resumes_it(export_state, 
                 lambda: (s := c.status())["model"] != serving and s["export"]["last"] and s,
                 timeout=120, what="the resumed export serving",
             )  # fmt: skip
+            # the operator asks for a subnet by name: exported from the supernet in use, then deployed
+            sock = ["--socket", str(d.socket)]
+            by_name = CliRunner().invoke(
+                cli, ["deploy", "largest:w8a8", "--export", "--reason", "operator test", *sock]
+            )
+            assert by_name.exit_code == 0, by_name.output
+            assert "largest:w8a8: its export is queued" in by_name.output and "deployed: largest:w8a8 exported by the service" in by_name.output  # fmt: skip
+            operator = c.status()
+            not_in_space = CliRunner().invoke(cli, ["deploy", "smallest:w2a2", "--export", *sock])
+            garbage = CliRunner().invoke(cli, ["deploy", "rm -rf /", "--export", *sock])
+            after = c.status()
+            history = c.history(3)["deployments"]
         events = [e["message"] for e in status["events"]]
         assert any(f"an export of {small} was wanted before the restart" in m for m in events), events
         assert status["export"]["last"]["outcome"] == "deployed"
         assert not (state / "export" / "wanted.json").exists()
+        assert history[0]["reason"].startswith("operator test: largest:w8a8 exported by the service (")
+        assert not_in_space.exit_code == 1 and "failed:" in not_in_space.output, not_in_space.output
+        assert "smallest:w2a2" in after["export"]["last"]["reason"] and after["model"] == operator["model"]
+        assert garbage.exit_code != 0 and "is not a subnet name" in garbage.output, garbage.output
         store = Store.open(state)
         try:
             assert store.get_model(status["model"]).subnet == small
+            assert store.get_model(operator["model"]).subnet == str(SearchSpace(TINY_SPACE).largest(Precision(8, 8)))
         finally:
             store.close()
     finally:
