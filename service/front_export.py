@@ -25,6 +25,7 @@ No torch here: this module runs in the serving process.
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import threading
 import time
@@ -194,7 +195,7 @@ class FrontExport:
                     f"the adapted supernet {checkpoint.name} has no calibration images ({calibration.name}); "
                     "a model exported from it would carry the original data's BN statistics",
                 )
-        job_id = f"export-{time.strftime('%Y%m%dT%H%M%S')}"
+        job_id = f"export-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"  # two in one second stay apart
         out = self.state_dir / "export" / job_id
         request = ExportRequest(
             checkpoint=str(checkpoint),
