@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -157,11 +157,19 @@ def _point_line(p: FrontPoint, batch: int, on_validation: frozenset[str] | set[s
     return f"{p.subnet}: accuracy {acc}, {p.latency_at(batch):.3f} ms at batch {batch}, {_kb(p.best_bytes())}"
 
 
-def format_front(front: Front, policy: Policy, chosen: FrontPoint | None, source: str = "") -> str:
+def format_front(
+    front: Front,
+    policy: Policy,
+    chosen: FrontPoint | None,
+    source: str = "",
+    exported: Mapping[str, Sequence[str]] | None = None,
+    serving: str | None = None,
+) -> str:
     """The front as a table ordered by latency at the policy's batch; the chosen point is starred.
 
     Latencies are measured where a point has a measurement at that batch (marked ``m``),
-    else predicted by the device profile.
+    else predicted by the device profile. ``exported``: subnet -> registered model ids (the
+    point is marked ``e``, or ``s`` when ``serving`` is one of them): deployable at once.
     """
     batch = policy.target.batch
     info = front.info
@@ -185,10 +193,15 @@ def format_front(front: Front, policy: Policy, chosen: FrontPoint | None, source
         meas = "-" if p.measured_accuracy is None else f"{100 * p.measured_accuracy:.2f}%"
         lat = " ".join(f"{ms(p, b):>9}" for b in batches)
         v = "v" if p.subnet in validated else " "
-        lines.append(f"{mark} {100 * p.accuracy:7.2f}%{v} {meas:>8} {lat} {_kb(p.best_bytes()):>10}  {p.subnet}")
+        ids = (exported or {}).get(p.subnet) or ()
+        e = "s" if serving is not None and serving in ids else ("e" if ids else " ")
+        row = f"{mark}{e}{100 * p.accuracy:7.2f}%{v} {meas:>8} {lat} {_kb(p.best_bytes()):>10}  {p.subnet}"
+        lines.append(row)
     legend = "m = measured latency" + (
         "; v = measured top-1 (validation or local samples), not predicted" if validated else ""
     )
+    if exported is not None:
+        legend += "; e = exported (in the registry), s = serving"
     if chosen is not None:
         lines.append(f"(* = chosen by policy {policy.name!r}: {_budgets(policy)}; {legend})")
     else:
@@ -370,12 +383,15 @@ def front(
     if png is not None:
         drawn = load_baselines(baselines) if baselines is not None else None
         plot_front(fr, png, batch=batch, baselines=drawn, chosen=chosen.subnet if chosen is not None else None)
+    exported, serving = _registered(resolve_state_dir(state_dir))
     if as_json:
         points: list[dict[str, Any]] = []
         for p in fr.sorted(batch).points:
             d = p.to_dict()
             d["latency_at_batch"] = p.latency_at(batch)
             d["chosen"] = chosen is not None and p.subnet == chosen.subnet
+            d["models"] = exported.get(p.subnet, [])
+            d["serving"] = serving is not None and serving in d["models"]
             points.append(d)
         doc = {
             "front": str(path),
@@ -387,9 +403,22 @@ def front(
         }
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(format_front(fr, pol, chosen, str(path)))
+    click.echo(format_front(fr, pol, chosen, str(path), exported=exported, serving=serving))
     if png is not None:
         click.echo(f"plot -> {png}")
+
+
+def _registered(state: Path) -> tuple[dict[str, list[str]], str | None]:
+    """Registered models by subnet and the serving model's id, read without touching the state."""
+    from service.errors import ServiceError
+    from service.registry import read_current_id
+    from service.store import registered_subnets
+
+    try:
+        serving = read_current_id(state)
+    except ServiceError:
+        serving = None
+    return registered_subnets(state), serving
 
 
 def _measured(state: Path, predictor: object) -> dict[str, float]:

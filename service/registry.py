@@ -268,15 +268,7 @@ class Registry:
 
     def current_id(self) -> str | None:
         """The serving model according to the pointer file; ``None`` before the first."""
-        try:
-            body = json.loads(self.pointer.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise RegistryError(f"unreadable pointer {self.pointer}: {exc}") from exc
-        if body.get("format") != REGISTRY_FORMAT:
-            raise RegistryError(f"{self.pointer} has format {body.get('format')!r}, expected {REGISTRY_FORMAT}")
-        return body["id"]
+        return read_current_id(self.root)
 
     def set_current(self, model_id: str) -> None:
         """Point the registry (and ``STATE/current.onnx``) at ``model_id``, atomically."""
@@ -486,3 +478,22 @@ class Registry:
         if not report.clean:
             logger.warning("reconciled registry and store: %s", report)
         return report
+
+
+def read_current_id(state_dir: str | os.PathLike[str]) -> str | None:
+    """The serving model named by ``STATE``'s pointer file, read without creating or repairing
+    anything (for commands run beside the daemon); ``None`` before the first deploy.
+
+    Raises:
+        RegistryError: the pointer cannot be read or has another format.
+    """
+    pointer = Path(state_dir) / POINTER_FILE
+    try:
+        body = json.loads(pointer.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"unreadable pointer {pointer}: {exc}") from exc
+    if body.get("format") != REGISTRY_FORMAT:
+        raise RegistryError(f"{pointer} has format {body.get('format')!r}, expected {REGISTRY_FORMAT}")
+    return body["id"]

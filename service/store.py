@@ -790,3 +790,26 @@ class Store:
             "counts": counts,
             "recent_deployments": [asdict(d) for d in history],
         }
+
+
+def registered_subnets(state_dir: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """Subnet -> ids of the models registered for it, newest first, read from ``STATE/state.db``
+    without writing (for commands run beside a live daemon, maybe as another user); ``{}``
+    when there is no store or it cannot be read."""
+    path = Path(state_dir) / "state.db"
+    if not path.is_file():
+        return {}
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
+        try:
+            rows = conn.execute("SELECT id, subnet FROM models ORDER BY created DESC").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        logger.debug("cannot read the models of %s: %s", path, exc)
+        return {}
+    out: dict[str, list[str]] = {}
+    for model_id, subnet in rows:
+        if subnet:
+            out.setdefault(str(subnet), []).append(str(model_id))
+    return out

@@ -228,9 +228,10 @@ def test_front_table_marks_what_each_policy_chooses(state: Path, searched: dict[
     assert doc["chosen"] == (low.subnet if low else None) and doc["info"] == front.info
     assert [p["subnet"] for p in doc["points"]] == [p.subnet for p in front.sorted(1).points]
     assert sum(p["chosen"] for p in doc["points"]) == (low is not None)
-    assert {k: v for k, v in doc["points"][0].items() if k not in ("chosen", "latency_at_batch")} == (
-        front.sorted(1).points[0].to_dict()
-    )
+    assert all(p["models"] == [] and not p["serving"] for p in doc["points"]), "a state without a store"
+    assert {
+        k: v for k, v in doc["points"][0].items() if k not in ("chosen", "latency_at_batch", "models", "serving")
+    } == (front.sorted(1).points[0].to_dict())
 
 
 def test_front_plot_with_baselines_and_the_errors(state: Path, tmp_path: Path, searched: dict[str, object]) -> None:

@@ -9,6 +9,7 @@ serving model stays.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -558,3 +559,27 @@ def test_a_policy_edit_whose_choice_was_never_exported_is_recorded_and_serving_g
         assert event.detail["sections"] == ["budgets", "drift"] and event.statistic == 2.0
     finally:
         store.close()
+
+
+def test_lifelong_front_marks_the_points_in_the_registry_and_the_one_serving(models, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from service.cli import cli
+    from service.store import registered_subnets
+
+    state = tmp_path / "state"
+    assert registered_subnets(state) == {}, "no store: nothing registered, nothing created"
+    assert not state.exists()
+    accurate = commit_model(state, models["tiny_accurate"])
+    fast = register(state, models["tiny_fast"])
+    write_front(state / "front" / "front.json")
+    assert registered_subnets(state) == {"tiny_accurate": [accurate], "tiny_fast": [fast]}
+    out = CliRunner().invoke(cli, ["front", "--state-dir", str(state), "--policy", "balanced"])
+    assert out.exit_code == 0, out.output
+    rows = {line.split()[-1]: line[:2] for line in out.output.splitlines() if line.rstrip().endswith(tuple(POINTS))}
+    assert rows["tiny_accurate"][1] == "s" and rows["tiny_fast"][1] == "e" and rows["tiny_huge"][1] == " ", rows
+    assert "e = exported (in the registry), s = serving" in out.output
+    doc = CliRunner().invoke(cli, ["front", "--state-dir", str(state), "--policy", "balanced", "--json"])
+    points = {p["subnet"]: p for p in json.loads(doc.output)["points"]}
+    assert points["tiny_accurate"]["models"] == [accurate] and points["tiny_accurate"]["serving"]
+    assert points["tiny_huge"]["models"] == [] and not points["tiny_fast"]["serving"]
