@@ -642,9 +642,19 @@ class Daemon:
         assert self.drift is not None and self.store is not None and self.registry is not None
         assert self.runtime is not None
         budget = self.policy.budgets.latency_ms_p95
-        slowed = slowed_policy(self.policy, d.detail.get("profiled_ms"), d.detail.get("p95_lower_ms") or d.statistic)
+        profiled, live = d.detail.get("profiled_ms"), d.detail.get("p95_lower_ms") or d.statistic
+        slowed = slowed_policy(self.policy, profiled, live)
         if slowed is None or budget is None:
-            reason = "no latency budget" if budget is None else "no profiled latency of the serving model"
+            if budget is None:
+                reason = "no latency budget"
+            elif not profiled:
+                reason = "no profiled latency of the serving model"
+            else:  # over the budget at its usual speed: the front's figures do not describe this device
+                reason = (
+                    f"the device is not slower than profiled (p95 at least {live:.3g} ms vs {profiled:.3g} ms), "
+                    f"the model is over the {budget:g} ms budget at its usual speed: re-profile the device "
+                    "(`lifelong profile`) and search again"
+                )
             self.drift.note_needed("environment", "re-search", f"{what}; cannot answer from the front: {reason}")
             self._event("drift", f"{what}; cannot answer from the cached front: {reason}")
             return

@@ -371,3 +371,36 @@ def test_a_daemon_restarted_while_an_export_was_wanted_resumes_it_and_an_operato
             store.close()
     finally:
         remove(run)
+
+
+def test_a_model_over_its_budget_at_its_usual_speed_asks_for_a_new_profile_not_an_export(export_state) -> None:
+    """Environment drift from a budget the model never met (the device is not slower than its
+    own first latencies): the front's figures do not describe this device, so nothing is exported."""
+    import shutil
+
+    run0, source, _, _ = export_state
+    run = short_dir("llfe")
+    state = run / "state"
+    try:
+        (state / "supernet").mkdir(parents=True)
+        shutil.copy(source / "supernet" / "supernet.pt", state / "supernet" / "supernet.pt")
+        shutil.copytree(source / "front", state / "front")
+        serving = commit_model(state, run0 / "big.onnx")
+        (state / "policy.toml").write_text(_policy(0.001))  # 1 us: below any real latency
+        images = np.random.default_rng(0).integers(0, 256, (1, 28, 28), dtype=np.uint8)
+        with DaemonProcess(state, run).start() as d, d.client(timeout=60) as c:
+
+            def answered() -> list[str] | None:
+                for _ in range(20):
+                    c.predict(images)
+                found = [e["message"] for e in c.status()["events"] if e["kind"] == "drift"]
+                return found if any("re-profile the device" in m for m in found) else None
+
+            messages = wait_until(answered, timeout=60, what="the environment drift answer")
+            status = c.status()
+        assert any("environment drift" in m and "re-profile the device" in m for m in messages), messages
+        assert not any("export of" in m for m in messages), messages
+        assert status["model"] == serving and status["export"]["state"] == "idle" and not status["export"]["last"]
+        assert any(n["kind"] == "environment" and n["action"] == "re-search" for n in status["drift"]["needs"])
+    finally:
+        remove(run)
