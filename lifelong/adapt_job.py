@@ -206,22 +206,31 @@ def _front_budgets(policy: Policy, front: Front | None) -> Policy:
     return replace(policy, budgets=b)
 
 
-def adapted_front(front: Front, measured: Sequence[SubnetMeasurement], sha: str, parent_sha: str) -> Front:
-    """The adaptation's front as the service's cached front for the adapted supernet ``sha``.
+def adapted_front(
+    evaluator: Any,
+    space: SearchSpace,
+    measured: Sequence[SubnetMeasurement],
+    info: dict[str, Any],
+    sha: str,
+    parent_sha: str,
+) -> Front:
+    """The service's cached front for the adapted supernet ``sha``: the subnets measured on
+    held-out local samples, with that accuracy, and the evaluator's latency and size.
 
-    Subnets measured on held-out local samples carry that measurement instead of a prediction.
-    Accuracies measured on exports of the original supernet (kept from the cached front) are
-    dropped: they describe other weights on other data. Measured latency and size stay: they
-    depend on the subnet, not on its weights.
+    Only measured subnets: a predictor refreshed on a handful of measurements shifts its
+    level but not its ranking, and a point it rated high swapped the demo to a model that
+    scored 42% on the shifted images where the adapted one scored 65%. ``info`` (the
+    re-search's) is kept, with what the front now describes.
     """
     got = {m.subnet: m.local_accuracy for m in measured}
-    points = tuple(replace(p, accuracy=got.get(p.subnet, p.accuracy), measured_accuracy=None) for p in front.points)
+    base = evaluator.front([space.parse(s) for s in got])
+    points = tuple(replace(p, accuracy=got[p.subnet]) for p in base.points)
     info = {
-        **front.info,
+        **info,
         "checkpoint_sha256": sha,
         "adapted_from": parent_sha,
-        "accuracy_on": "held-out local samples of the adaptation (measured) and the predictor refreshed on them",
-        "validation_measured": sorted(s for s in got if s in {p.subnet for p in front.points}),
+        "accuracy_on": "held-out local samples of the adaptation (measured subnets only)",
+        "validation_measured": sorted(got),
     }
     return Front(points, info)
 
@@ -396,8 +405,9 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
     }
     clock.close()
     front_path = None
-    if new_front is not None:
-        front_path = str(adapted_front(new_front, measured, sha, parent_sha).save(out_dir / "front.json"))
+    if new_front is not None and evaluator is not None:
+        adapted = adapted_front(evaluator, space, measured, new_front.info, sha, parent_sha)
+        front_path = str(adapted.save(out_dir / "front.json"))
     result = AdaptResult(
         front=front_path,
         trigger=req.trigger,

@@ -259,22 +259,32 @@ def test_the_last_adaptation_outlives_a_restart_of_the_daemon(tmp_path: Path) ->
         store.close()
 
 
-def test_the_adapted_front_spans_the_cached_fronts_budgets_and_drops_original_measurements() -> None:
+def test_the_adapted_front_holds_the_measured_subnets_and_the_search_spans_the_cached_budgets() -> None:
     from lifelong.adapt import SubnetMeasurement
     from lifelong.adapt_job import _front_budgets, adapted_front
     from lifelong.front import Front, FrontPoint
+    from lifelong.space import SearchSpace
     from policies.schema import Budgets
 
     tight = Policy(budgets=Budgets(latency_ms_p95=0.3, model_bytes=10_000))
     cached = Front(
-        (FrontPoint("a", 0.9, {1: 2.0}, 20_000, 1, measured_accuracy=0.91, measured_latency_ms={1: 2.1}),
-         FrontPoint("b", 0.8, {1: 0.2}, 5_000, 1)),
+        (FrontPoint("a", 0.9, {1: 2.0}, 20_000, 1), FrontPoint("b", 0.8, {1: 0.2}, 5_000, 1)),
         {"constraints": {"latency_ms": 5.0, "model_bytes": None, "peak_memory_bytes": 10**6}},
-    )  # fmt: skip
+    )
     wide = _front_budgets(tight, cached)
     assert (wide.budgets.latency_ms_p95, wide.budgets.model_bytes, wide.budgets.peak_memory_bytes) == (5.0, None, 10**6)
     assert wide.objective == tight.objective and _front_budgets(tight, None) is tight
-    got = adapted_front(cached, [SubnetMeasurement("b", 0.55, None, 1.0)], "c" * 64, "p" * 64)
-    assert got["b"].accuracy == 0.55 and got["a"].accuracy == 0.9, "measured locally, else predicted"
-    assert got["a"].measured_accuracy is None and got["a"].measured_latency_ms == ((1, 2.1),), "latency still holds"
-    assert got.info["checkpoint_sha256"] == "c" * 64 and got.info["validation_measured"] == ["b"]
+
+    space = SearchSpace()
+    big, small = str(space.largest()), str(space.smallest())
+
+    class Figures:  # latency and size as the evaluator gives them; its accuracy is a prediction
+        def front(self, cfgs):  # noqa: ANN001, ANN202
+            return Front(tuple(FrontPoint(str(c), 0.99, {1: 1.0 if str(c) == big else 0.1}, 100, 200) for c in cfgs))
+
+    measured = [SubnetMeasurement(big, 0.65, 0.8, 1.0), SubnetMeasurement(small, 0.55, None, 1.0)]
+    got = adapted_front(Figures(), space, measured, {"seed": 3}, "c" * 64, "p" * 64)
+    assert {p.subnet: p.accuracy for p in got.points} == {big: 0.65, small: 0.55}, "measured, never predicted"
+    assert got[big].latency_at(1) == 1.0 and got[small].model_bytes == 100
+    assert got.info["checkpoint_sha256"] == "c" * 64 and got.info["adapted_from"] == "p" * 64
+    assert got.info["validation_measured"] == sorted([big, small]) and got.info["seed"] == 3
