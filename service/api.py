@@ -31,7 +31,9 @@ import io
 import ipaddress
 import json
 import logging
+import math
 import os
+import re
 import socket
 import stat
 import threading
@@ -442,9 +444,36 @@ def _array(value: Any, what: str) -> np.ndarray:
         raise RequestError(f"{what!r} is not a rectangular array of numbers: {exc}") from None
 
 
+_NPY_HEADER = re.compile(
+    rb"\{'descr': '([<>|=][uif][1248])', 'fortran_order': False, 'shape': \(((?:\d+, ?)*\d*)\), \} *\n"
+)
+"""The header ``numpy.save`` writes for a C-ordered array of plain numbers (format 1.0)."""
+
+
+def _npy_fast(body: bytes) -> np.ndarray | None:
+    """The array of a ``.npy`` body whose header is the plain one ``numpy.save`` writes, read
+    without ``np.load``'s header parser (about 0.1 ms a request); None for anything else."""
+    if body[6:8] != b"\x01\x00" or len(body) < 10:
+        return None
+    end = 10 + int.from_bytes(body[8:10], "little")
+    m = _NPY_HEADER.fullmatch(body, 10, end)
+    if m is None:
+        return None
+    dtype = np.dtype(m.group(1).decode())
+    shape = tuple(int(v) for v in m.group(2).split(b",") if v.strip())
+    count = math.prod(shape)
+    if len(body) - end != count * dtype.itemsize:
+        return None  # np.load says what is wrong
+    # a copy, as np.load makes: a view would keep the request body alive as long as the array
+    return np.frombuffer(body, dtype, count, offset=end).reshape(shape).copy()
+
+
 def _npy(body: bytes) -> np.ndarray:
     if body[:6] != b"\x93NUMPY":
         raise RequestError("body is not a .npy file (no \\x93NUMPY magic); write it with numpy.save")
+    fast = _npy_fast(body)
+    if fast is not None:
+        return fast
     try:
         return np.load(io.BytesIO(body), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

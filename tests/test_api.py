@@ -418,3 +418,26 @@ def test_measure_latency_and_throughput(served) -> None:
         f"\nbatch-1 latency over the socket: p50 {p50:.2f} ms, p95 {p95:.2f} ms; 8 threads: {len(done) / 5:.0f} req/s"
     )
     assert p50 < 50
+
+
+def test_npy_bodies_read_by_the_fast_path_equal_np_load_and_others_fall_back() -> None:
+    from service.api import _npy, _npy_fast
+
+    def body(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, a, allow_pickle=False)
+        return buf.getvalue()
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (32, 28, 28), dtype=np.uint8), rng.random((3, 1, 28, 28), dtype=np.float32),
+              np.arange(5), np.array(3.0), np.zeros((0, 28, 28), np.uint8), np.zeros((2, 3), ">f8")]  # fmt: skip
+    for a in arrays:
+        fast = _npy_fast(body(a))
+        assert fast is not None and fast.dtype == a.dtype and fast.shape == a.shape and np.array_equal(fast, a)
+    fortran = body(np.asfortranarray(np.ones((3, 4))))
+    assert _npy_fast(fortran) is None and np.array_equal(_npy(fortran), np.ones((3, 4))), "np.load reads it"
+    truncated = body(np.zeros((2, 28, 28), np.uint8))[:-5]
+    assert _npy_fast(truncated) is None
+    with pytest.raises(RequestError, match="not a readable .npy array"):
+        _npy(truncated)
+    assert _npy_fast(body(np.array(["a", "b"]))) is None, "only plain numbers take the fast path"
