@@ -84,7 +84,7 @@ class AdaptResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     front: str | None = None
-    """The front searched on the adapted supernet (``front.json`` in the job's folder), or None."""
+    """The adapted supernet's front: its measured subnets (``front.json`` in the job's folder), or None."""
     format_version: int = ADAPT_RESULT_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,23 +189,6 @@ def _within(point: Any, policy: Policy) -> bool:
     return b.latency_ms_p95 is None or point.latency_at(policy.target.batch) <= b.latency_ms_p95
 
 
-def _front_budgets(policy: Policy, front: Front | None) -> Policy:
-    """``policy`` with the budgets the cached ``front`` was searched under, when it says.
-
-    The adapted front replaces the cached one for every later policy, so it must span what the
-    cached one spanned, not only what the policy in force allows."""
-    c = (front.info.get("constraints") if front is not None else None) or {}
-    if not c or not isinstance(c, dict):
-        return policy
-    b = replace(
-        policy.budgets,
-        latency_ms_p95=c.get("latency_ms"),
-        model_bytes=c.get("model_bytes"),
-        peak_memory_bytes=c.get("peak_memory_bytes"),
-    )
-    return replace(policy, budgets=b)
-
-
 def adapted_front(
     evaluator: Any,
     space: SearchSpace,
@@ -266,7 +249,7 @@ def _searched(
     found = search_front(
         refreshed,
         profile,
-        _front_budgets(policy, front),
+        policy,
         space=space,
         settings=SearchSettings(evaluations=budget, population=min(100, budget // 2), seed=req.seed),
         cached=front,

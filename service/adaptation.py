@@ -115,6 +115,32 @@ def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
     return SwapDecision(True, f"{vs}{kept}")
 
 
+def _summary(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What the store's ``searches`` row keeps of an adaptation's result."""
+    return {k: result.get(k) for k in ("candidate", "serving", "seconds", "phases")}
+
+
+def _last_record(
+    outcome: str, reason: str, trigger: str, started: float, finished: float | None, result: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """How an adaptation ended, for the status (from the job just ended, or from the store)."""
+    cand, serving = (result or {}).get("candidate"), (result or {}).get("serving")
+    return {
+        "outcome": outcome,
+        "reason": reason,
+        "trigger": trigger,
+        "started": started,
+        "finished": finished,
+        "seconds": None if result is None else result.get("seconds"),
+        "candidate": None
+        if not cand
+        else {k: cand.get(k) for k in ("subnet", "local_accuracy", "replay_accuracy", "latency_ms", "path")},
+        "serving": None
+        if not serving
+        else {k: serving.get(k) for k in ("model_id", "subnet", "local_accuracy", "replay_accuracy")},
+    }
+
+
 @dataclass
 class _Pending:
     trigger: str
@@ -137,11 +163,10 @@ class Adaptation:
         self.handle: WorkerHandle | None = None
         self.search_id: int | None = None
         self.trigger: str | None = None
-        self.last: dict[str, Any] | None = None
         self.outcomes: Counter[str] = Counter()  # how adaptations ended since the daemon started
         self._lock = threading.Lock()  # progress is written by the supervision thread, read by the API
         self._row_state: str | None = None
-        self.last = self._last_from_store()
+        self.last: dict[str, Any] | None = self._last_from_store()
 
     @property
     def running(self) -> bool:
@@ -264,9 +289,7 @@ class Adaptation:
         state = {WorkerState.SUCCEEDED: "done", WorkerState.CANCELLED: "cancelled"}.get(handle.state, "failed")
         self._row_state = state
         if self.search_id is not None:
-            summary = (
-                None if result is None else {k: result.get(k) for k in ("candidate", "serving", "seconds", "phases")}
-            )
+            summary = None if result is None else _summary(result)
             self.store.finish_search(self.search_id, state=state, result=summary, error=None if state == "done" else decision.reason)  # fmt: skip
         return decision, result
 
@@ -275,11 +298,9 @@ class Adaptation:
         started = handle.started_at if handle is not None else time.time()
         self._set_last(outcome, reason, self.trigger or "", started, result)
         if self.search_id is not None and self._row_state is not None:  # the outcome outlives the process
-            summary = (
-                None if result is None else {k: result.get(k) for k in ("candidate", "serving", "seconds", "phases")}
-            )
+            summary = {} if result is None else _summary(result)
             self.store.finish_search(
-                self.search_id, state=self._row_state, result={**(summary or {}), "outcome": outcome, "reason": reason},
+                self.search_id, state=self._row_state, result={**summary, "outcome": outcome, "reason": reason},
                 error=None if self._row_state == "done" else reason,
             )  # fmt: skip
 
@@ -294,39 +315,23 @@ class Adaptation:
         if row is None:
             return None
         result = row.result if isinstance(row.result, dict) else {}
-        cand, serving = result.get("candidate") or {}, result.get("serving") or {}
-        return {
-            "outcome": result.get("outcome") or row.state,
-            "reason": result.get("reason") or row.error
-            or (f"candidate {cand.get('subnet')} (the swap decision was not recorded)" if cand else "no detail recorded"),
-            "trigger": row.trigger.removeprefix("adaptation: "),
-            "started": row.started,
-            "finished": row.finished,
-            "seconds": result.get("seconds"),
-            "candidate": {k: cand.get(k) for k in ("subnet", "local_accuracy", "replay_accuracy", "latency_ms", "path")}
-            if cand else None,
-            "serving": {k: serving.get(k) for k in ("model_id", "subnet", "local_accuracy", "replay_accuracy")}
-            if serving else None,
-        }  # fmt: skip
+        cand = result.get("candidate") or {}
+        reason = (
+            result.get("reason")
+            or row.error
+            or (
+                f"candidate {cand.get('subnet')} (the swap decision was not recorded)" if cand else "no detail recorded"
+            )
+        )
+        outcome = result.get("outcome") or row.state
+        return _last_record(
+            outcome, reason, row.trigger.removeprefix("adaptation: "), row.started, row.finished, result
+        )
 
     def _set_last(self, outcome: str, reason: str, trigger: str, started: float, result: Mapping[str, Any] | None) -> None:  # fmt: skip
-        cand, serving = (result or {}).get("candidate"), (result or {}).get("serving")
         with self._lock:
             self.outcomes[outcome] += 1
-            self.last = {
-                "outcome": outcome,
-                "reason": reason,
-                "trigger": trigger,
-                "started": started,
-                "finished": time.time(),
-                "seconds": None if result is None else result.get("seconds"),
-                "candidate": None
-                if not cand
-                else {k: cand.get(k) for k in ("subnet", "local_accuracy", "replay_accuracy", "latency_ms", "path")},
-                "serving": None
-                if not serving
-                else {k: serving.get(k) for k in ("model_id", "subnet", "local_accuracy", "replay_accuracy")},
-            }
+            self.last = _last_record(outcome, reason, trigger, started, time.time(), result)
 
     def cancel(self) -> None:
         if self.handle is not None:

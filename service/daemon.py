@@ -126,7 +126,7 @@ from service.live import LiveMonitor
 from service.loop import EventLoop, Reload, Stop
 from service.paths import default_front
 from service.policy_state import PolicyState
-from service.preference import FrontCache, answer_preference, slowed_policy
+from service.preference import FrontCache, PreferenceAnswer, answer_preference, slowed_policy
 from service.probe import probe_latency
 from service.registry import Registry
 from service.runtime import OrtRuntime, RuntimeSettings
@@ -659,11 +659,7 @@ class Daemon:
             self._event("drift", f"{what}; cannot answer from the cached front: {reason}")
             return
         policy, factor = slowed
-        answer = answer_preference(
-            self.fronts.get(), policy, store=self.store, registry=self.registry,
-            serving=self.runtime.current_id, front_error=self.fronts.error,
-            adapted_sha=self._adapted_sha(),
-        )  # fmt: skip
+        answer = self._ask_front(policy)
         message = (
             f"{what}: the device runs {factor:.2f}x slower than profiled, so the {budget:g} ms budget "
             f"allows {budget / factor:.3g} ms at profiled speed; {answer.reason}"
@@ -687,6 +683,14 @@ class Daemon:
             if answer.action == "export-needed":
                 message = f"{message}; {self._want_export('environment', answer.subnet, policy, message)}"
         self._event("drift", f"{message}; {self.runtime.current_id} serves on")
+
+    def _ask_front(self, policy: Policy) -> PreferenceAnswer:
+        """What the cached front chooses for ``policy`` and whether it can be deployed now (on the loop)."""
+        assert self.store is not None and self.registry is not None and self.runtime is not None
+        return answer_preference(
+            self.fronts.get(), policy, store=self.store, registry=self.registry,
+            serving=self.runtime.current_id, front_error=self.fronts.error, adapted_sha=self._adapted_sha(),
+        )  # fmt: skip
 
     def _adapted_sha(self) -> str | None:
         """The adapted supernet in use (its content hash), or None while the original is."""
@@ -784,10 +788,7 @@ class Daemon:
             self._event("export", f"{wish.subnet}, asked for by the operator before the restart: {said}")
             return
         policy = self.policy if wish.kind == "preference" else wish.policy
-        answer = answer_preference(
-            self.fronts.get(), policy, store=self.store, registry=self.registry,
-            serving=self.runtime.current_id, front_error=self.fronts.error, adapted_sha=self._adapted_sha(),
-        )  # fmt: skip
+        answer = self._ask_front(policy)
         message = f"an export of {wish.subnet} was wanted before the restart ({wish.kind} drift): {answer.reason}"
         if answer.action == "export-needed":
             self.drift.note_needed(wish.kind, "export", message)
@@ -814,19 +815,10 @@ class Daemon:
             self._event("export", f"{why}; {self.runtime.current_id} serves on")
             return
         if wish.kind == OPERATOR:  # asked for by name: deployed as any model the operator deploys
-            try:
-                self._deploy(path=str(report["path"]), reason=f"{wish.reason}: {why}")
-            except LifelongError as exc:
-                self.exporter.record_outcome("refused", f"{why}; the deploy was refused: {exc}")
-                return
-            self.exporter.record_outcome("deployed", why)
-            Path(str(report["path"])).unlink(missing_ok=True)
+            self._deploy_export(report, why, f"{wish.reason}: {why}", judge="all")
             return
         policy = self.policy if wish.kind == "preference" else wish.policy  # a newer policy may have come
-        answer = answer_preference(
-            self.fronts.get(), policy, store=self.store, registry=self.registry,
-            serving=self.runtime.current_id, front_error=self.fronts.error, adapted_sha=self._adapted_sha(),
-        )  # fmt: skip
+        answer = self._ask_front(policy)
         if answer.action != "export-needed" or answer.subnet != wish.subnet:
             outcome = f"not deployed: the cached front now answers {answer.action} ({answer.reason})"
             self.exporter.record_outcome("kept", f"{why}; {outcome}")
@@ -834,15 +826,20 @@ class Daemon:
             if answer.action == "export-needed":
                 self._want_export(wish.kind, answer.subnet, policy, answer.reason)
             return
-        reason = f"{wish.kind} drift: the cached front's choice {why}"
+        if self._deploy_export(report, why, f"{wish.kind} drift: the cached front's choice {why}", judge="errors"):
+            self.drift.clear_needed(wish.kind)
+
+    def _deploy_export(self, report: dict[str, Any], why: str, reason: str, *, judge: str) -> bool:
+        """Deploy an exported file through the validated swap and record how it went; True if it serves."""
+        assert self.exporter is not None
         try:
-            self._deploy(path=str(report["path"]), reason=reason, judge="errors")
+            self._deploy(path=str(report["path"]), reason=reason, judge=judge)
         except LifelongError as exc:  # _deploy recorded why; the current model serves on
             self.exporter.record_outcome("refused", f"{why}; the deploy was refused: {exc}")
-            return
-        self.drift.clear_needed(wish.kind)
+            return False
         self.exporter.record_outcome("deployed", why)
         Path(str(report["path"])).unlink(missing_ok=True)  # the registry holds its copy
+        return True
 
     def _install_front(self, path: str | None, sha: str | None, parent_sha: str | None) -> None:
         """The adapted supernet's front becomes the cached front, so later policy changes choose
@@ -919,15 +916,7 @@ class Daemon:
             return
         assert self.store is not None and self.registry is not None and self.runtime is not None
         sections = ", ".join(decision.detail["sections"])
-        answer = answer_preference(
-            self.fronts.get(),
-            new,
-            store=self.store,
-            registry=self.registry,
-            serving=self.runtime.current_id,
-            front_error=self.fronts.error,
-            adapted_sha=self._adapted_sha(),
-        )
+        answer = self._ask_front(new)
         message = f"policy {new.name!r} changed {sections}: {answer.reason}"
         assert self.drift is not None
         if answer.action == "deploy":
@@ -1032,7 +1021,8 @@ class Daemon:
     def _worker_metrics(self) -> str:
         """Prometheus families of the worker jobs: how they ended, and what runs now (API threads)."""
         parts = [("adapt", self.adaptation), ("export", self.exporter)]
-        ended = [(kind, outcome, n) for kind, part in parts if part is not None for outcome, n in sorted(part.outcomes.items())]  # fmt: skip
+        counts = [(kind, dict(part.outcomes)) for kind, part in parts if part is not None]  # the loop may add one
+        ended = [(kind, outcome, n) for kind, c in counts for outcome, n in sorted(c.items())]
         lines = [
             "# HELP lifelong_worker_jobs_total Worker jobs (adaptations, exports) ended since the daemon started, by outcome.",
             "# TYPE lifelong_worker_jobs_total counter",

@@ -92,9 +92,13 @@ class ExportWish:
     reason: str
     since: float
 
+    @property
+    def why(self) -> str:
+        return "asked for by the operator" if self.kind == OPERATOR else f"{self.kind} drift"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "subnet": self.subnet, "policy": self.policy.name, "reason": self.reason,
-                "since": self.since}  # fmt: skip
+        return {"kind": self.kind, "why": self.why, "subnet": self.subnet, "policy": self.policy.name,
+                "reason": self.reason, "since": self.since}  # fmt: skip
 
     def save(self, path: Path) -> Path:
         doc = {"kind": _WISH_KIND, "format_version": WISH_FORMAT, "wish": self.kind, "subnet": self.subnet,
@@ -207,8 +211,7 @@ class FrontExport:
             reason=wish.reason,
         )
         path = request.save(out / "request.json")
-        why = "asked for by the operator" if wish.kind == OPERATOR else f"{wish.kind} drift"
-        row = self.store.start_job("export", message=f"{wish.subnet}: {why}")
+        row = self.store.start_job("export", message=f"{wish.subnet}: {wish.why}")
         try:
             handle = self.supervisor.start(
                 WORKER_MODULE,
@@ -263,7 +266,7 @@ class FrontExport:
             state = "done" if report is not None else ("killed" if handle.state is WorkerState.CANCELLED else "failed")
             self.store.finish_job(self.job_row, state=state, error=None if report else why, message=why)
         if handle.state is not WorkerState.CANCELLED:  # cancelled: the daemon is stopping; a restart resumes it
-            self._persist(running=False)
+            self._persist()
         return wish, report, why
 
     # -- kept across restarts --------------------------------------------------------------------
@@ -272,10 +275,9 @@ class FrontExport:
     def wish_path(self) -> Path:
         return self.state_dir / "export" / "wanted.json"
 
-    def _persist(self, *, running: bool | None = None) -> None:
+    def _persist(self) -> None:
         """Keep the wish, else the running export's, in :attr:`wish_path`; remove it when neither."""
-        running = self.running if running is None else running
-        keep = self.wish or (self.exporting if running else None)
+        keep = self.wish or (self.exporting if self.running else None)
         try:
             if keep is None:
                 self.wish_path.unlink(missing_ok=True)

@@ -234,11 +234,8 @@ def _adaptation_lines(a: Mapping[str, Any] | None, now: float) -> list[str]:
         lines.append(
             f"adapt:    pending since {_ago(p.get('since'), now)} ({p.get('trigger')}): waiting for labelled samples"
         )
-    last = a.get("last")
-    if last:
-        head = "adapt:    " if not lines else "          "
-        lines.append(f"{head}last {last.get('outcome')} {_ago(last.get('finished'), now)}: {last.get('reason')}")
-    elif not lines:
+    lines += _last_line("adapt:    ", lines, a.get("last"), now)
+    if not lines:
         lines.append("adapt:    idle (no adaptation yet)")
     return lines
 
@@ -254,13 +251,16 @@ def _export_lines(e: Mapping[str, Any] | None, now: float) -> list[str]:
         lines.append(f"export:   running{done} {e.get('subnet')}: {e.get('message') or e.get('phase') or ''}")
     elif e.get("state") == "wanted":
         w = e.get("wanted") or {}
-        why = "asked for by the operator" if w.get("kind") == "operator" else f"{w.get('kind')} drift"
-        lines.append(f"export:   {w.get('subnet')} wanted since {_ago(w.get('since'), now)} ({why})")
-    last = e.get("last")
-    if last:
-        head = "export:   " if not lines else "          "
-        lines.append(f"{head}last {last.get('outcome')} {_ago(last.get('finished'), now)}: {last.get('reason')}")
-    return lines
+        lines.append(f"export:   {w.get('subnet')} wanted since {_ago(w.get('since'), now)} ({w.get('why')})")
+    return lines + _last_line("export:   ", lines, e.get("last"), now)
+
+
+def _last_line(head: str, lines: list[str], last: Mapping[str, Any] | None, now: float) -> list[str]:
+    """How the last job of a kind ended, under its running or pending line if there is one."""
+    if not last:
+        return []
+    head = head if not lines else " " * len(head)
+    return [f"{head}last {last.get('outcome')} {_ago(last.get('finished'), now)}: {last.get('reason')}"]
 
 
 def format_status(doc: Mapping[str, Any]) -> str:

@@ -793,7 +793,7 @@ class Store:
 
 
 def registered_subnets(state_dir: str | os.PathLike[str]) -> dict[str, list[str]]:
-    """Subnet -> ids of the models registered for it, newest first, read from ``STATE/state.db``
+    """Subnet -> ids of the models registered for it (not pruned), newest first, read from ``STATE/state.db``
     without writing (for commands run beside a live daemon, maybe as another user); ``{}``
     when there is no store or it cannot be read."""
     path = Path(state_dir) / "state.db"
@@ -802,7 +802,7 @@ def registered_subnets(state_dir: str | os.PathLike[str]) -> dict[str, list[str]
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
         try:
-            rows = conn.execute("SELECT id, subnet FROM models ORDER BY created DESC").fetchall()
+            rows = conn.execute("SELECT id, subnet FROM models WHERE removed IS NULL ORDER BY created DESC").fetchall()
         finally:
             conn.close()
     except sqlite3.Error as exc:

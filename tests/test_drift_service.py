@@ -574,6 +574,13 @@ def test_lifelong_front_marks_the_points_in_the_registry_and_the_one_serving(mod
     fast = register(state, models["tiny_fast"])
     write_front(state / "front" / "front.json")
     assert registered_subnets(state) == {"tiny_accurate": [accurate], "tiny_fast": [fast]}
+    pruned = Store.open(state)
+    try:  # a model pruned from the registry is no longer deployable: not listed
+        pruned.mark_models_removed([fast])
+        assert registered_subnets(state) == {"tiny_accurate": [accurate]}
+    finally:
+        pruned.close()
+    fast = register(state, models["tiny_fast"])  # registered again
     out = CliRunner().invoke(cli, ["front", "--state-dir", str(state), "--policy", "balanced"])
     assert out.exit_code == 0, out.output
     rows = {line.split()[-1]: line[:2] for line in out.output.splitlines() if line.rstrip().endswith(tuple(POINTS))}

@@ -316,24 +316,30 @@ def test_an_export_wish_is_kept_on_disk_while_wanted_and_read_back_once(exporter
         ExportWish.load(fe.wish_path)
 
 
+def _state_serving_big(export_state, state: Path) -> str:  # noqa: ANN001
+    """A fresh state with the tiny supernet and its front, the largest W8A8 serving; its id."""
+    import shutil
+
+    run0, source, _, _ = export_state
+    (state / "supernet").mkdir(parents=True)
+    shutil.copy(source / "supernet" / "supernet.pt", state / "supernet" / "supernet.pt")
+    shutil.copytree(source / "front", state / "front")
+    return commit_model(state, run0 / "big.onnx")
+
+
 def test_a_daemon_restarted_while_an_export_was_wanted_resumes_it_and_an_operator_exports_by_name(
     export_state, tmp_path
 ) -> None:
-    import shutil
-
     from click.testing import CliRunner
 
     from service.cli import cli
     from service.front_export import ExportWish
 
-    run0, source, _, small = export_state
+    small = export_state[3]
     run = short_dir("llfr")
     state = run / "state"
     try:
-        (state / "supernet").mkdir(parents=True)
-        shutil.copy(source / "supernet" / "supernet.pt", state / "supernet" / "supernet.pt")
-        shutil.copytree(source / "front", state / "front")
-        serving = commit_model(state, run0 / "big.onnx")
+        serving = _state_serving_big(export_state, state)
         (state / "policy.toml").write_text(_policy(1.0))  # in force before the restart: the front chooses small
         ExportWish("preference", small, Policy(), "policy 'budget-1' changed budgets", time.time()).save(
             state / "export" / "wanted.json"
@@ -376,16 +382,10 @@ def test_a_daemon_restarted_while_an_export_was_wanted_resumes_it_and_an_operato
 def test_a_model_over_its_budget_at_its_usual_speed_asks_for_a_new_profile_not_an_export(export_state) -> None:
     """Environment drift from a budget the model never met (the device is not slower than its
     own first latencies): the front's figures do not describe this device, so nothing is exported."""
-    import shutil
-
-    run0, source, _, _ = export_state
     run = short_dir("llfe")
     state = run / "state"
     try:
-        (state / "supernet").mkdir(parents=True)
-        shutil.copy(source / "supernet" / "supernet.pt", state / "supernet" / "supernet.pt")
-        shutil.copytree(source / "front", state / "front")
-        serving = commit_model(state, run0 / "big.onnx")
+        serving = _state_serving_big(export_state, state)
         (state / "policy.toml").write_text(_policy(0.001))  # 1 us: below any real latency
         images = np.random.default_rng(0).integers(0, 256, (1, 28, 28), dtype=np.uint8)
         with DaemonProcess(state, run).start() as d, d.client(timeout=60) as c:
