@@ -1,19 +1,47 @@
-"""The networks a user would pick instead of a search: two hand-built baselines for 28x28.
+"""The networks a user would build instead of running a search, trained alone and quantized by onnxruntime.
 
-    .venv/bin/python benchmarks/baselines.py            # train both (~10-25 min each on 2 cores), export, measure
-    .venv/bin/python benchmarks/baselines.py --quick    # 1 epoch on 4k images, 2k test images
+    .venv/bin/python benchmarks/baselines.py            # all four, the supernet's recipe; ~20-30 min on 2 cores
+    .venv/bin/python benchmarks/baselines.py --only tutorial --only wide    # a subset
+    .venv/bin/python benchmarks/baselines.py --quick    # 1 epoch on 4k images, 2k test images; ~1 min
 
-Both take ``float32 (N, 1, 28, 28)`` pixels in ``[0, 1]`` and normalise them themselves, like
-the supernet, and are trained alone with the supernet's recipe (:func:`recipe_from_checkpoint`:
-the same SGD with Nesterov momentum and weight decay, warm-up + cosine learning rate, random
-shift + flip augmentation, batch size, epochs and train/validation split, through the
-functions of :mod:`lifelong.train`), in full precision all along (there is no quantized phase
-without a supernet), then exported to ONNX with BN folded and quantized by onnxruntime's
-``quantize_static`` (:func:`lifelong.peer.ort_quantize`: QDQ, per-channel INT8 weights, UINT8
-activations, MinMax on 512 training images), which is what a user would do.
+Writes ``benchmarks/results/baselines.json`` (``--quick``: ``baselines-quick.json``, not
+committed). Training dominates; measured in ``--quick`` on one busy core (bfloat16 autocast),
+an epoch of 50k images takes about 20 s (``tutorial``, ``wide``), 25 s (``cnn``) and 75 s
+(``mbv2``), so 10 epochs take about 3, 3.5, 4 and 13 min. The PTQ sweep adds under a minute
+per baseline (each calibration takes 0.2-2.5 s with 512 images). Checkpoints resume.
 
-``mbv2``: MobileNetV2 (Sandler et al., 2018) scaled to 28x28. ReLU6, BN after every conv, no
-dropout; ``t`` expand ratio, ``c`` output channels, ``n`` blocks, ``s`` stride of the first::
+Every network takes ``float32 (N, 1, 28, 28)`` pixels in ``[0, 1]`` and normalises them
+itself, like the supernet, and is trained alone with the supernet's recipe: the
+:class:`~lifelong.train.TrainConfig` of its checkpoint (:func:`recipe_from_checkpoint`;
+``TrainConfig()`` when there is none yet), through the functions of :mod:`lifelong.train`:
+the same split (the validation part never trained on), epochs, batch size, SGD with
+Nesterov momentum and weight decay, warm-up + cosine learning rate with its floor, random
+shift + flip augmentation, bfloat16 autocast of the forward pass, label smoothing, and the
+recipe's dropout before the classifier of the global-pool nets (the FC-head nets have their
+own dropout of 0.5). Full precision all along (there is no quantized phase without a
+supernet). Each is then exported to ONNX with BN folded and quantized by onnxruntime's
+``quantize_static`` under every configuration of :mod:`ptq` (unsigned and signed INT8
+activations x MinMax / Percentile / Entropy, 512 training images), keeping the best.
+
+``tutorial``: the small CNN of the tutorials, the one the search must beat::
+
+    conv3x3  1 -> 32 (28) + BN + ReLU, maxpool 2 (-> 14)
+    conv3x3 32 -> 64 (14) + BN + ReLU, maxpool 2 (-> 7)
+    flatten 64*7*7, linear 3136 -> 128 + ReLU, dropout 0.5, linear 128 -> 10
+
+    4,241,152 MACs, 421,738 parameters (421,642 after BN folding)
+
+``wide``: a wider plain CNN, three stages; max-pools round up (``ceil_mode``)::
+
+    conv3x3   1 -> 32  (28) + BN + ReLU, maxpool 2 (-> 14)
+    conv3x3  32 -> 64  (14) + BN + ReLU, maxpool 2 (-> 7)
+    conv3x3  64 -> 128 (7)  + BN + ReLU, maxpool 2 (-> 4)
+    flatten 128*4*4, linear 2048 -> 128 + ReLU, dropout 0.5, linear 128 -> 10
+
+    7,714,560 MACs, 356,458 parameters (356,234 after BN folding)
+
+``mbv2``: MobileNetV2 (Sandler et al., 2018) scaled to 28x28. ReLU6, BN after every conv;
+``t`` expand ratio, ``c`` output channels, ``n`` blocks, ``s`` stride of the first::
 
     stem   conv3x3  1 -> 16, stride 2                   (28 -> 14)
     t=1 c=16 n=1 s=1   dw3x3 + project (no expansion)   (14)
@@ -25,16 +53,18 @@ dropout; ``t`` expand ratio, ``c`` output channels, ``n`` blocks, ``s`` stride o
 
     3,106,416 MACs, 149,098 parameters (145,834 after BN folding)
 
-``cnn``: the plain small CNN a user writes first. 3x3 convolutions, BN, ReLU::
+``cnn``: a plain CNN with a global-pool head (kept: ``benchmarks/search.py`` compares with it)::
 
-    conv3x3  1 -> 32  (28), maxpool 2 (-> 14)
-    conv3x3 32 -> 64  (14), maxpool 2 (-> 7)
-    conv3x3 64 -> 128 (7),  global average pool, linear 128 -> 10
+    conv3x3  1 -> 32  (28) + BN + ReLU, maxpool 2 (-> 14)
+    conv3x3 32 -> 64  (14) + BN + ReLU, maxpool 2 (-> 7)
+    conv3x3 64 -> 128 (7)  + BN + ReLU, global average pool, linear 128 -> 10
 
     7,452,416 MACs, 94,186 parameters (93,962 after BN folding)
 
 MACs count the multiply-accumulates of convolutions and linear layers for one image (not BN,
-activations or pooling), as :mod:`lifelong.cost` counts them for subnets.
+activations or pooling), as :mod:`lifelong.cost` counts them for subnets. Parameters count
+what is trained (convolutions without bias, BN scale and shift); after folding, each
+convolution has a bias instead of its BN.
 
 Trained weights are saved per epoch (and every ``checkpoint_every`` steps) under
 ``benchmarks/work/search/`` as a dict with a format version, loadable with
@@ -64,10 +94,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.allocator import tune_allocator
-from lifelong.checkpoint import save_atomic
-from lifelong.errors import CheckpointError, FormatVersionError, TrainingError
-from lifelong.model_format import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ptq import CONFIGS, PtqConfig, PtqSweep, sweep  # noqa: E402
+
+from lifelong.allocator import tune_allocator  # noqa: E402
+from lifelong.checkpoint import save_atomic  # noqa: E402
+from lifelong.errors import CheckpointError, FormatVersionError, TrainingError  # noqa: E402
+from lifelong.model_format import (  # noqa: E402
     EMBEDDING_OUTPUT,
     INPUT_NAME,
     INPUT_SHAPE,
@@ -77,9 +110,9 @@ from lifelong.model_format import (
     META_SUBNET,
     MODEL_FORMAT,
 )
-from lifelong.progress import Progress
-from lifelong.supernet import PIXEL_MEAN, PIXEL_STD
-from lifelong.train import (
+from lifelong.progress import Progress  # noqa: E402
+from lifelong.supernet import PIXEL_MEAN, PIXEL_STD  # noqa: E402
+from lifelong.train import (  # noqa: E402
     TrainConfig,
     epoch_order,
     lr_at,
@@ -94,11 +127,14 @@ __all__ = [
     "DOCUMENTED",
     "BaselineModels",
     "MobileNetV2Style",
+    "PlainCNN",
     "SmallCNN",
     "build_baseline",
+    "calibration_images",
     "count_macs_params",
     "export_onnx",
     "fold_bn",
+    "folded_params",
     "load_baseline",
     "prepare_baseline",
     "recipe_from_checkpoint",
@@ -112,13 +148,18 @@ KIND = "lifelong-baseline"
 OPSET = 17
 WORK = Path(__file__).resolve().parent / "work" / "search"
 RECIPE_FIELDS = (
-    "epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_warmup_steps", "augment", "val_fraction",
-    "max_train_samples", "seed",
+    "epochs", "batch_size", "lr", "lr_floor", "momentum", "weight_decay", "lr_warmup_steps", "label_smoothing",
+    "dropout", "bf16", "augment", "val_fraction", "max_train_samples", "seed",
 )  # fmt: skip
 """The fields of :class:`TrainConfig` that train a single network; a checkpoint resumes only
 under equal ones (the supernet's phases, distillation and checkpoint interval do not apply)."""
-DOCUMENTED = {"mbv2": (3_106_416, 149_098), "cnn": (7_452_416, 94_186)}
-"""``name -> (MACs, parameters)`` as the module docstring states them (tested)."""
+DOCUMENTED = {
+    "tutorial": (4_241_152, 421_738, 421_642),
+    "wide": (7_714_560, 356_458, 356_234),
+    "mbv2": (3_106_416, 149_098, 145_834),
+    "cnn": (7_452_416, 94_186, 93_962),
+}
+"""``name -> (MACs, parameters, parameters after BN folding)`` as the module docstring states them (tested)."""
 
 
 # -- the networks -------------------------------------------------------------------------------
@@ -150,21 +191,29 @@ class InvertedResidual(nn.Module):
 
 
 class _Classifier(nn.Module):
-    """Shared forward: normalise, features, global average pool -> embedding -> logits."""
-
-    features: nn.Module
-    fc: nn.Linear
+    """A baseline: ``forward_with_embedding`` gives logits and the embedding the service keeps."""
 
     def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (x - PIXEL_MEAN) / PIXEL_STD  # (B, 1, 28, 28)
-        emb = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)  # (B, D): GlobalAveragePool in ONNX
-        return self.fc(emb), emb  # (B, classes), (B, D)
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_embedding(x)[0]
 
 
-class MobileNetV2Style(_Classifier):
+class _GlobalPoolNet(_Classifier):
+    """Normalise, features, global average pool -> embedding -> (dropout) -> logits."""
+
+    features: nn.Module
+    fc: nn.Linear
+    dropout: float = 0.0  # the recipe's (TrainConfig.dropout), set while training; none in eval
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (x - PIXEL_MEAN) / PIXEL_STD  # (B, 1, 28, 28)
+        emb = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)  # (B, D): GlobalAveragePool in ONNX
+        return self.fc(F.dropout(emb, self.dropout, self.training)), emb  # (B, classes), (B, D)
+
+
+class MobileNetV2Style(_GlobalPoolNet):
     """MobileNetV2 for 28x28 inputs (see the module docstring for the exact network)."""
 
     STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 2, 1))  # (t, c, n, s)
@@ -182,8 +231,8 @@ class MobileNetV2Style(_Classifier):
         self.fc = nn.Linear(head, num_classes)
 
 
-class SmallCNN(_Classifier):
-    """Three dense 3x3 conv layers with pooling (see the module docstring)."""
+class SmallCNN(_GlobalPoolNet):
+    """Three dense 3x3 conv layers, two max-pools, a global-pool head (the ``cnn`` baseline)."""
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128)) -> None:
         super().__init__()
@@ -196,11 +245,46 @@ class SmallCNN(_Classifier):
         self.fc = nn.Linear(c, num_classes)
 
 
-BASELINES: dict[str, Callable[[], _Classifier]] = {"mbv2": MobileNetV2Style, "cnn": SmallCNN}
+class PlainCNN(_Classifier):
+    """Stages of conv3x3 + BN + ReLU + 2x2 max-pool, then flatten, FC + ReLU, dropout, FC.
+
+    ``widths=(32, 64)`` is the tutorial CNN, ``(32, 64, 128)`` the wider one. Max-pools round
+    up (``ceil_mode``), so an odd side keeps its last row: 28 -> 14 -> 7 -> 4. The dropout
+    is the architecture's own (0.5, training only); the embedding is the hidden FC's output.
+    """
+
+    def __init__(
+        self, widths: tuple[int, ...] = (32, 64), hidden: int = 128, dropout: float = 0.5, num_classes: int = 10
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin, side = INPUT_SHAPE[0], INPUT_SHAPE[1]
+        for w in widths:
+            layers += [ConvBNAct(cin, w, 3), nn.MaxPool2d(2, ceil_mode=True)]
+            cin, side = w, math.ceil(side / 2)
+        self.features = nn.Sequential(*layers)
+        self.hidden = nn.Linear(cin * side * side, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (x - PIXEL_MEAN) / PIXEL_STD  # (B, 1, 28, 28)
+        flat = self.features(x).flatten(1)  # (B, C * S * S)
+        emb = F.relu(self.hidden(flat))  # (B, hidden)
+        return self.fc(self.drop(emb)), emb  # (B, classes), (B, hidden)
+
+
+BASELINES: dict[str, Callable[[], _Classifier]] = {
+    "tutorial": lambda: PlainCNN((32, 64)),
+    "wide": lambda: PlainCNN((32, 64, 128)),
+    "mbv2": MobileNetV2Style,
+    "cnn": SmallCNN,
+}
+"""The baselines, in the order they are trained and reported."""
 
 
 def build_baseline(name: str) -> _Classifier:
-    """A freshly initialised baseline (``mbv2`` or ``cnn``)."""
+    """A freshly initialised baseline (one of :data:`BASELINES`)."""
     try:
         return BASELINES[name]()
     except KeyError:
@@ -229,6 +313,11 @@ def count_macs_params(model: nn.Module) -> tuple[int, int]:
             h.remove()
         model.train(was)
     return macs, sum(p.numel() for p in model.parameters())
+
+
+def folded_params(model: nn.Module) -> int:
+    """Parameters as deployed: BN folded into the convolutions (each conv gains a bias)."""
+    return sum(p.numel() for p in fold_bn(model).parameters())
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -350,9 +439,9 @@ def train_baseline(
 ) -> TrainedBaseline:
     """Train baseline ``name`` alone with the supernet's recipe, checkpointing to ``out``.
 
-    Same split, sample order, augmentation stream, learning-rate curve, optimizer and
-    gradient clipping as :func:`lifelong.train.train_supernet` with ``config``; every step
-    trains the one network on the labels. ``stop_after_steps`` ends early (as a kill would).
+    Same split, sample order, augmentation stream, learning-rate curve, optimizer, gradient
+    clipping, bfloat16 autocast and label smoothing as :func:`lifelong.train.train_supernet`
+    with ``config``; every step trains the one network on the labels. ``stop_after_steps`` ends early (as a kill would).
     """
     out = Path(out)
     cfg = config
@@ -366,6 +455,8 @@ def train_baseline(
     total = steps_per_epoch * cfg.epochs
 
     model = build_baseline(name)
+    if isinstance(model, _GlobalPoolNet):
+        model.dropout = cfg.dropout  # the FC-head nets have their own
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     recipe = {k: v for k, v in cfg.to_dict().items() if k in RECIPE_FIELDS}
     config_json = json.dumps({**recipe, "arch": name}, sort_keys=True)
@@ -408,8 +499,9 @@ def train_baseline(
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = model(x)  # (B, classes)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
@@ -442,36 +534,43 @@ def train_baseline(
 # -- the whole path: train, export, quantize, test --------------------------------------------------
 @dataclass
 class BaselineModels:
-    """One baseline ready to be measured: its FP32 and INT8 ONNX models and its figures."""
+    """One baseline ready to be measured: its FP32 and chosen INT8 ONNX models and its figures."""
 
     name: str
     macs: int
     params: int
+    params_folded: int
     fp32: bytes
-    int8: bytes
-    top1: dict[str, float]  # "fp32", "int8", "torch" on the test images
+    int8: bytes  # the chosen PTQ configuration's model
+    top1: dict[str, float]  # "torch", "fp32", "int8" on the test images
     train_seconds: float
     record: list[dict[str, Any]]
-    quantize_seconds: float
+    quantize_seconds: float  # all configurations together
+    ptq: PtqSweep
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "macs": self.macs,
             "params": self.params,
+            "params_folded": self.params_folded,
             "top1": self.top1,
             "bytes": {"fp32": len(self.fp32), "int8": len(self.int8)},
-            "train_seconds": self.train_seconds,
+            "train_seconds": round(self.train_seconds, 1),
             "train_record": self.record,
-            "quantize_seconds": self.quantize_seconds,
+            "quantize_seconds": round(self.quantize_seconds, 1),
+            **self.ptq.to_dict(),
         }
 
 
-def onnx_top1(model: bytes, x: np.ndarray, y: np.ndarray, threads: int = 2) -> float:
-    from lifelong.export import onnx_session, run_onnx
-
-    logits, _ = run_onnx(onnx_session(model, threads=threads), x)
-    return float((logits.argmax(1) == y).mean())
+def calibration_images(
+    train_data: Any, config: TrainConfig, n: int = max(c.calibration_images for c in CONFIGS)
+) -> np.ndarray:
+    """``n`` images drawn (seeded) from the training part of the recipe's split, never the
+    validation part or the test set: float32 ``(n, 1, 28, 28)``."""
+    part = train_data.split(config.val_fraction, seed=config.seed)[0] if config.val_fraction > 0 else train_data
+    idx = np.sort(np.random.default_rng(config.seed).permutation(len(part))[:n])
+    return part.subset(idx).as_float()
 
 
 def prepare_baseline(
@@ -483,93 +582,118 @@ def prepare_baseline(
     work: Path = WORK,
     *,
     progress: bool = True,
+    configs: tuple[PtqConfig, ...] = CONFIGS,
+    rounds: int = 15,
+    runs: int = 50,
 ) -> BaselineModels:
-    """Train (or resume, or load) baseline ``name``, export FP32, quantize INT8, test both."""
+    """Train (or resume, or load) baseline ``name``, export FP32, sweep the PTQ configurations
+    (:func:`ptq.sweep`), keep the best as its INT8 model, and write both under ``work``."""
     from lifelong.evaluate import predict_logits, top1
-    from lifelong.peer import CALIBRATION_IMAGES, ort_quantize
 
     trained = train_baseline(name, train_data, work / f"{name}.pt", config, progress=progress)
     model = trained.model.eval()
     macs, params = count_macs_params(model)
     fp32 = export_onnx(model, work / f"{name}-fp32.onnx", name)
     t0 = time.monotonic()
-    # The same calibration images as the peer of our exports (benchmarks/deploy.py).
-    int8 = ort_quantize(fp32, train_data.head(CALIBRATION_IMAGES).as_float(), work / f"{name}-int8.onnx")
+    result = sweep(fp32, calibration_images(train_data, config), x_test, y_test, configs, rounds=rounds, runs=runs)
     quantize_seconds = time.monotonic() - t0
-    accs = {
-        "torch": top1(predict_logits(model, x_test), y_test),
-        "fp32": onnx_top1(fp32, x_test, y_test),
-        "int8": onnx_top1(int8, x_test, y_test),
-    }
-    logger.info("baseline %s: top-1 %s", name, accs)
-    return BaselineModels(name, macs, params, fp32, int8, accs, trained.seconds, trained.record, quantize_seconds)
+    _write_atomic(work / f"{name}-int8.onnx", result.int8)
+    accs = {"torch": top1(predict_logits(model, x_test), y_test), "fp32": result.fp32_top1, "int8": result.chosen.top1}
+    logger.info("baseline %s: top-1 %s (INT8: %s)", name, accs, result.chosen.config.name)
+    return BaselineModels(name, macs, params, folded_params(model), fp32, result.int8, accs, trained.seconds,
+                          trained.record, quantize_seconds, result)  # fmt: skip
+
+
+def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
+    """One line per baseline and model: FP32, then every PTQ configuration (* = chosen)."""
+    lines = [
+        "| baseline | model | calib. images | quantize s | top-1 (%) | vs FP32 (pt) | ms, 1 thread | ms, 2 threads |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        fp = r["fp32"]
+        ms = fp["latency_ms"]
+        lines.append(f"| {name} | FP32 | | | {100 * fp['top1']:.2f} | | {ms['1']:.3f} | {ms['2']:.3f} |")
+        for c in r["configs"]:
+            mark = " *" if c["name"] == r["chosen"] else ""
+            ms = c["latency_ms"]
+            lines.append(
+                f"| {name} | {c['name']}{mark} | {c['calibration_images']} | {c['quantize_seconds']:.1f} | "
+                f"{100 * c['top1']:.2f} | {100 * (c['top1'] - fp['top1']):+.2f} | {ms['1']:.3f} | {ms['2']:.3f} |"
+            )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import write_results
+    from common import markdown_targets, target, write_results
 
     from lifelong.data import load_fashion_mnist
-    from lifelong.profile import DeviceProfile, PairedTimer, measure_model
-    from lifelong.space import SearchSpace
-    from service.paths import default_checkpoint, default_profile, resolve_state_dir
+    from service.paths import default_checkpoint, resolve_state_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=None,
-                    help="the supernet whose recipe and epochs to copy [STATE/supernet/supernet.pt]")  # fmt: skip
-    ap.add_argument("--profile", type=Path, default=None,
-                    help="device profile for the paired timer [STATE/profile/device.json; without one, plain timing]")  # fmt: skip
+                    help="the supernet whose recipe and epochs to copy [STATE/supernet/supernet.pt; "
+                         "TrainConfig() when there is none]")  # fmt: skip
     ap.add_argument("--state-dir", type=Path, default=None)
-    ap.add_argument("--epochs", type=int, default=None, help="override the checkpoint's epochs")
-    ap.add_argument("--only", choices=sorted(BASELINES), action="append", help="train only these (repeatable)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    ap.add_argument("--only", choices=list(BASELINES), action="append", help="only these (repeatable)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads while training [2]")
-    ap.add_argument("--quick", action="store_true", help="1 epoch on 4k images, 2k test images")
+    ap.add_argument("--quick", action="store_true", help="1 epoch on 4k images, 2k test images, shorter timing")
     ap.add_argument("--work", type=Path, default=None, help=f"[{WORK}; quick: {WORK / 'quick'}]")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results file [benchmarks/results/baselines.json; quick: baselines-quick.json]")  # fmt: skip
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    state = resolve_state_dir(args.state_dir)
-    ckpt = args.checkpoint or default_checkpoint(state)
-    try:
-        cfg = recipe_from_checkpoint(ckpt)
-    except CheckpointError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    ckpt = args.checkpoint or default_checkpoint(resolve_state_dir(args.state_dir))
+    if ckpt.exists():
+        try:
+            cfg, source = recipe_from_checkpoint(ckpt), str(ckpt)
+        except CheckpointError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    else:
+        logger.warning("no supernet checkpoint at %s: training with TrainConfig()'s defaults", ckpt)
+        cfg, source = TrainConfig(), f"TrainConfig() defaults (no checkpoint at {ckpt})"
     if args.quick:
-        cfg = _quick(cfg)
+        cfg = TrainConfig(**{**cfg.to_dict(), "epochs": 1, "max_train_samples": 4000})
     elif args.epochs:
         cfg = TrainConfig(**{**cfg.to_dict(), "epochs": args.epochs})
-    profile_path = args.profile or default_profile(state)
-    timer = PairedTimer(DeviceProfile.load(profile_path), SearchSpace()) if profile_path.exists() else None
     work = args.work or (WORK / "quick" if args.quick else WORK)
+    timing = {"rounds": 5, "runs": 20} if args.quick else {"rounds": 15, "runs": 50}
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
     n_test = 2000 if args.quick else len(test)
     x_test, y_test = test.as_float()[:n_test], test.y[:n_test]
-    rows = {}
-    for name in args.only or sorted(BASELINES):
+    rows, targets = {}, []
+    for name in args.only or list(BASELINES):
         torch.set_num_threads(args.threads)
-        b = prepare_baseline(name, cfg, train, x_test, y_test, work)
-        row = b.to_dict()
-        row["latency_ms"] = {
-            label: {str(k): v for k, v in (timer.measure(m) if timer else measure_model(m, (1, 32), 2)).items()}
-            for label, m in (("fp32", b.fp32), ("int8", b.int8))
-        }
-        rows[name] = row
-        print(f"{name}: {b.macs:,} MACs, {b.params:,} params, top-1 {b.top1}, ms {row['latency_ms']}", flush=True)
+        b = prepare_baseline(name, cfg, train, x_test, y_test, work, **timing)
+        rows[name] = b.to_dict()
+        gap = round(100 * (b.top1["int8"] - b.top1["fp32"]), 4)
+        targets.append(target(f"{name} INT8 - FP32 top-1 (pt)", gap, ">= -0.5", gap >= -0.5))
+    table = markdown_table(rows)
     out = write_results(
         "baselines-quick" if args.quick else "baselines",
         {
-            "checkpoint": str(ckpt),
+            "recipe_source": source,
             "recipe": cfg.to_dict(),
             "test_images": n_test,
-            "timer": f"PairedTimer ({profile_path})" if timer else "measure_model (no profile)",
+            "calibration": {
+                "images": sorted({c.calibration_images for c in CONFIGS}),
+                "from": "training part of the recipe's split, seeded sample",
+            },  # fmt: skip
+            "latency": {
+                "batch": 1,
+                "threads": [1, 2],
+                **timing,
+                "method": "onnxruntime, median over rounds interleaving the models of one baseline",
+            },  # fmt: skip
             "baselines": rows,
+            "targets": targets,
         },
-        out=work / "baselines.json",
+        out=args.out,
     )
+    print(table)
+    print(markdown_targets(targets))
     print(f"-> {out}")
-
-
-def _quick(cfg: TrainConfig) -> TrainConfig:
-    return TrainConfig(**{**cfg.to_dict(), "epochs": 1, "max_train_samples": 4000})
 
 
 if __name__ == "__main__":

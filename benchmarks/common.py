@@ -48,8 +48,11 @@ def write_results(name: str, payload: dict[str, Any], out: Path | None = None) -
     """Write ``results/NAME.json`` (or ``out``) with the command, the time and the machine."""
     out = out or RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    from lifelong.space import SPACE_VERSION
+
     doc = {
         "benchmark": name,
+        "space_version": SPACE_VERSION,  # results of another version describe another search space
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),

@@ -15,8 +15,9 @@ START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 def table() -> str:
     """The targets of every results file in one table, then the ``readme_table`` (markdown)
-    that a benchmark may add to show its figures (search.json: the front and the baselines)."""
-    lines = ["| benchmark | target | measured | goal | met |", "|---|---|---|---|---|"]
+    that a benchmark may add to show its figures (search.json: the front and the baselines).
+    The ``space`` column is the search-space version the figures were measured on."""
+    lines = ["| benchmark | space | target | measured | goal | met |", "|---|---|---|---|---|---|"]
     extra = []
     for path in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
         doc = json.loads(path.read_text())
@@ -27,8 +28,9 @@ def table() -> str:
         for t in doc.get("targets", []):
             v = t["value"]
             vs = "n/a" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+            space = f"v{doc.get('space_version', 1)}"  # results before versions were recorded: v1
             lines.append(
-                f"| {doc['benchmark']} | {t['name']} | {vs} | {t['target']} | {'yes' if t['met'] else '**no**'} |"
+                f"| {doc['benchmark']} | {space} | {t['name']} | {vs} | {t['target']} | {'yes' if t['met'] else '**no**'} |"
             )
     return "\n".join(lines + extra)
 

@@ -19,7 +19,8 @@ from lifelong.errors import (
     TrainingError,
 )
 from lifelong.space import (
-    BlockConfig,
+    ConvConfig,
+    HeadConfig,
     Precision,
     SearchSpace,
     SpaceConfig,
@@ -45,11 +46,12 @@ _LAZY = {
 
 __all__ = [
     "ArrayDataset",
-    "BlockConfig",
     "Checkpoint",
     "CheckpointError",
+    "ConvConfig",
     "DataError",
     "FormatVersionError",
+    "HeadConfig",
     "LifelongError",
     "Precision",
     "SearchSpace",

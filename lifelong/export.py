@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import onnx
 import torch
 
 from lifelong.errors import ExportError, ParityError
-from lifelong.layers import Classifier, ConvBlock, IRBlock, QConvBN
+from lifelong.layers import QConvBN, QLinear
 from lifelong.model_format import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
@@ -31,23 +31,22 @@ from lifelong.model_format import (
     ORT_DISABLED_OPTIMIZERS,
     ort_session,
 )
-from lifelong.onnx_graph import BlockSpec, ConvSpec, LinearSpec, NetSpec, build_model
+from lifelong.onnx_graph import ConvSpec, LinearSpec, NetSpec, build_model
+from lifelong.space import FULL_BITS
 from lifelong.supernet import PIXEL_MEAN, PIXEL_STD, StaticSubnet
 
 __all__ = [
     "ExportReport",
     "ParityReport",
-    "Requant",
-    "calibrate_requant",
+    "calibrate_gap_step",
     "check_parity",
-    "simulate_requant",
     "export_subnet",
     "kernel_counts",
     "onnx_session",
+    "run_onnx",
+    "simulate_requant",
     "subnet_to_onnx",
 ]
-
-FULL_BITS = 32
 
 
 def _bits(quantizer: torch.nn.Module) -> int:
@@ -67,144 +66,88 @@ def _conv_spec(layer: QConvBN) -> ConvSpec:
     return ConvSpec(
         weight=_np(layer.weight),
         gamma=_np(bn.weight), beta=_np(bn.bias), mean=_np(bn.running_mean), var=_np(bn.running_var), eps=bn.eps,
-        stride=layer.stride, groups=layer.out_max if layer.depthwise else 1, relu=layer.relu,
-        w_bits=wb, w_step=_np(layer.wq.step(wb)) if wb < FULL_BITS else None,
-        a_bits=ab, a_step=float(layer.aq.step(ab).detach()) if ab < FULL_BITS else None, a_signed=layer.aq.signed,
+        stride=layer.stride, groups=1, relu=layer.relu,
+        w_bits=wb, w_step=_np(layer.wq.scale(wb)) if wb < FULL_BITS else None,
+        a_bits=ab, a_step=float(layer.aq.scale(ab).detach()) if ab < FULL_BITS else None, a_signed=layer.aq.signed,
     )  # fmt: skip
 
 
-def _block_spec(block: torch.nn.Module) -> BlockSpec:
-    if isinstance(block, IRBlock):
-        convs = (block.expand, block.dw, block.project)
-        residual = block.stride == 1 and block.expand.in_max == block.project.out_max
-        return BlockSpec(tuple(_conv_spec(c) for c in convs), residual)
-    assert isinstance(block, ConvBlock), f"unknown block type {type(block).__name__}"
-    return BlockSpec((_conv_spec(block.conv),), False)
-
-
-def _linear_spec(fc: Classifier) -> LinearSpec:
+def _linear_spec(fc: QLinear) -> LinearSpec:
     wb, ab = _bits(fc.wq), _bits(fc.aq)
     return LinearSpec(
-        weight=_np(fc.linear.weight), bias=_np(fc.linear.bias),
-        w_bits=wb, w_step=_np(fc.wq.step(wb)) if wb < FULL_BITS else None,
-        a_bits=ab, a_step=float(fc.aq.step(ab).detach()) if ab < FULL_BITS else None, a_signed=fc.aq.signed,
+        weight=_np(fc.weight), bias=_np(fc.bias), relu=fc.relu,
+        w_bits=wb, w_step=_np(fc.wq.scale(wb)) if wb < FULL_BITS else None,
+        a_bits=ab, a_step=float(fc.aq.scale(ab).detach()) if ab < FULL_BITS else None, a_signed=fc.aq.signed,
     )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Requant:
-    """Calibrated steps of the tensors a fusing export requantizes (see :mod:`lifelong.onnx_graph`).
+def _fuses(layer: QConvBN | QLinear) -> bool:
+    """The same test as :func:`lifelong.onnx_graph._fuses`, on a static torch layer."""
+    return _bits(layer.aq) == 8 and _bits(layer.wq) == 8
 
-    ``blocks[i]`` is the int8 step of block ``i``'s projection output (None where the block
-    has no skip connection), ``head`` the uint8 step of the head output.
-    """
 
-    blocks: tuple[float | None, ...]
-    head: float
+def _requantizes(sub: StaticSubnet) -> bool:
+    """Whether the fusing form differs from the exact one: a global pool read by an 8-bit layer."""
+    return sub.cfg.head.pool == "gap" and _fuses(sub.fcs[0])
 
 
 @torch.no_grad()
-def calibrate_requant(sub: StaticSubnet, images: np.ndarray, batch_size: int = 500) -> Requant:
-    """Min-max steps of the projection and head outputs over ``images``, as onnxruntime's PTQ would."""
-    peaks: dict[str, float] = {}
+def calibrate_gap_step(sub: StaticSubnet, images: np.ndarray, batch_size: int = 500) -> float | None:
+    """The uint8 step (min-max, as onnxruntime's PTQ would) of the global pool's input over
+    ``images``; None where the subnet has nothing to requantize."""
+    if not _requantizes(sub):
+        return None
+    peak = 0.0
 
-    def hook(name: str):
-        def record(_module: torch.nn.Module, _inputs: object, out: torch.Tensor) -> None:
-            peaks[name] = max(peaks.get(name, 0.0), float(out.detach().abs().max()))
+    def record(_module: torch.nn.Module, _inputs: object, out: torch.Tensor) -> None:
+        nonlocal peak
+        peak = max(peak, float(out.detach().abs().max()))
 
-        return record
-
-    handles = [sub.head.register_forward_hook(hook("head"))]
-    for i, b in enumerate(sub.blocks):
-        if isinstance(b, IRBlock):
-            handles.append(b.project.register_forward_hook(hook(f"block{i}")))
+    handle = sub.convs[-1].register_forward_hook(record)
     try:
         sub.eval()
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         for i in range(0, len(x), batch_size):
             sub(x[i : i + batch_size])
     finally:
-        for h in handles:
-            h.remove()
-    blocks = tuple(
-        max(peaks[f"block{i}"], 1e-8) / 127 if _block_spec(b).residual else None for i, b in enumerate(sub.blocks)
-    )
-    return Requant(blocks, max(peaks["head"], 1e-8) / 255)
-
-
-def _fuses(layer: QConvBN) -> bool:
-    """The same test as :func:`lifelong.onnx_graph._fuses`, on a static torch layer."""
-    return _bits(layer.aq) == 8 and _bits(layer.wq) == 8
-
-
-def _fake_quant_hook(step: float, signed: bool):  # noqa: ANN202
-    qmin, qmax = (-128, 127) if signed else (0, 255)
-
-    def hook(_module: torch.nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(torch.round(out / step), qmin, qmax) * step
-
-    return hook
+        handle.remove()
+    return max(peak, 1e-8) / 255
 
 
 @contextlib.contextmanager
-def simulate_requant(sub: StaticSubnet, requant: Requant) -> Iterator[StaticSubnet]:
-    """Make ``sub`` compute what the requantized ONNX graph computes, for the parity gate.
+def simulate_requant(sub: StaticSubnet, gap_step: float | None) -> Iterator[StaticSubnet]:
+    """Make ``sub`` compute what the requantized ONNX graph computes, for the parity gate:
+    the last convolution's output quantized (uint8) on ``gap_step`` before the global pool.
+    A max-pool between them changes nothing (it commutes with rounding). Undone on exit."""
+    handle = None
+    if gap_step is not None and _requantizes(sub):
 
-    Mirrors :func:`lifelong.onnx_graph.build_model` step by step: a signed input quantizer
-    after a ReLU becomes unsigned (the folded ReLU), a fusing residual block quantizes its
-    skip path with its first layer's quantizer and its projection output on the calibrated
-    step, and the head output is quantized before pooling. Undone on exit.
-    """
-    hooks, flipped = [], []
+        def hook(_module: torch.nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor:
+            return torch.clamp(torch.round(out / gap_step), 0, 255) * gap_step
 
-    def fold(q: torch.nn.Module) -> None:
-        if _bits(q) == 8 and q.signed:
-            q.signed = False
-            flipped.append(q)
-
+        handle = sub.convs[-1].register_forward_hook(hook)
     try:
-        relu = sub.stem.relu
-        for block, step in zip(sub.blocks, requant.blocks, strict=True):
-            first = block.expand if isinstance(block, IRBlock) else block.conv
-            if relu:
-                fold(first.aq)
-            if step is not None and isinstance(block, IRBlock) and _fuses(first) and _fuses(block.project):
-                a_step = float(first.aq.step(8).detach())
-                skip = _fake_quant_hook(a_step, first.aq.signed)
-                hooks.append(block.register_forward_pre_hook(lambda m, args, f=skip: (f(m, None, args[0]), *args[1:])))
-                hooks.append(block.project.register_forward_hook(_fake_quant_hook(step, True)))
-            relu = isinstance(block, ConvBlock)
-        if relu:
-            fold(sub.head.aq)
-        if _fuses(sub.head):
-            hooks.append(sub.head.register_forward_hook(_fake_quant_hook(requant.head, False)))
         yield sub
     finally:
-        for h in hooks:
-            h.remove()
-        for q in flipped:
-            q.signed = True
+        if handle is not None:
+            handle.remove()
 
 
-def subnet_to_onnx(sub: StaticSubnet, checkpoint_sha256: str = "", requant: Requant | None = None) -> onnx.ModelProto:
+def subnet_to_onnx(sub: StaticSubnet, checkpoint_sha256: str = "", gap_step: float | None = None) -> onnx.ModelProto:
     """The ONNX model of ``sub`` with its learned quantizers (BN statistics as they are now).
 
-    With ``requant``, the residual additions and the pooling are requantized so that every
-    8-bit layer runs as an integer kernel in onnxruntime (a small change to the function).
+    With ``gap_step`` the global pool's input is requantized so that the last convolution and
+    the pool run as integer kernels in onnxruntime (a small change to the function).
     """
-    blocks = tuple(_block_spec(b) for b in sub.blocks)
-    if requant is not None:
-        assert len(requant.blocks) == len(blocks), "requant steps must match the subnet's blocks"
-        blocks = tuple(replace(b, out_step=s) for b, s in zip(blocks, requant.blocks, strict=True))
     net = NetSpec(
-        stem=_conv_spec(sub.stem),
-        blocks=blocks,
-        head=_conv_spec(sub.head),
-        classifier=_linear_spec(sub.classifier),
+        convs=tuple(_conv_spec(c) for c in sub.convs),
+        pool_after=tuple(call.pool_after for call in sub.calls),
+        pool=sub.cfg.head.pool,
+        fcs=tuple(_linear_spec(fc) for fc in sub.fcs),
         pixel_mean=PIXEL_MEAN,
         pixel_std=PIXEL_STD,
         metadata={META_SUBNET: str(sub.cfg), META_CHECKPOINT: checkpoint_sha256},
-        head_out_step=requant.head if requant is not None else None,
+        gap_step=gap_step if _requantizes(sub) else None,
     )
     model = build_model(net)
     onnx.checker.check_model(model, full_check=True)
@@ -239,6 +182,8 @@ def kernel_counts(model: onnx.ModelProto | bytes) -> dict[str, int]:
     return {
         "integer_convs": ops.count("QLinearConv"),
         "float_convs": ops.count("Conv") + ops.count("FusedConv"),
+        "integer_gemms": ops.count("QGemm") + ops.count("QLinearMatMul") + ops.count("MatMulIntegerToFloat"),
+        "float_gemms": ops.count("Gemm") + ops.count("MatMul") + ops.count("FusedGemm") + ops.count("FusedMatMul"),
         "dequantize_nodes": ops.count("DequantizeLinear"),
         "transposes": ops.count("Transpose"),
     }
@@ -278,11 +223,11 @@ def check_parity(
     model: onnx.ModelProto | bytes,
     images: np.ndarray,
     labels: np.ndarray,
-    requant: Requant | None = None,
+    gap_step: float | None = None,
 ) -> ParityReport:
     """Compare the ONNX model with the torch subnet on labelled images.
 
-    With ``requant`` the ONNX model is the requantized form: top-1 agreement and logit
+    With ``gap_step`` the ONNX model is the requantized form: top-1 agreement and logit
     difference are measured against the torch subnet simulating that form
     (:func:`simulate_requant`), so the graph is checked exactly, while ``torch_top1`` stays the
     accuracy of the subnet as trained, so the accuracy gap includes what requantizing cost.
@@ -291,10 +236,10 @@ def check_parity(
 
     images = np.ascontiguousarray(images, dtype=np.float32)
     trained = predict_logits(sub, images)
-    if requant is None:
+    if gap_step is None:
         ref = trained
     else:
-        with simulate_requant(sub, requant):
+        with simulate_requant(sub, gap_step):
             ref = predict_logits(sub, images)
     got, _ = run_onnx(onnx_session(model, threads=max(1, torch.get_num_threads())), images)
     return ParityReport(
@@ -315,6 +260,7 @@ class ExportReport:
     seconds: float
     requantized: bool = False  # the fusing form passed the gate and was written
     requant_parity: ParityReport | None = None  # the fusing form's parity, kept or not
+    finetune: dict | None = None  # what fine-tuning alone did before the export, if it ran
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -325,6 +271,7 @@ class ExportReport:
             "seconds": self.seconds,
             "requantized": self.requantized,
             "requant_parity": self.requant_parity.to_dict() if self.requant_parity else None,
+            "finetune": self.finetune,
         }
 
 
@@ -372,17 +319,17 @@ def export_subnet(
     def passes(p: ParityReport) -> bool:
         return p.agreement >= min_agreement and p.accuracy_gap <= max_accuracy_gap
 
-    def build(requant: Requant | None) -> bytes:
+    def build(gap_step: float | None) -> bytes:
         try:
-            return subnet_to_onnx(sub, checkpoint_sha256, requant).SerializeToString()
+            return subnet_to_onnx(sub, checkpoint_sha256, gap_step).SerializeToString()
         except (onnx.checker.ValidationError, AssertionError) as exc:
             raise ExportError(f"subnet {sub.cfg} does not export to a valid ONNX model: {exc}") from exc
 
     requant_parity = None
-    if calibration is not None:
-        requant = calibrate_requant(sub, calibration)
-        data = build(requant)
-        requant_parity = parity = check_parity(sub, data, images, labels, requant)
+    gap_step = calibrate_gap_step(sub, calibration) if calibration is not None else None
+    if gap_step is not None:
+        data = build(gap_step)
+        requant_parity = parity = check_parity(sub, data, images, labels, gap_step)
     if requant_parity is None or not passes(requant_parity):
         data = build(None)
         parity = check_parity(sub, data, images, labels)

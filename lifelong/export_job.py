@@ -11,6 +11,7 @@ and starts ``service.export_worker``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,13 @@ import torch
 from lifelong.calibration import load_calibration
 from lifelong.checkpoint import file_sha256, load_checkpoint
 from lifelong.data import ArrayDataset, load_dataset, load_fashion_mnist
+from lifelong.errors import DataError
+from lifelong.evaluate import predict_logits, top1
 from lifelong.export import ExportReport, export_subnet
 from lifelong.export_request import ExportRequest
-from lifelong.supernet import recalibrate_bn
+from lifelong.finetune import FinetuneConfig, finetune_subnet
+from lifelong.supernet import StaticSubnet, recalibrate_bn
+from lifelong.train import TrainConfig, supernet_recipe, training_tensors
 
 __all__ = ["export_from_checkpoint", "run_export"]
 
@@ -39,12 +44,17 @@ def export_from_checkpoint(
     parity_images: int = 10_000,
     exact: bool = False,
     progress: Progress | None = None,
+    finetune: FinetuneConfig | None = None,
+    train: ArrayDataset | None = None,
+    show_progress: bool = False,
 ) -> ExportReport:
     """Export ``subnet`` of ``checkpoint`` to ``out`` (or ``out_dir/CANONICAL-NAME.onnx``) behind the parity gate.
 
     ``calibration``: float32 images the subnet's BN statistics are re-estimated on (the first
     1000 also calibrate the requantized form unless ``exact``). ``test``: labelled images, the
-    first ``parity_images`` of which the gate compares torch and onnxruntime on.
+    first ``parity_images`` of which the gate compares torch and onnxruntime on. With
+    ``finetune``, the subnet is first trained alone on the training split of ``train`` (the
+    part the supernet trained on; its validation split is measured before and after).
 
     Raises:
         CheckpointError, SpaceError: the checkpoint cannot be read, or ``subnet`` is not in its space.
@@ -52,7 +62,8 @@ def export_from_checkpoint(
     """
     say = progress or (lambda fraction, phase, message: None)
     say(0.0, "load", f"loading {checkpoint}")
-    model = load_checkpoint(checkpoint).build()
+    ck = load_checkpoint(checkpoint)
+    model = ck.build()
     cfg = model.space.resolve(subnet)
     if out is None:
         if out_dir is None:
@@ -62,6 +73,12 @@ def export_from_checkpoint(
     sub = model.get_subnet(cfg)
     recalibrate_bn(sub, torch.from_numpy(np.ascontiguousarray(calibration)))
     sub.eval()
+    tuned = None
+    if finetune is not None:
+        if train is None:
+            raise ValueError("fine-tuning needs the training data")
+        say(0.3, "fine-tune", f"fine-tuning {cfg} alone for {finetune.seconds:.0f} s")
+        tuned = _finetune(sub, supernet_recipe(ck, checkpoint), train, calibration, finetune, show_progress)
     n = min(parity_images, len(test))
     assert test.y is not None
     say(0.4, "export", f"exporting {cfg} behind the parity gate on {n} test images")
@@ -74,7 +91,28 @@ def export_from_checkpoint(
         calibration=None if exact else calibration[:1000],
     )
     say(1.0, "done", f"{report.path} ({report.bytes} bytes)")
-    return report
+    return replace(report, finetune=tuned)
+
+
+def _finetune(
+    sub: StaticSubnet,
+    recipe: TrainConfig,
+    train: ArrayDataset,
+    calibration: np.ndarray,
+    config: FinetuneConfig,
+    show_progress: bool,
+) -> dict[str, float]:
+    """Fine-tune ``sub`` on the training split the supernet trained on; top-1 on its validation
+    split (images neither ever trained on) before and after."""
+    x_train, y_train = training_tensors(train, replace(recipe, max_train_samples=None))
+    _, val = train.split(recipe.val_fraction, seed=recipe.seed) if recipe.val_fraction else (None, None)
+    if val is None or val.y is None:
+        raise DataError("the checkpoint records no validation split; fine-tuning needs one to report its gain")
+    x_val, y_val = val.as_float(), val.y
+    before = top1(predict_logits(sub, x_val), y_val)
+    result = finetune_subnet(sub, x_train, y_train, calibration, config, progress=show_progress)
+    after = top1(predict_logits(sub, x_val), y_val)
+    return {**result.to_dict(), "val_images": len(y_val), "val_top1_before": before, "val_top1_after": after}
 
 
 def run_export(req: ExportRequest, progress: Progress | None = None) -> ExportReport:
@@ -86,6 +124,10 @@ def run_export(req: ExportRequest, progress: Progress | None = None) -> ExportRe
         train = load_dataset(req.data, split="train") if req.data else load_fashion_mnist("train")
         calibration = train.head(req.calib_images).as_float()
     test = load_dataset(req.data, split="test") if req.data else load_fashion_mnist("test")
+    finetune, train = None, None
+    if req.finetune_seconds > 0:
+        finetune = FinetuneConfig(seconds=req.finetune_seconds)
+        train = load_dataset(req.data, split="train") if req.data else load_fashion_mnist("train")
     return export_from_checkpoint(
         req.checkpoint,
         req.subnet,
@@ -95,4 +137,6 @@ def run_export(req: ExportRequest, progress: Progress | None = None) -> ExportRe
         parity_images=req.parity_images,
         exact=req.exact,
         progress=progress,
+        finetune=finetune,
+        train=train,
     )

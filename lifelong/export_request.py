@@ -38,6 +38,8 @@ class ExportRequest:
         parity_images: Test images the parity gate compares torch and onnxruntime on.
         exact: Skip the requantized (integer-kernel) form.
         threads: torch threads.
+        finetune_seconds: Train the subnet alone this long before the export (0: no), the
+            policy's ``export.finetune_seconds``.
     """
 
     checkpoint: str
@@ -50,6 +52,7 @@ class ExportRequest:
     exact: bool = False
     threads: int = 1
     reason: str = ""
+    finetune_seconds: float = 0.0
     format_version: int = EXPORT_REQUEST_FORMAT
 
     def save(self, path: str | Path) -> Path:

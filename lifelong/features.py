@@ -2,7 +2,7 @@
 
 The one-hot encoding (``SearchSpace.encode``) says which choice each gene took; what drives
 accuracy most is how much the network computes and stores, a product of widths, depths,
-kernels and expand ratios over the stages that a small MLP learns slowly from one-hot genes
+kernels and resolutions over the stages that a small MLP learns slowly from one-hot genes
 and a thousand samples. Their logarithms are exact, cost nothing (the cost table computes
 them for the search anyway), and turn those products into sums. On a synthetic truth driven
 by compute, adding them raised the held-out Kendall tau from 0.83 to 0.90 with 800 training

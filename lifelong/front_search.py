@@ -112,19 +112,10 @@ class FrontSearch:
 
 
 def corner_subnets(space: SearchSpace) -> list[SubnetConfig]:
-    """The largest and smallest subnet of every block kind at every precision.
-
-    The accurate end of the space is one corner (every gene at its maximum); random draws
-    and mutations at a tenth per gene almost never reach it, so the corners compete for
-    places in the first population and evolution works inward from them.
-    """
-    out: list[SubnetConfig] = []
-    for kind in space.config.block_kinds:
-        for p in space.precisions:
-            for cfg in (space.largest(p, kind), space.smallest(p, kind)):
-                if cfg not in out:
-                    out.append(cfg)
-    return out
+    """The sandwich corners (:meth:`SearchSpace.corners`): the accurate end of the space is one
+    corner, so the corners compete for places in the first population and evolution works
+    inward from them."""
+    return space.corners()
 
 
 def measured_accuracies(data: PredictorData, predictor: AccuracyPredictor) -> tuple[dict[str, float], str]:

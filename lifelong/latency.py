@@ -1,6 +1,6 @@
 """The latency model: the device's table rows, corrected by end-to-end measurements.
 
-A sum of isolated block latencies misses what happens between blocks: a chain of fused
+A sum of isolated part latencies misses what happens between parts: a chain of fused
 integer layers stays in uint8 NHWC and pays its layout transposes and (de)quantization once,
 while every row timed alone pays them; float rows lose their own per-graph costs. So the
 model keeps the two families of rows apart and fits, per batch size,
@@ -21,7 +21,7 @@ import numpy as np
 
 from lifelong.profile import CORRECTION_TERMS, DeviceProfile, PairedTimer, runs_integer
 from lifelong.progress import Progress
-from lifelong.space import SearchSpace, StageConfig, SubnetConfig
+from lifelong.space import SearchSpace, SubnetConfig
 
 __all__ = ["LatencyCheck", "calibrate", "check_model", "fit_correction", "sample_mixed"]
 
@@ -58,8 +58,10 @@ def sample_mixed(space: SearchSpace, rng: np.random.Generator, integer_share: fl
         return pool[int(rng.integers(len(pool)))]
 
     cfg = space.sample(rng)
-    stages = tuple(StageConfig(s.width, tuple(replace(b, prec=pick()) for b in s.blocks)) for s in cfg.stages)
-    return SubnetConfig(cfg.stem_width, pick(), stages, pick())
+    stages = tuple(replace(s, convs=tuple(replace(c, prec=pick()) for c in s.convs)) for s in cfg.stages)
+    h = cfg.head
+    head = replace(h, hidden_prec=pick() if h.hidden else None, out_prec=pick())
+    return SubnetConfig(stages, head)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Elastic quantized layers shared by the supernet and its extracted static subnets.
 
-Each layer slices its largest weight to the active shape (OFA's elastic width, kernel and
-expand ratio), fake-quantizes the sliced weight per output channel and its input per tensor
-with the quantizer of the active precision, then applies conv, batch norm and ReLU. A static
+Each layer slices its largest weight to the active shape (OFA's elastic width and kernel),
+fake-quantizes the sliced weight per output channel and its input per tensor with the
+quantizer of the active precision, then applies conv, batch norm and ReLU (:class:`QConvBN`)
+or a fully connected layer (:class:`QLinear`). A static
 subnet uses the same classes built at exactly the active size, so the two compute the same
 function by construction.
 """
@@ -16,7 +17,7 @@ from torch import nn
 from lifelong.quant import ActQuantizer, WeightQuantizer
 from lifelong.space import Precision
 
-__all__ = ["Classifier", "ConvBlock", "IRBlock", "QConvBN"]
+__all__ = ["QConvBN", "QLinear"]
 
 INT32_MAX = 2**31 - 1
 
@@ -53,7 +54,11 @@ class QConvBN(nn.Module):
             return self.weight[:cin, :, lo : lo + k, lo : lo + k]
         return self.weight[:cout, :cin, lo : lo + k, lo : lo + k]
 
-    def forward(self, x: torch.Tensor, cout: int | None, k: int, prec: Precision) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cout: int | None, k: int, prec: Precision, stride: int | None = None
+    ) -> torch.Tensor:
+        """``stride`` overrides the layer's own: the elastic first conv of a stage strides only
+        when the subnet downsamples by stride."""
         cin = x.shape[1]  # (B, Cin, H, W)
         cout = cin if self.depthwise else cout
         assert cout is not None and cout <= self.out_max and cin <= self.in_max and k <= self.k_max, (
@@ -63,10 +68,11 @@ class QConvBN(nn.Module):
         w = self.wq(self.active_weight(cin, cout, k), prec.w)
         if x.is_contiguous(memory_format=torch.channels_last):
             w = w.contiguous(memory_format=torch.channels_last)  # keeps oneDNN on its fast path
-        y = F.conv2d(x, w, None, self.stride, k // 2, 1, cin if self.depthwise else 1)  # (B, Cout, H', W')
+        stride = self.stride if stride is None else stride
+        y = F.conv2d(x, w, None, stride, k // 2, 1, cin if self.depthwise else 1)  # (B, Cout, H', W')
         bn = self.bn
         if not self.training and prec.w == 8 and prec.a == 8:
-            return self._integer_bias_bn(y, cout, float(self.aq.step(8).detach()))
+            return self._integer_bias_bn(y, cout, float(self.aq.scale(8).detach()))
         if self.training and bn.track_running_stats:
             bn.num_batches_tracked.add_(1)
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
@@ -94,7 +100,7 @@ class QConvBN(nn.Module):
         bn = self.bn
         gain = bn.weight[:cout] / torch.sqrt(bn.running_var[:cout] + bn.eps)  # (Cout,)
         bias = bn.bias[:cout] - gain * bn.running_mean[:cout]
-        grid = x_step * self.wq.step(8)[:cout] * gain.abs().clamp_min(1e-30)
+        grid = x_step * self.wq.scale(8)[:cout] * gain.abs().clamp_min(1e-30)
         q = torch.round(bias / grid)
         if bool((q.abs() <= INT32_MAX).all()):
             bias = q * grid
@@ -102,7 +108,7 @@ class QConvBN(nn.Module):
         return F.relu(y) if self.relu else y
 
     @torch.no_grad()
-    def extract(self, cin: int, cout: int | None, k: int, prec: Precision) -> QConvBN:
+    def extract(self, cin: int, cout: int | None, k: int, prec: Precision, stride: int | None = None) -> QConvBN:
         """A layer of exactly the active size holding copies of the active weights."""
         cout = cin if self.depthwise else cout
         assert cout is not None
@@ -110,7 +116,7 @@ class QConvBN(nn.Module):
             cin,
             cout,
             k,
-            self.stride,
+            self.stride if stride is None else stride,
             depthwise=self.depthwise,
             act_signed=self.aq.signed,
             relu=self.relu,
@@ -135,77 +141,50 @@ def _copy_step(src: nn.Module, dst: nn.Module, bits: int, channels: int | None) 
     getattr(dst, f"initialized_{bits}").copy_(getattr(src, f"initialized_{bits}"))
 
 
-class IRBlock(nn.Module):
-    """Inverted residual: 1x1 expand, kxk depthwise (stride), 1x1 linear project (+ skip)."""
+class QLinear(nn.Module):
+    """A fully connected layer with elastic input and output size and bit-shared quantizers.
 
-    def __init__(self, in_max: int, out_max: int, k_max: int, e_max: int, stride: int, wb: tuple, ab: tuple) -> None:
+    The input is quantized per tensor, unsigned (it always follows a ReLU, a max-pool of one
+    or an average of one), the weight per output channel. The bias stays float, as in the
+    exported ``Gemm``. Input features are sliced from the front: a flattened ``(C, H, W)``
+    map is channel-major, so the first ``c * H * W`` features are those of the first ``c``
+    channels, and a narrower stage uses a slice of the same weight.
+    """
+
+    def __init__(
+        self, in_max: int, out_max: int, *, relu: bool, weight_bits: tuple[int, ...], act_bits: tuple[int, ...]
+    ) -> None:
         super().__init__()
-        hid = in_max * e_max
-        self.stride = stride
-        self.expand = QConvBN(
-            in_max, hid, 1, 1, depthwise=False, act_signed=True, relu=True, weight_bits=wb, act_bits=ab
+        self.in_max, self.out_max, self.relu = in_max, out_max, relu
+        self.weight = nn.Parameter(torch.empty(out_max, in_max))
+        self.bias = nn.Parameter(torch.zeros(out_max))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's initialisation
+        bound = 1 / in_max**0.5
+        nn.init.uniform_(self.bias, -bound, bound)
+        self.wq = WeightQuantizer(weight_bits, out_max)
+        self.aq = ActQuantizer(act_bits, signed=False)
+
+    def forward(self, x: torch.Tensor, out: int, prec: Precision) -> torch.Tensor:
+        cin = x.shape[1]  # (B, In)
+        assert cin <= self.in_max and out <= self.out_max, (
+            f"active ({cin}->{out}) exceeds ({self.in_max}->{self.out_max})"
         )
-        self.dw = QConvBN(
-            hid, hid, k_max, stride, depthwise=True, act_signed=False, relu=True, weight_bits=wb, act_bits=ab
-        )
-        self.project = QConvBN(
-            hid, out_max, 1, 1, depthwise=False, act_signed=False, relu=False, weight_bits=wb, act_bits=ab
-        )
-
-    def forward(self, x: torch.Tensor, cout: int, k: int, e: int, prec: Precision) -> torch.Tensor:
-        cin = x.shape[1]
-        h = self.expand(x, cin * e, 1, prec)  # (B, cin*e, H, W)
-        h = self.dw(h, None, k, prec)  # (B, cin*e, H/s, W/s)
-        h = self.project(h, cout, 1, prec)  # (B, cout, H/s, W/s)
-        return h + x if self.stride == 1 and cin == cout else h
-
-    def extract(self, cin: int, cout: int, k: int, e: int, prec: Precision) -> IRBlock:
-        out = IRBlock.__new__(IRBlock)
-        nn.Module.__init__(out)
-        out.stride = self.stride
-        out.expand = self.expand.extract(cin, cin * e, 1, prec)
-        out.dw = self.dw.extract(cin * e, None, k, prec)
-        out.project = self.project.extract(cin * e, cout, 1, prec)
-        return out
-
-
-class ConvBlock(nn.Module):
-    """Plain kxk convolution + BN + ReLU, no skip: the dense layer small CPUs run fast."""
-
-    def __init__(self, in_max: int, out_max: int, k_max: int, stride: int, wb: tuple, ab: tuple) -> None:
-        super().__init__()
-        self.conv = QConvBN(
-            in_max, out_max, k_max, stride, depthwise=False, act_signed=True, relu=True, weight_bits=wb, act_bits=ab
-        )
-
-    def forward(self, x: torch.Tensor, cout: int, k: int, e: int | None, prec: Precision) -> torch.Tensor:
-        return self.conv(x, cout, k, prec)
-
-    def extract(self, cin: int, cout: int, k: int, e: int | None, prec: Precision) -> ConvBlock:
-        out = ConvBlock.__new__(ConvBlock)
-        nn.Module.__init__(out)
-        out.conv = self.conv.extract(cin, cout, k, prec)
-        return out
-
-
-class Classifier(nn.Module):
-    """Global average pool, then a quantized linear layer. Returns (logits, embedding)."""
-
-    def __init__(self, in_features: int, num_classes: int, wb: tuple, ab: tuple) -> None:
-        super().__init__()
-        self.linear = nn.Linear(in_features, num_classes)
-        self.wq = WeightQuantizer(wb, num_classes)
-        self.aq = ActQuantizer(ab, signed=False)
-
-    def forward(self, x: torch.Tensor, prec: Precision) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = x.mean((2, 3))  # (B, C)
-        logits = F.linear(self.aq(emb, prec.a), self.wq(self.linear.weight, prec.w), self.linear.bias)
-        return logits, emb
+        w = self.wq(self.weight[:out, :cin], prec.w)
+        bias = self.bias[:out]
+        if not self.training and prec.w == 8 and prec.a == 8:
+            # as the integer Gemm adds it: an int32 on the grid s_x * s_w (see lifelong.onnx_graph)
+            grid = float(self.aq.scale(8).detach()) * self.wq.scale(8)[:out].detach()
+            q = torch.round(bias / grid)
+            if bool((q.abs() <= INT32_MAX).all()):
+                bias = q * grid
+        y = F.linear(self.aq(x, prec.a), w, bias)  # (B, Out)
+        return F.relu(y) if self.relu else y
 
     @torch.no_grad()
-    def extract(self, prec: Precision) -> Classifier:
-        out = Classifier(self.linear.in_features, self.linear.out_features, (prec.w,), (prec.a,))
-        out.linear.load_state_dict(self.linear.state_dict())
-        _copy_step(self.wq, out.wq, prec.w, None)
-        _copy_step(self.aq, out.aq, prec.a, None)
-        return out
+    def extract(self, cin: int, out: int, prec: Precision) -> QLinear:
+        layer = QLinear(cin, out, relu=self.relu, weight_bits=(prec.w,), act_bits=(prec.a,))
+        layer.weight.copy_(self.weight[:out, :cin])
+        layer.bias.copy_(self.bias[:out])
+        _copy_step(self.wq, layer.wq, prec.w, out)
+        _copy_step(self.aq, layer.aq, prec.a, None)
+        return layer

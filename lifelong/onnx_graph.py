@@ -22,15 +22,19 @@ How the learned quantization becomes QDQ (the parity gate in :mod:`lifelong.expo
 - A ReLU before a uint8 quantizer with zero point 0 is what onnxruntime folds away.
 
 onnxruntime turns ``DQ -> Conv -> Q`` into an integer ``QLinearConv`` only where the
-convolution's output is quantized. Inside a residual block the projection feeds the float
-``Add``, and the head feeds the float pooling, so those convolutions would run in float with
-their weights dequantized at every run, and layout transposes around them. An export may
-therefore *requantize* (``BlockSpec.out_step``, ``NetSpec.head_out_step``): the projection
-output and the head output get an int8/uint8 quantize-dequantize at a step calibrated on
-training images, and the skip path reuses the block input's quantized copy (the first
-convolution quantizes it anyway), so the ``Add`` and the pooling become ``QLinearAdd`` and
-``QLinearGlobalAveragePool``. That is a small change to the trained function; the parity
-gate decides whether it is kept (:func:`lifelong.export.export_subnet`).
+convolution's output is quantized. In the plain CNNs of the space every convolution is read by
+a quantizer, possibly through a max-pool or a flatten, both of which commute with rounding
+(max-pool is monotone, flatten moves elements): the graph quantizes *before* them, with the
+reader's own quantizer, so the pool runs on uint8 and the convolution fuses, and the function
+is exactly the trained one. A global average pool does not commute; an export may therefore
+*requantize* its input (``NetSpec.gap_step``, a uint8 quantize-dequantize at a step calibrated
+on training images) so that it runs as ``QLinearGlobalAveragePool`` and the last convolution
+fuses. That is a small change to the trained function; the parity gate decides whether it is
+kept (:func:`lifelong.export.export_subnet`).
+
+A fully connected layer is a ``Gemm``; with 8-bit input and weights its bias is stored as int32
+on the scale ``s_x s_w`` (as for a convolution), which lets onnxruntime run it as an integer
+``QGemm``; :class:`lifelong.layers.QLinear` rounds its bias the same way in eval mode.
 """
 
 from __future__ import annotations
@@ -53,13 +57,11 @@ from lifelong.model_format import (
 
 __all__ = [
     "OPSET",
-    "BlockSpec",
     "ConvSpec",
     "LinearSpec",
     "NetSpec",
-    "build_block_model",
-    "build_head_model",
     "build_model",
+    "build_part_model",
 ]
 
 OPSET = 21
@@ -113,36 +115,42 @@ class ConvSpec:
 
 @dataclass(frozen=True, eq=False)
 class LinearSpec:
-    """The classifier: ``weight (O, I)``, ``bias (O,)``, quantizers as in :class:`ConvSpec`."""
+    """A fully connected layer: ``weight (O, I)``, ``bias (O,)``, quantizers as in :class:`ConvSpec`."""
 
     weight: np.ndarray
     bias: np.ndarray
+    relu: bool = False
     w_bits: int = FULL_BITS
     w_step: np.ndarray | None = None
     a_bits: int = FULL_BITS
     a_step: float | None = None
     a_signed: bool = False
 
-
-@dataclass(frozen=True, eq=False)
-class BlockSpec:
-    """A block: its convolutions in order, and whether the input is added to the output."""
-
-    convs: tuple[ConvSpec, ...]
-    residual: bool = False
-    out_step: float | None = None  # requantize the projection output (int8) so the block fuses
+    def __post_init__(self) -> None:
+        o = self.weight.shape[0]
+        assert self.weight.ndim == 2 and self.bias.shape == (o,), (
+            f"linear weight (O, I) and bias (O,), got {self.weight.shape}"
+        )
+        assert self.w_bits >= FULL_BITS or (self.w_step is not None and self.w_step.shape == (o,)), "w_step (O,)"
+        assert self.a_bits >= FULL_BITS or self.a_step is not None, "a quantized input needs its step"
 
 
 @dataclass(frozen=True, eq=False)
 class NetSpec:
-    stem: ConvSpec
-    blocks: tuple[BlockSpec, ...]
-    head: ConvSpec
-    classifier: LinearSpec
+    """A plain CNN: convolutions (a 2x2 max-pool after those marked), the pool, the FC layers."""
+
+    convs: tuple[ConvSpec, ...]
+    pool_after: tuple[bool, ...]
+    pool: str  # "flat" or "gap"
+    fcs: tuple[LinearSpec, ...]
     pixel_mean: float
     pixel_std: float
     metadata: dict[str, str] = field(default_factory=dict)
-    head_out_step: float | None = None  # requantize the head output (uint8) so pooling fuses
+    gap_step: float | None = None  # requantize the global pool's input (uint8) so it fuses
+
+    def __post_init__(self) -> None:
+        assert len(self.pool_after) == len(self.convs), "one pool flag per convolution"
+        assert self.pool in ("flat", "gap") and 1 <= len(self.fcs) <= 2, "a pool and one or two FC layers"
 
 
 class _Graph:
@@ -174,17 +182,16 @@ class _Graph:
         return out
 
 
-def _qdq_act(g: _Graph, x: str, step: float, signed: bool, prefix: str, relu_folded: bool = False) -> str:
+def _qdq_act(g: _Graph, x: str, step: float, signed: bool, prefix: str) -> str:
     """Quantize-dequantize an activation; every activation is uint8 so that convolutions fuse.
 
     onnxruntime fuses ``DQ -> Conv -> Q`` only when input and output have the same type, so
-    signed tensors use uint8 with zero point 128: ``[-128, 127]`` exactly as int8. With
-    ``relu_folded`` a signed quantizer that follows a ReLU becomes uint8 with zero point 0,
-    which lets onnxruntime drop the ReLU; its range grows from ``127 s`` to ``255 s`` (the one
-    difference from training, for outliers only; the parity gate measures it).
+    signed tensors (the normalised image) use uint8 with zero point 128: ``[-128, 127]``
+    exactly as int8. Every other activation follows a ReLU and is unsigned with zero point 0,
+    which also lets onnxruntime drop the ReLU before it.
     """
     s = g.const(prefix + ".a_scale", np.float32(step))
-    z = g.const(prefix + ".a_zero", np.uint8(128 if signed and not relu_folded else 0))
+    z = g.const(prefix + ".a_zero", np.uint8(128 if signed else 0))
     q = g.node("QuantizeLinear", [x, s, z], prefix + ".q")
     return g.node("DequantizeLinear", [q, s, z], prefix + ".dq")
 
@@ -233,14 +240,11 @@ def _bias_input(
     return g.const(prefix + ".b", bias.astype(np.float32))
 
 
-def _conv(g: _Graph, x: str, c: ConvSpec, prefix: str, quantized: bool = False, relu_folded: bool = False) -> str:
-    """``quantized``: ``x`` is already the quantize-dequantize this layer's input quantizer makes.
-
-    ``relu_folded``: ``x`` comes out of a ReLU and the fusing form is wanted (see :func:`_qdq_act`).
-    """
+def _conv(g: _Graph, x: str, c: ConvSpec, prefix: str, quantized: bool = False) -> str:
+    """``quantized``: ``x`` is already the quantize-dequantize this layer's input quantizer makes."""
     if c.a_bits < FULL_BITS and not quantized:
         assert c.a_step is not None
-        x = _qdq_act(g, x, c.a_step, c.a_signed, prefix, relu_folded)
+        x = _qdq_act(g, x, c.a_step, c.a_signed, prefix)
     inv_std = 1.0 / np.sqrt(c.var.astype(np.float64) + c.eps)
     gain = c.gamma.astype(np.float64) * inv_std  # BN folded per output channel
     bias = c.beta.astype(np.float64) - gain * c.mean.astype(np.float64)
@@ -254,70 +258,128 @@ def _conv(g: _Graph, x: str, c: ConvSpec, prefix: str, quantized: bool = False, 
     return g.node("Relu", [y], prefix + ".relu") if c.relu else y
 
 
-def _fuses(c: ConvSpec) -> bool:
-    """Whether onnxruntime can run ``c`` as an integer convolution (8-bit input and weights)."""
+def _fuses(c: ConvSpec | LinearSpec) -> bool:
+    """Whether onnxruntime can run ``c`` as an integer kernel (8-bit input and weights)."""
     return c.a_bits == 8 and c.w_bits == 8
 
 
-def _block(g: _Graph, x: str, b: BlockSpec, prefix: str, x_relu_folded: bool = False) -> str:
-    """The block's graph; ``x_relu_folded``: ``x`` is a ReLU output and the fusing form is wanted."""
-    first = b.convs[0]
-    requant = b.residual and b.out_step is not None and _fuses(first) and _fuses(b.convs[-1])
-    if requant:  # the skip path takes the copy of x the first convolution quantizes anyway
-        assert first.a_step is not None
-        x = _qdq_act(g, x, first.a_step, first.a_signed, f"{prefix}.0", x_relu_folded)
-    h = x
-    for i, c in enumerate(b.convs):
-        h = _conv(g, h, c, f"{prefix}.{i}", quantized=requant and i == 0, relu_folded=x_relu_folded and i == 0)
-    if not b.residual:
-        return h
-    if requant:
-        assert b.out_step is not None
-        h = _qdq_act(g, h, b.out_step, signed=True, prefix=f"{prefix}.out")
-    return g.node("Add", [h, x], prefix + ".add")
-
-
-def _ends_in_relu(b: BlockSpec) -> bool:
-    return b.convs[-1].relu and not b.residual
-
-
-def _classifier(g: _Graph, emb: str, c: LinearSpec) -> str:
-    x = emb
-    if c.a_bits < FULL_BITS:
+def _linear(
+    g: _Graph,
+    x: str,
+    c: LinearSpec,
+    prefix: str,
+    quantized: bool = False,
+    output: str | None = None,
+    after: tuple[float, bool] | None = None,
+) -> tuple[str, bool]:
+    """``after``: the reader's input quantizer. An unsigned one clamps at zero, so after a ReLU
+    layer it replaces the ReLU (exactly) and follows the ``Gemm`` directly, which is the form
+    onnxruntime runs as an integer ``QGemm``. Returns the output and whether it carries
+    ``after``'s quantize-dequantize."""
+    if c.a_bits < FULL_BITS and not quantized:
         assert c.a_step is not None
-        x = _qdq_act(g, x, c.a_step, c.a_signed, "fc")
-    w, w_scale = _weight_input(g, c.weight, c.w_bits, c.w_step, np.ones(len(c.bias)), "fc")
-    b = g.const("fc.b", c.bias.astype(np.float32))  # Gemm does not fuse here: the bias stays float, as trained
-    return g.node("Gemm", [x, w, b], "fc", output=LOGITS_OUTPUT, transB=1)
+        x = _qdq_act(g, x, c.a_step, c.a_signed, prefix)
+    w, w_scale = _weight_input(g, c.weight, c.w_bits, c.w_step, np.ones(len(c.bias)), prefix)
+    b = _bias_input(g, c.bias.astype(np.float64), c.a_step if c.a_bits < FULL_BITS else None, w_scale, c.w_bits, prefix)
+    if c.relu and after is not None and not after[1]:
+        y = g.node("Gemm", [x, w, b], prefix + ".gemm", transB=1)
+        return _qdq_act(g, y, after[0], False, prefix + ".out"), True
+    y = g.node("Gemm", [x, w, b], prefix + ".gemm", output=None if c.relu else output, transB=1)
+    return (g.node("Relu", [y], prefix + ".relu", output=output) if c.relu else y), False
 
 
-def _model(g: _Graph, outputs: list[onnx.ValueInfoProto], metadata: dict[str, str], doc: str) -> onnx.ModelProto:
-    image = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", *INPUT_SHAPE])
-    graph = helper.make_graph(g.nodes, "lifelong", [image], outputs, g.inits)
+_Quant = tuple[float, bool]  # (step, signed) of an activation quantizer
+
+
+def _input_quant(layer: ConvSpec | LinearSpec | None) -> _Quant | None:
+    """The input quantizer of ``layer``, None where it reads float."""
+    if layer is None or layer.a_bits >= FULL_BITS:
+        return None
+    assert layer.a_step is not None
+    return layer.a_step, layer.a_signed
+
+
+def _layers(
+    g: _Graph,
+    x: str,
+    convs: tuple[ConvSpec, ...],
+    pool_after: tuple[bool, ...],
+    after: _Quant | None,
+    quantized: bool = False,
+) -> tuple[str, bool]:
+    """The convolutions and their max-pools. ``after`` quantizes the result (the reader's
+    input quantizer); it is applied before a final max-pool, so the pool runs on uint8. Returns
+    the output and whether it carries ``after``'s quantize-dequantize."""
+    for i, (c, pool) in enumerate(zip(convs, pool_after, strict=True)):
+        x = _conv(g, x, c, f"conv{i}", quantized=quantized)
+        quantized = False
+        if pool:
+            reader = _input_quant(convs[i + 1]) if i + 1 < len(convs) else after
+            if reader is not None:  # exact: max-pool commutes with monotone rounding
+                x, quantized = _qdq_act(g, x, reader[0], reader[1], f"conv{i}.out"), True
+            x = g.node("MaxPool", [x], f"conv{i}.pool", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)
+    return x, quantized
+
+
+def _embedding(g: _Graph, x: str, name: str) -> None:
+    """The graph output ``name``: the last layer's input. Where that is a dequantized tensor,
+    the output gets a second ``DequantizeLinear`` of its own, so that the one feeding the layer
+    has a single reader and onnxruntime still fuses the layer into an integer kernel."""
+    producer = next((n for n in g.nodes if x in n.output), None)
+    if producer is not None and producer.op_type == "DequantizeLinear":
+        g.nodes.append(helper.make_node("DequantizeLinear", list(producer.input), [name], name=g._name("embedding")))
+    else:
+        g.node("Identity", [x], "embedding", output=name)
+
+
+def _head_input_quant(pool: str, fcs: tuple[LinearSpec, ...], gap_step: float | None) -> _Quant | None:
+    """What quantizes the last feature map: the first FC's quantizer through a flatten (exact),
+    or the requantization before a global pool."""
+    if pool == "flat":
+        return _input_quant(fcs[0])
+    return (gap_step, False) if gap_step is not None and _fuses(fcs[0]) else None
+
+
+def _head(
+    g: _Graph,
+    x: str,
+    pool: str,
+    fcs: tuple[LinearSpec, ...],
+    gap_step: float | None,
+    quantized: bool,
+    emb_name: str | None,
+) -> str:
+    """The pool (or flatten) and the FC layers; names the last layer's input ``emb_name``.
+    ``quantized``: ``x`` already carries :func:`_head_input_quant`'s quantize-dequantize."""
+    q = _head_input_quant(pool, fcs, gap_step)
+    if q is not None and not quantized:
+        x = _qdq_act(g, x, q[0], q[1], "head.in")
+    if pool == "gap":
+        x = g.node("Flatten", [g.node("GlobalAveragePool", [x], "gap")], "gap.flat", axis=1)  # (N, C)
+        fc_quantized = False
+    else:
+        # quantized again after the flatten (exact: the values are on the grid already) so
+        # that onnxruntime sees DQ -> Gemm and runs the layer as an integer QGemm
+        x = g.node("Flatten", [x], "flat", axis=1)  # (N, C*H*W), channel-major as in torch
+        fc_quantized = False
+    if len(fcs) == 2:
+        x, fc_quantized = _linear(g, x, fcs[0], "hidden", quantized=fc_quantized, after=_input_quant(fcs[1]))
+    if emb_name is not None:
+        _embedding(g, x, emb_name)
+    return _linear(g, x, fcs[-1], "fc", quantized=fc_quantized, output=LOGITS_OUTPUT)[0]
+
+
+def _model(
+    g: _Graph, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto], metadata: dict[str, str], doc: str
+) -> onnx.ModelProto:
+    graph = helper.make_graph(g.nodes, "lifelong", inputs, outputs, g.inits)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lifelong", doc_string=doc
     )
     model.ir_version = 10  # what onnxruntime 1.18+ reads; opset 21 needs IR 10
-    helper.set_model_props(model, {META_FORMAT: str(MODEL_FORMAT), **metadata})
+    if metadata:
+        helper.set_model_props(model, {META_FORMAT: str(MODEL_FORMAT), **metadata})
     return model
-
-
-def _tail(
-    g: _Graph,
-    x: str,
-    head: ConvSpec,
-    classifier: LinearSpec,
-    head_out_step: float | None,
-    emb_name: str | None,
-    head_relu_folded: bool = False,
-) -> str:
-    """Head convolution, global pooling, the embedding and the classifier's logits."""
-    x = _conv(g, x, head, "head", relu_folded=head_relu_folded)
-    if head_out_step is not None and _fuses(head):
-        x = _qdq_act(g, x, head_out_step, signed=False, prefix="head.out")  # after the ReLU: uint8
-    pooled = g.node("GlobalAveragePool", [x], "pool")  # (N, C, 1, 1)
-    emb = g.node("Flatten", [pooled], "embedding", output=emb_name, axis=1)  # (N, C)
-    return _classifier(g, emb, classifier)
 
 
 def build_model(net: NetSpec) -> onnx.ModelProto:
@@ -326,52 +388,44 @@ def build_model(net: NetSpec) -> onnx.ModelProto:
     m = g.const("pixel_mean", np.float32(net.pixel_mean))
     s = g.const("pixel_std", np.float32(net.pixel_std))
     x = g.node("Div", [g.node("Sub", [INPUT_NAME, m], "centred"), s], "normalised")  # as in training, exactly
-    x = _conv(g, x, net.stem, "stem")
-    fusing, relu = net.head_out_step is not None, net.stem.relu  # requantized exports also fold ReLUs
-    for i, b in enumerate(net.blocks):
-        x = _block(g, x, b, f"block{i}", x_relu_folded=fusing and relu)
-        relu = _ends_in_relu(b)
-    _tail(g, x, net.head, net.classifier, net.head_out_step, EMBEDDING_OUTPUT, head_relu_folded=fusing and relu)
-    classes, width = net.classifier.weight.shape
+    after = _head_input_quant(net.pool, net.fcs, net.gap_step)
+    x, quantized = _layers(g, x, net.convs, net.pool_after, after)
+    _head(g, x, net.pool, net.fcs, net.gap_step, quantized, EMBEDDING_OUTPUT)
+    classes, width = net.fcs[-1].weight.shape
+    image = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", *INPUT_SHAPE])
     outputs = [
         helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, ["N", int(classes)]),
         helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", int(width)]),
     ]
-    return _model(g, outputs, net.metadata, "lifelong subnet " + net.metadata.get("lifelong.subnet", ""))
+    return _model(g, [image], outputs, {META_FORMAT: str(MODEL_FORMAT), **net.metadata},
+                  "lifelong subnet " + net.metadata.get("lifelong.subnet", ""))  # fmt: skip
 
 
-def build_block_model(
-    blocks: tuple[BlockSpec, ...], in_shape: tuple[int, int, int], next_a_bits: int = FULL_BITS
+def build_part_model(
+    in_shape: tuple[int, int, int],
+    convs: tuple[ConvSpec, ...] = (),
+    pool_after: tuple[bool, ...] = (),
+    after: ConvSpec | LinearSpec | None = None,
+    head: tuple[str, tuple[LinearSpec, ...]] | None = None,
+    quantized_input: bool = False,
 ) -> onnx.ModelProto:
-    """A graph of just ``blocks`` on an input of ``in_shape`` (C, H, W), for the latency profile.
+    """A graph of a part of a subnet on an input of ``in_shape`` (C, H, W), for the latency profile.
 
-    ``next_a_bits == 8`` ends the graph with the quantize-dequantize the following layer
-    would apply, so that the last convolution fuses as it does inside a whole subnet.
+    ``convs`` (with their pools) end with the quantize-dequantize of ``after``, the layer that
+    would read them, so that the last convolution fuses as it does inside a whole subnet;
+    ``head`` is ``(pool, fcs)`` (a global pool requantized, as a fusing export is).
+    ``quantized_input``: the input already carries the first layer's quantize-dequantize.
     """
     g = _Graph()
     x = "x"
-    for i, b in enumerate(blocks):
-        x = _block(g, x, b, f"block{i}")
-    if next_a_bits < FULL_BITS:  # after a ReLU the next quantizer is uint8 from 0, as in build_model
-        x = _qdq_act(g, x, 0.05, signed=True, prefix="next", relu_folded=bool(blocks) and _ends_in_relu(blocks[-1]))
+    if head is not None:
+        x = _head(g, x, head[0], head[1], 0.05, quantized_input, None)
+    else:
+        x, quantized = _layers(g, x, convs, pool_after, _input_quant(after), quantized=quantized_input)
+        if after is not None and not quantized and _input_quant(after) is not None:
+            step, signed = _input_quant(after)  # type: ignore[misc]
+            x = _qdq_act(g, x, step, signed, "next")
     g.node("Identity", [x], "y", output="y")
     inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    graph = helper.make_graph(g.nodes, "block", [inp], [out], g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lifelong")
-    model.ir_version = 10
-    return model
-
-
-def build_head_model(
-    head: ConvSpec, classifier: LinearSpec, in_shape: tuple[int, int, int], head_out_step: float | None = None
-) -> onnx.ModelProto:
-    """The fixed tail of every subnet (head conv, pooling, classifier) on ``in_shape``, for the profile."""
-    g = _Graph()
-    _tail(g, "x", head, classifier, head_out_step, None)
-    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])
-    out = helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, None)
-    graph = helper.make_graph(g.nodes, "head", [inp], [out], g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lifelong")
-    model.ir_version = 10
-    return model
+    return _model(g, [inp], [out], {}, "lifelong part")

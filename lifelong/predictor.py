@@ -247,11 +247,14 @@ class AccuracyPredictor:
         return h[:, 0], acts  # (N,) standardised
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """``(N,)`` predicted accuracy for ``(N, input_dim)`` encodings (float64)."""
+        """``(N,)`` predicted accuracy in ``[0, 1]`` for ``(N, input_dim)`` encodings (float64).
+
+        Clipped: a predictor refreshed on a handful of low local accuracies was seen to
+        extrapolate to -0.03, which no front point may hold (the adaptation's search failed)."""
         if not self.fitted:
             raise DataError("the predictor has not been fitted: call fit() or load() first")
         out, _ = self._forward(self._check_x(X))
-        return out.astype(np.float64) * self.y_std + self.y_mean
+        return np.clip(out.astype(np.float64) * self.y_std + self.y_mean, 0.0, 1.0)
 
     def evaluate(self, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Kendall tau and RMSE of the predictions on ``(X, y)``: the figures the issue reports."""

@@ -46,7 +46,7 @@ import numpy as np
 
 from lifelong.errors import DataError, SpaceError
 from lifelong.progress import Progress
-from lifelong.space import Precision, SearchSpace, SpaceConfig, StageConfig, SubnetConfig
+from lifelong.space import Precision, SearchSpace, SpaceConfig, SubnetConfig
 from lifelong.versioned import read_versioned_json, write_json_atomic
 
 if TYPE_CHECKING:
@@ -351,13 +351,13 @@ def _stream(space: SearchSpace, kind: str, seed: int) -> Iterator[SubnetConfig]:
 
 
 def _extremes(space: SearchSpace) -> Iterator[SubnetConfig]:
-    """The largest subnets of every block kind (the default one first) at every precision,
-    then the smallest ones: the sandwich rule's corners, which uniform draws never reach."""
-    kinds = sorted(space.config.block_kinds, key=lambda k: k != "ir")  # largest()'s default kind first
-    for extreme in (space.largest, space.smallest):
-        for kind in kinds:
-            for prec in space.precisions:
-                yield extreme(prec, kind)
+    """The largest subnets at every precision, then the smallest ones: the sandwich rule's
+    corners, which uniform draws never reach."""
+    seen: list[SubnetConfig] = []
+    for cfg in [*(space.largest(p) for p in space.precisions), *(space.smallest(p) for p in space.precisions)]:
+        if cfg not in seen:  # a space of one architecture has one corner per precision
+            seen.append(cfg)
+            yield cfg
 
 
 def corner_subnet(space: SearchSpace, rng: np.random.Generator) -> SubnetConfig:
@@ -377,8 +377,7 @@ def corner_subnet(space: SearchSpace, rng: np.random.Generator) -> SubnetConfig:
     def pick() -> Precision:
         return mix[int(rng.integers(len(mix)))]
 
-    stages = tuple(StageConfig(st.width, tuple(replace(b, prec=pick()) for b in st.blocks)) for st in largest.stages)
-    base = SubnetConfig(largest.stem_width, pick(), stages, pick())
+    base = largest.with_precisions(pick)
     return space.mutate(base, rng, float(rng.uniform(*CORNER_MUTATION)))
 
 

@@ -1,12 +1,18 @@
-"""The device profile: measured onnxruntime latency of every block choice on this machine.
+"""The device profile: measured onnxruntime latency of every part a subnet can hold, on this machine.
 
-Every block the search space can place (stage, first-or-later position, input and output
-width, kind, kernel, expand ratio, precision) is built as a small ONNX graph with the same
-builder the exporter uses (:mod:`lifelong.onnx_graph`), with random weights of the right
-shapes and scales, and timed with onnxruntime at each profiled batch size: threads from the
-settings, spinning off, warm-up runs, the median of repeats. The fixed parts (stem, head and
-classifier) are timed the same way, and the cost of running an empty graph is measured once
-and subtracted, so that a subnet's table sum counts each run's fixed cost once.
+A *part* is one convolution in its place (stage, first-or-later position, input and output
+width, input resolution, kernel, downsampling mode, precision) or one head (pool, number of
+stages, last width, hidden layer and precisions); :class:`lifelong.codec.SubnetCodec` numbers
+every part of the space, and :func:`part_key` names each as a row of the table. Each part is
+built as a small ONNX graph with the builder the exporter uses
+(:func:`lifelong.onnx_graph.build_part_model`), with random weights of the right shapes and
+scales, and timed with onnxruntime at each profiled batch size: threads from the settings,
+spinning off, warm-up runs, the median of repeats. The cost of running an empty graph is
+measured once and subtracted, so that a subnet's table sum counts each run's fixed cost once.
+
+A convolution part ends with the quantize-dequantize of a reader at its own precision, so an
+8-bit convolution fuses into an integer kernel as it does inside a subnet; what a reader of
+another precision changes is the latency model's border term (:mod:`lifelong.latency`).
 
 The profile is stored as JSON with a format version and the device's fingerprint (CPU model,
 cores, onnxruntime version, threads); a profile taken elsewhere or with other settings is
@@ -26,19 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from lifelong.codec import Part, SubnetCodec
+from lifelong.cost import feature_count
 from lifelong.errors import LifelongError
 from lifelong.model_format import INPUT_NAME, INPUT_SHAPE, ort_session
-from lifelong.onnx_graph import (
-    BlockSpec,
-    ConvSpec,
-    LinearSpec,
-    NetSpec,
-    build_block_model,
-    build_head_model,
-    build_model,
-)
+from lifelong.onnx_graph import ConvSpec, LinearSpec, NetSpec, build_model, build_part_model
 from lifelong.progress import Progress
-from lifelong.space import Precision, SearchSpace, SubnetConfig
+from lifelong.space import ConvConfig, HeadConfig, Precision, SearchSpace, StageConfig, SubnetConfig, stage_sizes
 from lifelong.versioned import read_versioned_json, write_json_atomic
 
 __all__ = [
@@ -47,13 +47,16 @@ __all__ = [
     "DeviceProfile",
     "PairedTimer",
     "ProfileError",
-    "block_key",
+    "conv_key",
     "cpu_model",
     "device_fingerprint",
-    "measure_model",
-    "profile_device",
+    "head_key",
     "integer_borders",
+    "measure_model",
+    "part_key",
+    "profile_device",
     "random_net",
+    "reference_subnet",
     "runs_integer",
     "subnet_keys",
     "table_keys",
@@ -61,13 +64,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PROFILE_FORMAT = 2  # 2: plain-conv W8A8 rows timed fused, and the four-term correction
+PROFILE_FORMAT = 3  # 3: search space v2 (conv and head parts); 2: v1 blocks with the four-term correction
 # the latency model: predicted ms = c . (1, integer-kernel rows, other rows, integer/float borders)
 CORRECTION_TERMS = ("intercept", "integer_rows_ms", "float_rows_ms", "integer_float_borders")
 FULL = 32
 REFERENCE_EVERY = 25  # rows between two timings of the reference graph
-STEM_KERNEL = 3
-REQUANT_STEP = 0.05  # any step times the same: the profile measures the requantized (fused) export
+ACT_STEP = 0.05  # any step times the same
+REQUANT_STEP = 0.05  # the global pool's requantization, as a fusing export has it
+PIXEL_MEAN, PIXEL_STD = 0.286, 0.353  # Fashion-MNIST's (lifelong.supernet has them, with torch)
 
 
 class ProfileError(LifelongError, ValueError):
@@ -99,74 +103,82 @@ def device_fingerprint(threads: int) -> dict[str, Any]:
 
 
 # -- random specs of the right shapes -----------------------------------------------------------
+def _w_step(w: np.ndarray, bits: int) -> np.ndarray | None:
+    """Per-output-channel steps of a trained LSQ quantizer's scale (2 mean|w| / sqrt(qmax))."""
+    if bits >= FULL:
+        return None
+    qmax = 2 ** (bits - 1) - 1
+    return (2 * np.abs(w).reshape(len(w), -1).mean(1) / np.sqrt(qmax) + 1e-8).astype(np.float32)
+
+
 def _conv(
-    rng: np.random.Generator,
-    cin: int,
-    cout: int,
-    k: int,
-    stride: int,
-    prec: Precision,
-    *,
-    dw: bool,
-    relu: bool,
-    signed: bool,
+    rng: np.random.Generator, cin: int, cout: int, k: int, stride: int, prec: Precision, *, signed: bool
 ) -> ConvSpec:
-    fan_in = (1 if dw else cin) * k * k
-    w = (rng.standard_normal((cout, 1 if dw else cin, k, k)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-    w_step = None
-    if prec.w < FULL:
-        qmax = 2 ** (prec.w - 1) - 1
-        w_step = (2 * np.abs(w).reshape(cout, -1).mean(1) / np.sqrt(qmax) + 1e-8).astype(np.float32)
+    """A kxk convolution + BN + ReLU with He-initialised weights; ``signed``: it reads the image."""
+    w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
     ones, zeros = np.ones(cout, np.float32), np.zeros(cout, np.float32)
     return ConvSpec(
-        weight=w, gamma=ones, beta=zeros + 0.1, mean=zeros, var=ones, eps=1e-5,
-        stride=stride, groups=cout if dw else 1, relu=relu,
-        w_bits=prec.w, w_step=w_step, a_bits=prec.a, a_step=0.05 if prec.a < FULL else None, a_signed=signed,
+        weight=w, gamma=ones, beta=zeros + 0.1, mean=zeros, var=ones, eps=1e-5, stride=stride, groups=1, relu=True,
+        w_bits=prec.w, w_step=_w_step(w, prec.w), a_bits=prec.a, a_step=ACT_STEP if prec.a < FULL else None,
+        a_signed=signed,
     )  # fmt: skip
 
 
-def _block(
-    rng: np.random.Generator, kind: str, cin: int, cout: int, k: int, e: int | None, stride: int, prec: Precision
-) -> BlockSpec:
-    if kind == "conv":
-        return BlockSpec((_conv(rng, cin, cout, k, stride, prec, dw=False, relu=True, signed=True),))
-    assert e is not None
-    hid = cin * e
-    convs = (
-        _conv(rng, cin, hid, 1, 1, prec, dw=False, relu=True, signed=True),
-        _conv(rng, hid, hid, k, stride, prec, dw=True, relu=True, signed=False),
-        _conv(rng, hid, cout, 1, 1, prec, dw=False, relu=False, signed=False),
-    )
-    return BlockSpec(convs, residual=stride == 1 and cin == cout, out_step=REQUANT_STEP)
-
-
-def _classifier(rng: np.random.Generator, width: int, classes: int, prec: Precision) -> LinearSpec:
-    w = (rng.standard_normal((classes, width)) / np.sqrt(width)).astype(np.float32)
-    w_step = None
-    if prec.w < FULL:
-        w_step = (2 * np.abs(w).mean(1) / np.sqrt(2 ** (prec.w - 1) - 1) + 1e-8).astype(np.float32)
+def _fc(rng: np.random.Generator, cin: int, cout: int, prec: Precision, *, relu: bool) -> LinearSpec:
+    """A fully connected layer reading ReLU outputs (its 8-bit input grid is unsigned)."""
+    w = (rng.standard_normal((cout, cin)) / np.sqrt(cin)).astype(np.float32)
     return LinearSpec(
-        w, np.zeros(classes, np.float32), prec.w, w_step, prec.a, 0.05 if prec.a < FULL else None, a_signed=False
+        w, np.zeros(cout, np.float32), relu, prec.w, _w_step(w, prec.w), prec.a, ACT_STEP if prec.a < FULL else None
     )
+
+
+def _fcs(rng: np.random.Generator, features: int, head: HeadConfig, classes: int) -> tuple[LinearSpec, ...]:
+    out_in = features
+    layers = []
+    if head.hidden:
+        assert head.hidden_prec is not None, "a hidden layer has a precision"
+        layers.append(_fc(rng, features, head.hidden, head.hidden_prec, relu=True))
+        out_in = head.hidden
+    return (*layers, _fc(rng, out_in, classes, head.out_prec, relu=False))
+
+
+def _reader(prec: Precision) -> ConvSpec:
+    """A stand-in for the layer that reads a part's output: only its input quantizer is used."""
+    one = np.ones(1, np.float32)
+    return ConvSpec(
+        np.ones((1, 1, 1, 1), np.float32), one, one * 0, one * 0, one, 1e-5, 1, 1, True,
+        a_bits=prec.a, a_step=ACT_STEP if prec.a < FULL else None, a_signed=False,
+    )  # fmt: skip
+
+
+def _conv_layout(space: SearchSpace, cfg: SubnetConfig) -> Iterator[tuple[int, int, int, int, str, ConvConfig]]:
+    """Each convolution of ``cfg`` in graph order: ``(stage, position, cin, input side, mode, conv)``."""
+    sizes = stage_sizes(space.config.image_size, len(cfg.stages))
+    cin = space.config.in_channels
+    for i, st in enumerate(cfg.stages):
+        for j, conv in enumerate(st.convs):
+            if st.down == "stride":
+                mode, side = ("strided", sizes[i]) if j == 0 else ("plain", sizes[i + 1])
+            else:
+                mode, side = ("pooled" if j == st.depth - 1 else "plain"), sizes[i]
+            yield i, j, cin, side, mode, conv
+            cin = st.width
 
 
 def random_net(space: SearchSpace, cfg: SubnetConfig, seed: int = 0) -> NetSpec:
-    """The graph of ``cfg`` with random weights: its latency is the trained model's latency."""
+    """The graph of ``cfg`` with random weights: its latency is the trained model's latency.
+
+    A global pool read by an 8-bit layer is requantized, as a fusing export has it.
+    """
     rng = np.random.default_rng(seed)
-    c = space.config
-    stem = _conv(
-        rng, c.in_channels, cfg.stem_width, STEM_KERNEL, c.stem_stride, cfg.stem_prec, dw=False, relu=True, signed=True
-    )
-    blocks = []
-    cin = cfg.stem_width
-    for st, spec in zip(cfg.stages, c.stages, strict=True):
-        for j, b in enumerate(st.blocks):
-            stride = spec.stride if j == 0 else 1
-            blocks.append(_block(rng, b.kind, cin, st.width, b.kernel, b.expand, stride, b.prec))
-            cin = st.width
-    head = _conv(rng, cin, c.head_width, 1, 1, cfg.head_prec, dw=False, relu=True, signed=True)
-    fc = _classifier(rng, c.head_width, c.num_classes, cfg.head_prec)
-    return NetSpec(stem, tuple(blocks), head, fc, 0.286, 0.353, head_out_step=REQUANT_STEP)
+    convs, pool_after = [], []
+    for i, j, cin, _side, mode, conv in _conv_layout(space, cfg):
+        width = cfg.stages[i].width
+        convs.append(_conv(rng, cin, width, conv.kernel, 2 if mode == "strided" else 1, conv.prec, signed=i == j == 0))
+        pool_after.append(mode == "pooled")
+    fcs = _fcs(rng, feature_count(space, cfg), cfg.head, space.config.num_classes)
+    gap_step = REQUANT_STEP if cfg.head.pool == "gap" else None
+    return NetSpec(tuple(convs), tuple(pool_after), cfg.head.pool, fcs, PIXEL_MEAN, PIXEL_STD, gap_step=gap_step)
 
 
 def runs_integer(prec: Precision) -> bool:
@@ -182,29 +194,54 @@ def integer_borders(precisions: list[Precision]) -> int:
     """How often consecutive layers switch between integer and float kernels.
 
     A chain of fused integer layers stays in uint8 NHWC; each border pays a layout transpose
-    and a (de)quantization that rows timed alone count on both sides of every block instead.
+    and a (de)quantization that rows timed alone count on both sides of every part instead.
+    Pass ``cfg.layer_precisions()``: the head's hidden and output layers count as two.
     """
     flags = [runs_integer(p) for p in precisions]
     return sum(1 for a, b in zip(flags, flags[1:], strict=False) if a != b)
 
 
 # -- keys -------------------------------------------------------------------------------------
-def block_key(stage: int, first: bool, cin: int, cout: int, kind: str, k: int, e: int | None, prec: Precision) -> str:
-    """``b1.first:24>32:ik3e4:w8a8``: one row of the latency table."""
-    op = f"ik{k}e{e}" if kind == "ir" else f"ck{k}"
-    return f"b{stage}.{'first' if first else 'rest'}:{cin}>{cout}:{op}:{prec}"
+def conv_key(stage: int, first: bool, cin: int, cout: int, side: int, kernel: int, mode: str, prec: Precision) -> str:
+    """``s1.first:32>64@14:k3:strided:w8a8``: one convolution row of the latency table.
+
+    ``@14`` is the input's side: a later convolution of a stage runs at the stage's input
+    resolution, or at half of it after a strided first one.
+    """
+    return f"s{stage}.{'first' if first else 'rest'}:{cin}>{cout}@{side}:k{kernel}:{mode}:{prec}"
+
+
+def head_key(pool: str, stages: int, cin: int, hidden: int, hidden_prec: Precision | None, out_prec: Precision) -> str:
+    """``head:flat2:64:d128w8a8:ow8a8`` (``head:gap3:128:ow32a32`` without a hidden layer): one head row."""
+    mid = f":d{hidden}{hidden_prec}" if hidden else ""
+    return f"head:{pool}{stages}:{cin}{mid}:o{out_prec}"
+
+
+def part_key(part: Part) -> str:
+    """The table row of a part of :class:`~lifelong.codec.SubnetCodec` (as :func:`subnet_keys` spells it)."""
+    if part.kind == "head":
+        assert part.pool and part.stages and part.hidden is not None and part.out_prec, f"malformed part {part}"
+        return head_key(part.pool, part.stages, part.cin, part.hidden, part.hidden_prec, part.out_prec)
+    assert part.stage is not None and part.first is not None and part.cout and part.kernel and part.mode, part
+    return conv_key(part.stage, part.first, part.cin, part.cout, part.side, part.kernel, part.mode, part.prec)
+
+
+def _subnet_rows(space: SearchSpace, cfg: SubnetConfig) -> list[tuple[str, Precision]]:
+    """The rows of ``cfg`` with the precision that decides each row's kernel family (the
+    head's is its first layer's, which does nearly all of its work)."""
+    rows = [
+        (conv_key(i, j == 0, cin, cfg.stages[i].width, side, conv.kernel, mode, conv.prec), conv.prec)
+        for i, j, cin, side, mode, conv in _conv_layout(space, cfg)
+    ]
+    h = cfg.head
+    first = h.hidden_prec if h.hidden and h.hidden_prec is not None else h.out_prec
+    rows.append((head_key(h.pool, len(cfg.stages), cfg.stages[-1].width, h.hidden, h.hidden_prec, h.out_prec), first))
+    return rows
 
 
 def subnet_keys(space: SearchSpace, cfg: SubnetConfig) -> list[str]:
     """The table rows whose sum is the latency of ``cfg`` (before the fitted correction)."""
-    keys = [f"stem:{cfg.stem_width}:{cfg.stem_prec}"]
-    cin = cfg.stem_width
-    for i, st in enumerate(cfg.stages):
-        for j, b in enumerate(st.blocks):
-            keys.append(block_key(i, j == 0, cin, st.width, b.kind, b.kernel, b.expand, b.prec))
-            cin = st.width
-    keys.append(f"head:{cin}:{cfg.head_prec}")
-    return keys
+    return [key for key, _ in _subnet_rows(space, cfg)]
 
 
 @dataclass(frozen=True)
@@ -214,47 +251,28 @@ class _Entry:
     build: Any  # () -> onnx.ModelProto
 
 
-def _entries(space: SearchSpace, seed: int = 0) -> Iterator[_Entry]:
-    c = space.config
+def _part_model(space: SearchSpace, part: Part, seed: int) -> Any:
+    """The ONNX graph that times ``part``; weights drawn from ``seed`` when it is built."""
     rng = np.random.default_rng(seed)
-    hw = -(-c.image_size // c.stem_stride)
-    for width in c.stem_widths:
-        for p in space.precisions:
-            spec = BlockSpec(
-                (_conv(rng, c.in_channels, width, STEM_KERNEL, c.stem_stride, p, dw=False, relu=True, signed=True),)
-            )
-            yield _Entry(
-                f"stem:{width}:{p}", INPUT_SHAPE, lambda s=spec, p=p: build_block_model((s,), INPUT_SHAPE, p.a)
-            )
-    prev_widths = tuple(c.stem_widths)
-    for i, st in enumerate(c.stages):
-        hw_out = -(-hw // st.stride)
-        for first in (True, False):
-            pairs = [(a, b) for a in prev_widths for b in st.widths] if first else [(w, w) for w in st.widths]
-            stride = st.stride if first else 1
-            for cin, cout in pairs:
-                shape = (cin, hw, hw) if first else (cin, hw_out, hw_out)
-                for kind in c.block_kinds:
-                    ops = (
-                        [(k, e) for k in c.kernels for e in c.expands]
-                        if kind == "ir"
-                        else [(k, None) for k in c.kernels]
-                    )
-                    for k, e in ops:
-                        for p in space.precisions:
-                            spec = _block(rng, kind, cin, cout, k, e, stride, p)
-                            key = block_key(i, first, cin, cout, kind, k, e, p)
-                            yield _Entry(key, shape, lambda s=spec, sh=shape, p=p: build_block_model((s,), sh, p.a))
-        prev_widths, hw = tuple(st.widths), hw_out
-    for cin in prev_widths:
-        for p in space.precisions:
-            head = _conv(rng, cin, c.head_width, 1, 1, p, dw=False, relu=True, signed=True)
-            fc = _classifier(rng, c.head_width, c.num_classes, p)
-            yield _Entry(
-                f"head:{cin}:{p}",
-                (cin, hw, hw),
-                lambda h=head, f=fc, sh=(cin, hw, hw): build_head_model(h, f, sh, REQUANT_STEP),
-            )
+    shape = (part.cin, part.side, part.side)
+    if part.kind == "head":
+        assert part.pool is not None and part.hidden is not None and part.out_prec is not None
+        features = part.cin * (1 if part.pool == "gap" else part.side * part.side)
+        head = HeadConfig(part.pool, part.hidden, part.hidden_prec, part.out_prec)
+        return build_part_model(shape, head=(part.pool, _fcs(rng, features, head, space.config.num_classes)))
+    assert part.cout is not None and part.kernel is not None
+    conv = _conv(rng, part.cin, part.cout, part.kernel, 2 if part.mode == "strided" else 1, part.prec,
+                 signed=part.stage == 0 and bool(part.first))  # fmt: skip
+    return build_part_model(shape, (conv,), (part.mode == "pooled",), after=_reader(part.prec))
+
+
+def _entries(space: SearchSpace, seed: int = 0) -> Iterator[_Entry]:
+    for n, part in enumerate(SubnetCodec(space).part_list):
+        yield _Entry(
+            part_key(part),
+            (part.cin, part.side, part.side),
+            lambda p=part, n=n: _part_model(space, p, seed * 100_003 + n),
+        )
 
 
 def table_keys(space: SearchSpace) -> list[str]:
@@ -299,17 +317,34 @@ def measure_model(
     return out
 
 
+def reference_subnet(space: SearchSpace) -> SubnetConfig:
+    """The middle of the space at FP32: the fewest stages, each of its median width, shallowest,
+    smallest kernel, max-pooled, then flatten and the median hidden width. In the default space
+    this is the tutorial CNN, ``c32.k3w32a32.p_c64.k3w32a32.p_hf.d128w32a32.ow32a32``: a typical
+    subnet (the largest one has 76 times its MACs and would dominate the profile's time)."""
+    c, fp = space.config, Precision(FULL, FULL)
+    down = "pool" if "pool" in c.downs else "stride"
+    stages = tuple(
+        StageConfig(s.widths[len(s.widths) // 2], (ConvConfig(min(c.kernels), fp),) * min(s.depths), down)
+        for s in c.stages[: c.min_stages]
+    )
+    hidden = c.hiddens[len(c.hiddens) // 2]
+    pool = "flat" if "flat" in c.pools else "gap"
+    return SubnetConfig(stages, HeadConfig(pool, hidden, fp if hidden else None, fp))
+
+
 class _Reference:
     """A fixed graph timed beside the measured ones: the machine's speed right now.
 
     On a shared or throttled CPU the same graph's latency drifts by tens of percent between
     minutes. Every profiled row and every end-to-end check is scaled by how fast this
-    reference ran at that moment, so all figures are in milliseconds at the speed the
-    reference had when the profile began (``DeviceProfile.reference_ms``).
+    reference (:func:`reference_subnet`) ran at that moment, so all figures are in
+    milliseconds at the speed the reference had when the profile began
+    (``DeviceProfile.reference_ms``).
     """
 
     def __init__(self, space: SearchSpace, batches: tuple[int, ...], threads: int) -> None:
-        model = build_model(random_net(space, space.largest(Precision(FULL, FULL)), seed=99))
+        model = build_model(random_net(space, reference_subnet(space), seed=99))
         self.session = _session(model.SerializeToString(), threads)
         rng = np.random.default_rng(2)
         self.inputs = {b: rng.random((b, *INPUT_SHAPE), dtype=np.float32) for b in batches}
@@ -360,10 +395,9 @@ class DeviceProfile:
         ``(1, integer-kernel rows in ms, other rows in ms, borders between the two)``.
         """
         i = self._batch_index(batch)
-        keys = subnet_keys(space, cfg)
         integer = other = 0.0
         try:
-            for k, prec in zip(keys, cfg.layer_precisions(), strict=True):
+            for k, prec in _subnet_rows(space, cfg):
                 if runs_integer(prec):
                     integer += self.entries[k][i]
                 else:
@@ -405,14 +439,17 @@ class DeviceProfile:
         ]
 
     def int8_slower(self, batch: int) -> list[tuple[str, float, float]]:
-        """Rows where a W8A8 block is slower than the same block in FP32: ``(key, fp32, int8)``."""
+        """Rows where a part all at W8A8 is slower than the same part all at FP32:
+        ``(key without its precisions, fp32 ms, int8 ms)``."""
         i = self._batch_index(batch)
+        int8, fp32 = str(Precision(8, 8)), str(Precision(FULL, FULL))
         out = []
         for key, row in self.entries.items():
-            if key.endswith(":w8a8"):
-                fp = self.entries.get(key[: -len("w8a8")] + "w32a32")
+            if key.endswith(int8) and fp32 not in key:  # a head with both layers at W8A8 too
+                fp = self.entries.get(key.replace(int8, fp32))
                 if fp is not None and row[i] > fp[i]:
-                    out.append((key[: -len(":w8a8")], fp[i], row[i]))
+                    name = key[: -len(":" + int8)] if key.endswith(":" + int8) else key.replace(int8, "")
+                    out.append((name, fp[i], row[i]))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -442,7 +479,7 @@ class DeviceProfile:
             what="device profile",
             missing_hint="run `lifelong profile`",
             unreadable_hint="run `lifelong profile` again",
-            redo_hint="Run `lifelong profile` again.",
+            redo_hint="Profiles before format 3 time the blocks of search space v1; run `lifelong profile` again.",
             error=ProfileError,
         )
         try:
@@ -491,7 +528,7 @@ def profile_device(
     progress: bool = True,
     only: int | None = None,
 ) -> DeviceProfile:
-    """Measure every block choice of ``space`` on this device (``only``: the first N rows, for tests)."""
+    """Measure every part of ``space`` on this device (``only``: the first N rows, for tests)."""
     space = space or SearchSpace()
     t0 = time.monotonic()
     entries = list(_entries(space))
@@ -519,7 +556,7 @@ def profile_device(
     prof = DeviceProfile(
         device_fingerprint(threads), batches, table, overhead, time.monotonic() - t0, reference_ms=ref_start
     )
-    logger.info("profiled %d block choices in %.0f s", len(table), prof.seconds)
+    logger.info("profiled %d parts in %.0f s", len(table), prof.seconds)
     return prof
 
 

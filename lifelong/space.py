@@ -1,21 +1,32 @@
-"""The search space: elastic inverted-residual / plain-conv stages with per-layer precision.
+"""The search space (version 2): dense conv stages, a head choice, per-layer precision.
+
+Why this shape: on the small CPUs of a gateway onnxruntime pays a fixed cost per graph node
+and runs depthwise convolutions slowly, while dense INT8 convolutions run on VNNI at a high
+rate. Version 1 (MobileNet-shaped inverted residuals) lost to a tutorial 2-conv CNN: 92.4% at
+0.52 ms against 92.6% at 0.085 ms. So a subnet here is a plain CNN: two or three stages of
+dense kxk convolutions, each stage halving the resolution by a 2x2 max-pool after its
+convolutions or by a stride-2 first convolution, then either a global average pool or a
+flatten, an optional hidden fully connected layer, and the output layer. The tutorial CNN
+(conv3x3 32, pool, conv3x3 64, pool, flatten, FC 128, FC 10) is a member by construction.
 
 A subnet is a frozen :class:`SubnetConfig`. Its canonical string is the store key, the log
-field and the model file name. Grammar (all parts joined by ``_``)::
+field and the model file name. Grammar (parts joined by ``_``)::
 
-    subnet := stem "_" stage ("_" stage)* "_" head
-    stem   := "s" WIDTH PREC                        s16w8a8
-    stage  := "c" WIDTH ("." block)+               c32.ik3e4w8a8.ck5w32a32
-    block  := "i" "k" K "e" E PREC                  inverted residual: 1x1 expand, kxk depthwise, 1x1 project
-            | "c" "k" K PREC                        plain kxk convolution
-    head   := "h" PREC                              the classifier
-    PREC   := "w" WEIGHT_BITS "a" ACT_BITS          w32a32 is full precision
+    subnet := stage ("_" stage)+ "_" head
+    stage  := "c" WIDTH ("." conv)+ "." DOWN        c32.k3w8a8.p
+    conv   := "k" KERNEL PREC                       k5w32a32: a 5x5 conv + BN + ReLU
+    DOWN   := "p"                                   2x2 max-pool after the convolutions
+            | "s"                                   the first convolution has stride 2
+    head   := "h" POOL ("." "d" WIDTH PREC)? "." "o" PREC
+    POOL   := "f" | "g"                             flatten | global average pool
+    PREC   := "w" WEIGHT_BITS "a" ACT_BITS          w8a8 runs as integer kernels; w32a32 is float
 
-Example: ``s16w8a8_c32.ik3e4w8a8_c64.ck3w8a8.ik5e6w4a8_c128.ik3e2w8a8_hw8a8``.
+``d`` is the hidden fully connected layer (+ ReLU), ``o`` the output layer. The tutorial CNN
+at W8A8 is ``c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8``.
 
-A *layer* in the precision sense is one searchable unit: the stem, a block (its convolutions
-share one precision, so that a quantized block stays one fused integer region in the
-exported graph) or the classifier. The number of blocks in a stage is its depth.
+A *layer* in the precision sense is one searchable unit: each convolution, the hidden layer
+and the output layer. Every persisted description of a space carries :data:`SPACE_VERSION`;
+one of another version is refused with a message that says what to rebuild.
 """
 
 from __future__ import annotations
@@ -23,7 +34,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,17 +43,25 @@ import numpy as np
 from lifelong.errors import SpaceError
 
 __all__ = [
-    "BlockConfig",
+    "FULL_BITS",
+    "SPACE_VERSION",
+    "ConvConfig",
+    "HeadConfig",
     "Precision",
     "SearchSpace",
     "SpaceConfig",
     "StageConfig",
     "StageSpec",
     "SubnetConfig",
+    "stage_sizes",
 ]
 
 FULL_BITS = 32
-BLOCK_KINDS = ("ir", "conv")
+SPACE_VERSION = 2
+DOWNS = ("pool", "stride")
+POOLS = ("flat", "gap")
+_DOWN_CODE = {"pool": "p", "stride": "s"}
+_POOL_CODE = {"flat": "f", "gap": "g"}
 
 
 @dataclass(frozen=True, order=True)
@@ -58,65 +78,86 @@ class Precision:
     def is_full(self) -> bool:
         return self.w == FULL_BITS and self.a == FULL_BITS
 
+    @classmethod
+    def parse(cls, text: str) -> Precision:
+        m = re.fullmatch(_PREC, text.strip().lower())
+        if not m:
+            raise SpaceError(f"bad precision {text!r}: expected wXaY, e.g. w8a8 or w32a32")
+        return cls(int(m[1]), int(m[2]))
+
 
 @dataclass(frozen=True)
-class BlockConfig:
-    """One block: ``kind`` is ``"ir"`` (inverted residual) or ``"conv"`` (plain kxk conv)."""
+class ConvConfig:
+    """One kxk convolution + BN + ReLU."""
 
-    kind: str
     kernel: int
-    expand: int | None
     prec: Precision
 
     def __str__(self) -> str:
-        if self.kind == "ir":
-            return f"ik{self.kernel}e{self.expand}{self.prec}"
-        return f"ck{self.kernel}{self.prec}"
+        return f"k{self.kernel}{self.prec}"
 
 
 @dataclass(frozen=True)
 class StageConfig:
+    """``len(convs)`` convolutions of ``width`` channels; ``down`` halves the resolution."""
+
     width: int
-    blocks: tuple[BlockConfig, ...]
+    convs: tuple[ConvConfig, ...]
+    down: str
 
     @property
     def depth(self) -> int:
-        return len(self.blocks)
+        return len(self.convs)
 
     def __str__(self) -> str:
-        return "c" + str(self.width) + "".join("." + str(b) for b in self.blocks)
+        return "c" + str(self.width) + "".join("." + str(c) for c in self.convs) + "." + _DOWN_CODE[self.down]
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """``pool`` then an optional hidden layer (``hidden == 0``: none) and the output layer."""
+
+    pool: str
+    hidden: int
+    hidden_prec: Precision | None
+    out_prec: Precision
+
+    def __str__(self) -> str:
+        mid = f".d{self.hidden}{self.hidden_prec}" if self.hidden else ""
+        return f"h{_POOL_CODE[self.pool]}{mid}.o{self.out_prec}"
 
 
 @dataclass(frozen=True)
 class SubnetConfig:
     """One subnet of the space. ``str(cfg)`` is its canonical name."""
 
-    stem_width: int
-    stem_prec: Precision
     stages: tuple[StageConfig, ...]
-    head_prec: Precision
+    head: HeadConfig
 
     def __str__(self) -> str:
-        parts = [f"s{self.stem_width}{self.stem_prec}"]
-        parts += [str(s) for s in self.stages]
-        parts.append(f"h{self.head_prec}")
-        return "_".join(parts)
+        return "_".join([*(str(s) for s in self.stages), str(self.head)])
 
     @property
     def name(self) -> str:
         return str(self)
 
     def layer_precisions(self) -> list[Precision]:
-        """Precisions in layer order: stem, every block, head."""
-        return [self.stem_prec] + [b.prec for s in self.stages for b in s.blocks] + [self.head_prec]
+        """Precisions in layer order: every convolution, the hidden layer if any, the output."""
+        out = [c.prec for s in self.stages for c in s.convs]
+        if self.head.hidden:
+            assert self.head.hidden_prec is not None, "a hidden layer has a precision"
+            out.append(self.head.hidden_prec)
+        return out + [self.head.out_prec]
 
     def with_precision(self, prec: Precision) -> SubnetConfig:
         """The same architecture with every layer at ``prec``."""
-        stages = tuple(
-            StageConfig(s.width, tuple(BlockConfig(b.kind, b.kernel, b.expand, prec) for b in s.blocks))
-            for s in self.stages
-        )
-        return SubnetConfig(self.stem_width, prec, stages, prec)
+        return self.with_precisions(lambda: prec)
+
+    def with_precisions(self, pick: Callable[[], Precision]) -> SubnetConfig:
+        """The same architecture with each layer's precision drawn from ``pick()``, in layer order."""
+        stages = tuple(replace(s, convs=tuple(ConvConfig(c.kernel, pick()) for c in s.convs)) for s in self.stages)
+        hidden_prec = pick() if self.head.hidden else None
+        return SubnetConfig(stages, replace(self.head, hidden_prec=hidden_prec, out_prec=pick()))
 
     def to_json(self) -> str:
         return json.dumps({"subnet": str(self)})
@@ -133,69 +174,85 @@ class SubnetConfig:
     @classmethod
     def parse(cls, text: str) -> SubnetConfig:
         """Parse a canonical subnet string (see the module docstring for the grammar)."""
+        example = "c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8"
         if not isinstance(text, str) or not text:
-            raise SpaceError(f"expected a subnet string such as 's16w8a8_c32.ik3e4w8a8_hw8a8', got {text!r}")
+            raise SpaceError(f"expected a subnet string such as {example!r}, got {text!r}")
         parts = text.split("_")
-        if len(parts) < 3:
-            raise SpaceError(f"subnet {text!r}: expected stem, at least one stage and head joined by '_'")
-        m = _STEM_RE.fullmatch(parts[0])
-        if not m:
-            raise SpaceError(f"subnet {text!r}: bad stem {parts[0]!r}, expected like 's16w8a8'")
-        stem_width, stem_prec = int(m[1]), Precision(int(m[2]), int(m[3]))
-        m = _HEAD_RE.fullmatch(parts[-1])
-        if not m:
-            raise SpaceError(f"subnet {text!r}: bad head {parts[-1]!r}, expected like 'hw8a8'")
-        head_prec = Precision(int(m[1]), int(m[2]))
-        stages = []
-        for stage_text in parts[1:-1]:
-            items = stage_text.split(".")
-            m = _WIDTH_RE.fullmatch(items[0])
-            if not m or len(items) < 2:
-                raise SpaceError(f"subnet {text!r}: bad stage {stage_text!r}, expected like 'c32.ik3e4w8a8.ck3w8a8'")
-            blocks = []
-            for item in items[1:]:
-                if mi := _IR_RE.fullmatch(item):
-                    blocks.append(BlockConfig("ir", int(mi[1]), int(mi[2]), Precision(int(mi[3]), int(mi[4]))))
-                elif mc := _CONV_RE.fullmatch(item):
-                    blocks.append(BlockConfig("conv", int(mc[1]), None, Precision(int(mc[2]), int(mc[3]))))
-                else:
-                    raise SpaceError(
-                        f"subnet {text!r}: bad block {item!r}, expected 'ik<K>e<E>w<W>a<A>' or 'ck<K>w<W>a<A>'"
-                    )
-            stages.append(StageConfig(int(m[1]), tuple(blocks)))
-        return cls(stem_width, stem_prec, tuple(stages), head_prec)
+        if len(parts) < 2:
+            raise SpaceError(f"subnet {text!r}: expected stages and a head joined by '_', like {example!r}")
+        stages = tuple(_parse_stage(text, p) for p in parts[:-1])
+        return cls(stages, _parse_head(text, parts[-1]))
 
 
 _PREC = r"w(\d+)a(\d+)"
-_STEM_RE = re.compile(r"s(\d+)" + _PREC)
-_HEAD_RE = re.compile(r"h" + _PREC)
+_CONV_RE = re.compile(r"k(\d+)" + _PREC)
 _WIDTH_RE = re.compile(r"c(\d+)")
-_IR_RE = re.compile(r"ik(\d+)e(\d+)" + _PREC)
-_CONV_RE = re.compile(r"ck(\d+)" + _PREC)
+_HIDDEN_RE = re.compile(r"d(\d+)" + _PREC)
+_OUT_RE = re.compile(r"o" + _PREC)
+
+
+def _parse_stage(text: str, part: str) -> StageConfig:
+    items = part.split(".")
+    m = _WIDTH_RE.fullmatch(items[0])
+    down = {v: k for k, v in _DOWN_CODE.items()}.get(items[-1])
+    if not m or len(items) < 3 or down is None:
+        hint = "a v1 name (stem 's..', inverted-residual blocks)? " if part.startswith("s") else ""
+        raise SpaceError(
+            f"subnet {text!r}: bad stage {part!r}; {hint}expected 'c<WIDTH>.k<K>w<W>a<A>[.k...].<p|s>', like 'c32.k3w8a8.p'"
+        )
+    convs = []
+    for item in items[1:-1]:
+        mc = _CONV_RE.fullmatch(item)
+        if not mc:
+            raise SpaceError(f"subnet {text!r}: bad convolution {item!r} in stage {part!r}, expected 'k<K>w<W>a<A>'")
+        convs.append(ConvConfig(int(mc[1]), Precision(int(mc[2]), int(mc[3]))))
+    return StageConfig(int(m[1]), tuple(convs), down)
+
+
+def _parse_head(text: str, part: str) -> HeadConfig:
+    items = part.split(".")
+    pool = {v: k for k, v in _POOL_CODE.items()}.get(items[0][1:]) if items[0].startswith("h") else None
+    out = _OUT_RE.fullmatch(items[-1]) if len(items) >= 2 else None
+    hidden = _HIDDEN_RE.fullmatch(items[1]) if len(items) == 3 else None
+    if pool is None or out is None or len(items) > 3 or (len(items) == 3 and hidden is None):
+        raise SpaceError(
+            f"subnet {text!r}: bad head {part!r}, expected 'h<f|g>[.d<WIDTH>w<W>a<A>].o<W>a<A>', like 'hf.d128w8a8.ow8a8'"
+        )
+    out_prec = Precision(int(out[1]), int(out[2]))
+    if hidden is None:
+        return HeadConfig(pool, 0, None, out_prec)
+    if int(hidden[1]) == 0:
+        raise SpaceError(f"subnet {text!r}: a hidden layer of width 0 is written by leaving '.d..' out")
+    return HeadConfig(pool, int(hidden[1]), Precision(int(hidden[2]), int(hidden[3])), out_prec)
+
+
+def stage_sizes(image_size: int, n_stages: int) -> list[int]:
+    """Spatial size at the input of each stage and after the last: 28 -> [28, 14, 7, 4]."""
+    sizes = [image_size]
+    for _ in range(n_stages):
+        sizes.append(-(-sizes[-1] // 2))  # ceil: a 2x2 max-pool with ceil_mode and a stride-2 conv agree
+    return sizes
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """The choices of one stage: output widths, depths and the stride of its first block."""
+    """The choices of one stage: output widths and depths (number of convolutions)."""
 
     widths: tuple[int, ...]
     depths: tuple[int, ...]
-    stride: int
 
     def __post_init__(self) -> None:
         if not self.widths or any(w <= 0 for w in self.widths) or list(self.widths) != sorted(set(self.widths)):
             raise SpaceError(f"stage widths must be distinct positive ascending ints, got {self.widths!r}")
         if not self.depths or any(d <= 0 for d in self.depths) or list(self.depths) != sorted(set(self.depths)):
             raise SpaceError(f"stage depths must be distinct positive ascending ints, got {self.depths!r}")
-        if self.stride not in (1, 2):
-            raise SpaceError(f"stage stride must be 1 or 2, got {self.stride!r}")
 
 
 def _default_stages() -> tuple[StageSpec, ...]:
     return (
-        StageSpec(widths=(16, 24, 32), depths=(1, 2), stride=1),  # 14x14
-        StageSpec(widths=(32, 48, 64), depths=(1, 2, 3), stride=2),  # 7x7
-        StageSpec(widths=(64, 96, 128), depths=(1, 2, 3), stride=2),  # 4x4
+        StageSpec(widths=(16, 24, 32, 48, 64), depths=(1, 2)),  # 28x28 -> 14x14
+        StageSpec(widths=(32, 48, 64, 96, 128), depths=(1, 2, 3)),  # 14x14 -> 7x7
+        StageSpec(widths=(64, 96, 128), depths=(1, 2)),  # 7x7 -> 4x4, optional (min_stages)
     )
 
 
@@ -206,34 +263,37 @@ class SpaceConfig:
     in_channels: int = 1
     image_size: int = 28
     num_classes: int = 10
-    stem_widths: tuple[int, ...] = (8, 16, 24)
-    stem_stride: int = 2  # early downsampling keeps CPU training affordable
     stages: tuple[StageSpec, ...] = field(default_factory=_default_stages)
+    min_stages: int = 2
     kernels: tuple[int, ...] = (3, 5)
-    expands: tuple[int, ...] = (2, 3, 4)
-    block_kinds: tuple[str, ...] = BLOCK_KINDS
-    weight_bits: tuple[int, ...] = (4, 8, 32)
-    act_bits: tuple[int, ...] = (8, 32)
-    head_width: int = 128  # fixed 1x1 feature conv before pooling; its output is the embedding
+    downs: tuple[str, ...] = DOWNS
+    pools: tuple[str, ...] = POOLS
+    hiddens: tuple[int, ...] = (0, 64, 128, 256)  # 0: no hidden layer
+    precisions: tuple[Precision, ...] = (Precision(8, 8), Precision(FULL_BITS, FULL_BITS))
 
     def __post_init__(self) -> None:
         problems = []
-        if self.head_width <= 0:
-            problems.append(f"head_width must be positive, got {self.head_width!r}")
         if self.in_channels <= 0 or self.image_size <= 0 or self.num_classes < 2:
             problems.append("in_channels and image_size must be positive and num_classes at least 2")
         if not self.stages:
             problems.append("at least one stage is required")
-        if any(k % 2 == 0 or k <= 0 for k in self.kernels) or not self.kernels:
+        if not 1 <= self.min_stages <= len(self.stages):
+            problems.append(f"min_stages must be in 1..{len(self.stages)}, got {self.min_stages!r}")
+        if not self.kernels or any(k % 2 == 0 or k <= 0 for k in self.kernels):
             problems.append(f"kernels must be odd positive ints, got {self.kernels!r}")
-        if not self.expands or any(e <= 0 for e in self.expands):
-            problems.append(f"expands must be positive ints, got {self.expands!r}")
-        if not set(self.block_kinds) <= set(BLOCK_KINDS) or not self.block_kinds:
-            problems.append(f"block_kinds must be a subset of {BLOCK_KINDS}, got {self.block_kinds!r}")
-        for name, bits in (("weight_bits", self.weight_bits), ("act_bits", self.act_bits)):
-            if not bits or any(b not in (2, 3, 4, 5, 6, 7, 8, FULL_BITS) for b in bits):
-                problems.append(f"{name} must be chosen from 2..8 and 32, got {bits!r}")
-        for name in ("stem_widths", "kernels", "expands", "weight_bits", "act_bits"):
+        if not self.downs or not set(self.downs) <= set(DOWNS):
+            problems.append(f"downs must be chosen from {DOWNS}, got {self.downs!r}")
+        if not self.pools or not set(self.pools) <= set(POOLS):
+            problems.append(f"pools must be chosen from {POOLS}, got {self.pools!r}")
+        if not self.hiddens or any(h < 0 for h in self.hiddens):
+            problems.append(f"hiddens must be non-negative ints (0: no hidden layer), got {self.hiddens!r}")
+        if not self.precisions or any(
+            p.w not in (4, 8, FULL_BITS) or p.a not in (8, FULL_BITS) for p in self.precisions
+        ):
+            problems.append(
+                f"precisions must have weights of 4, 8 or 32 bits and activations of 8 or 32, got {self.precisions!r}"
+            )
+        for name in ("kernels", "hiddens", "precisions"):
             values = getattr(self, name)
             if list(values) != sorted(set(values)):
                 problems.append(f"{name} must be distinct and ascending, got {values!r}")
@@ -241,16 +301,26 @@ class SpaceConfig:
             raise SpaceError("invalid search space: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["precisions"] = [str(p) for p in self.precisions]
+        return {"version": SPACE_VERSION, **d}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpaceConfig:
-        try:
-            d = dict(d)
-            d["stages"] = tuple(
-                StageSpec(tuple(s["widths"]), tuple(s["depths"]), int(s["stride"])) for s in d["stages"]
+        if not isinstance(d, dict):
+            raise SpaceError(f"invalid search space description: expected a mapping, got {type(d).__name__}")
+        version = d.get("version", 1)
+        if version != SPACE_VERSION:
+            raise SpaceError(
+                f"this artefact was made for search space version {version}; this lifelong uses version "
+                f"{SPACE_VERSION} (dense conv stages). Rebuild it: `lifelong train` for a supernet, then "
+                "`lifelong profile`, `lifelong predictor collect/build` and `lifelong search`"
             )
-            for k in ("stem_widths", "kernels", "expands", "block_kinds", "weight_bits", "act_bits"):
+        try:
+            d = {k: v for k, v in d.items() if k != "version"}
+            d["stages"] = tuple(StageSpec(tuple(s["widths"]), tuple(s["depths"])) for s in d["stages"])
+            d["precisions"] = tuple(Precision.parse(p) for p in d["precisions"])
+            for k in ("kernels", "downs", "pools", "hiddens"):
                 d[k] = tuple(d[k])
             return cls(**d)
         except (KeyError, TypeError) as exc:
@@ -262,32 +332,32 @@ class SearchSpace:
 
     def __init__(self, config: SpaceConfig | None = None) -> None:
         self.config = config or SpaceConfig()
-        c = self.config
-        self.precisions = tuple(Precision(w, a) for w in c.weight_bits for a in c.act_bits)
+        self.precisions = self.config.precisions
 
     # -- properties of the space -------------------------------------------------------------
     @property
-    def max_depth(self) -> int:
-        return max(max(s.depths) for s in self.config.stages)
+    def stage_counts(self) -> tuple[int, ...]:
+        return tuple(range(self.config.min_stages, len(self.config.stages) + 1))
 
-    def block_choices(self) -> int:
-        """Distinct configurations of one block (a plain conv has no expand ratio)."""
+    def head_choices(self) -> int:
         c = self.config
-        per_kind = {"ir": len(c.kernels) * len(c.expands), "conv": len(c.kernels)}
-        return sum(per_kind[k] for k in c.block_kinds) * len(self.precisions)
+        hidden = sum(len(self.precisions) if h else 1 for h in c.hiddens)
+        return len(c.pools) * hidden * len(self.precisions)
 
     def size(self) -> int:
         """The exact number of distinct subnets in the space."""
         c = self.config
-        b = self.block_choices()
-        n = len(c.stem_widths) * len(self.precisions) * len(self.precisions)  # stem and head
-        for s in c.stages:
-            n *= len(s.widths) * sum(b**d for d in s.depths)
-        return n
+        conv = len(c.kernels) * len(self.precisions)
+        total, prefix = 0, 1
+        for i, spec in enumerate(c.stages):
+            prefix *= len(spec.widths) * len(c.downs) * sum(conv**d for d in spec.depths)
+            if i + 1 >= c.min_stages:
+                total += prefix
+        return total * self.head_choices()
 
     def describe(self) -> str:
         n = self.size()
-        return f"{n} subnets (about 10^{math.log10(n):.1f})"
+        return f"{n} subnets (about 10^{math.log10(n):.1f}), space v{SPACE_VERSION}"
 
     # -- validation ---------------------------------------------------------------------------
     def validate(self, cfg: SubnetConfig) -> SubnetConfig:
@@ -295,32 +365,35 @@ class SearchSpace:
         c = self.config
         problems = []
 
-        def check_prec(where: str, p: Precision) -> None:
-            if p.w not in c.weight_bits or p.a not in c.act_bits:
-                problems.append(f"{where}: precision {p} not in weights {c.weight_bits} x activations {c.act_bits}")
+        def check_prec(where: str, p: Precision | None) -> None:
+            if p not in self.precisions:
+                problems.append(f"{where}: precision {p} not in {tuple(str(q) for q in self.precisions)}")
 
-        if cfg.stem_width not in c.stem_widths:
-            problems.append(f"stem width {cfg.stem_width} not in {c.stem_widths}")
-        check_prec("stem", cfg.stem_prec)
-        check_prec("head", cfg.head_prec)
-        if len(cfg.stages) != len(c.stages):
-            problems.append(f"{len(cfg.stages)} stages, the space has {len(c.stages)}")
+        if len(cfg.stages) not in self.stage_counts:
+            problems.append(
+                f"{len(cfg.stages)} stages, the space has {self.stage_counts[0]} to {self.stage_counts[-1]}"
+            )
         for i, (st, spec) in enumerate(zip(cfg.stages, c.stages, strict=False)):
             if st.width not in spec.widths:
                 problems.append(f"stage {i}: width {st.width} not in {spec.widths}")
             if st.depth not in spec.depths:
                 problems.append(f"stage {i}: depth {st.depth} not in {spec.depths}")
-            for j, b in enumerate(st.blocks):
-                where = f"stage {i} block {j}"
-                if b.kind not in c.block_kinds:
-                    problems.append(f"{where}: kind {b.kind!r} not in {c.block_kinds}")
-                if b.kernel not in c.kernels:
-                    problems.append(f"{where}: kernel {b.kernel} not in {c.kernels}")
-                if b.kind == "ir" and b.expand not in c.expands:
-                    problems.append(f"{where}: expand {b.expand} not in {c.expands}")
-                if b.kind == "conv" and b.expand is not None:
-                    problems.append(f"{where}: a plain conv block has no expand ratio")
-                check_prec(where, b.prec)
+            if st.down not in c.downs:
+                problems.append(f"stage {i}: downsampling {st.down!r} not in {c.downs}")
+            for j, conv in enumerate(st.convs):
+                if conv.kernel not in c.kernels:
+                    problems.append(f"stage {i} conv {j}: kernel {conv.kernel} not in {c.kernels}")
+                check_prec(f"stage {i} conv {j}", conv.prec)
+        h = cfg.head
+        if h.pool not in c.pools:
+            problems.append(f"head: pool {h.pool!r} not in {c.pools}")
+        if h.hidden not in c.hiddens:
+            problems.append(f"head: hidden width {h.hidden} not in {c.hiddens}")
+        if h.hidden:
+            check_prec("hidden layer", h.hidden_prec)
+        elif h.hidden_prec is not None:
+            problems.append("head: no hidden layer, so no hidden precision")
+        check_prec("output layer", h.out_prec)
         if problems:
             raise SpaceError(f"subnet {cfg} is not in the space: " + "; ".join(problems))
         return cfg
@@ -337,96 +410,133 @@ class SearchSpace:
         p = None
         if prec:
             try:
-                w, a = prec.lower().removeprefix("w").split("a")
-                p = Precision(int(w), int(a))
-            except ValueError:
+                p = Precision.parse(prec)
+            except SpaceError:
                 raise SpaceError(f"{name!r}: expected {base}:wXaY (e.g. {base}:w8a8), got precision {prec!r}") from None
         return getattr(self, base)(p)
 
     # -- named points -------------------------------------------------------------------------
-    def largest(self, prec: Precision | None = None, kind: str | None = None) -> SubnetConfig:
-        """Widest, deepest subnet with the largest kernel and expand ratio (inverted residual
-        unless ``kind`` says otherwise), at ``prec`` or the highest precision."""
+    def largest(self, prec: Precision | None = None) -> SubnetConfig:
+        """Every stage, widest, deepest, largest kernel, max-pool downsampling (the convolutions
+        run at the higher resolution), flatten and the widest hidden layer; at ``prec`` or the
+        highest precision."""
         c = self.config
-        return self._extreme(max, prec or Precision(max(c.weight_bits), max(c.act_bits)), kind)
+        p = prec or max(self.precisions)
+        stages = tuple(
+            StageConfig(
+                max(s.widths),
+                (ConvConfig(max(c.kernels), p),) * max(s.depths),
+                "pool" if "pool" in c.downs else "stride",
+            )
+            for s in c.stages
+        )
+        hidden = max(c.hiddens)
+        pool = "flat" if "flat" in c.pools else "gap"
+        return SubnetConfig(stages, HeadConfig(pool, hidden, p if hidden else None, p))
 
-    def smallest(self, prec: Precision | None = None, kind: str | None = None) -> SubnetConfig:
-        """Narrowest, shallowest subnet with the smallest kernel and expand ratio, at ``prec``
-        or the lowest precision."""
+    def smallest(self, prec: Precision | None = None) -> SubnetConfig:
+        """The fewest stages, narrowest, shallowest, smallest kernel, stride-2 downsampling,
+        global pooling and no hidden layer; at ``prec`` or the lowest precision."""
         c = self.config
-        return self._extreme(min, prec or Precision(min(c.weight_bits), min(c.act_bits)), kind)
+        p = prec or min(self.precisions)
+        stages = tuple(
+            StageConfig(
+                min(s.widths),
+                (ConvConfig(min(c.kernels), p),) * min(s.depths),
+                "stride" if "stride" in c.downs else "pool",
+            )
+            for s in c.stages[: c.min_stages]
+        )
+        hidden = min(c.hiddens)
+        pool = "gap" if "gap" in c.pools else "flat"
+        return SubnetConfig(stages, HeadConfig(pool, hidden, p if hidden else None, p))
 
-    def _extreme(self, pick: Any, prec: Precision, kind: str | None) -> SubnetConfig:
-        c = self.config
-        kind = kind or ("ir" if "ir" in c.block_kinds else "conv")
-        if kind not in c.block_kinds:
-            raise SpaceError(f"block kind {kind!r} not in {c.block_kinds}")
-        block = BlockConfig(kind, pick(c.kernels), pick(c.expands) if kind == "ir" else None, prec)
-        stages = tuple(StageConfig(pick(s.widths), (block,) * pick(s.depths)) for s in c.stages)
-        return SubnetConfig(pick(c.stem_widths), prec, stages, prec)
+    def corners(self) -> list[SubnetConfig]:
+        """The largest and the smallest subnet at every precision: the sandwich rule's corners,
+        which uniform draws and mutations at a tenth per gene almost never reach."""
+        out: list[SubnetConfig] = []
+        for p in self.precisions:
+            for cfg in (self.largest(p), self.smallest(p)):
+                if cfg not in out:
+                    out.append(cfg)
+        return out
 
     # -- sampling and variation, on a fixed-length genome --------------------------------------
-    # The genome holds every gene, including those of blocks past the active depth, so that
-    # mutation and crossover work position by position (as in OFA's evolution finder) and
-    # always give a valid subnet.
-    def _random_block(self, rng: np.random.Generator, precisions: tuple[Precision, ...]) -> BlockConfig:
-        c = self.config
-        kind = c.block_kinds[rng.integers(len(c.block_kinds))]
-        kernel = c.kernels[rng.integers(len(c.kernels))]
-        expand = c.expands[rng.integers(len(c.expands))] if kind == "ir" else None
-        return BlockConfig(kind, int(kernel), None if expand is None else int(expand), _pick(rng, precisions))
+    # The genome holds every gene, including those of convolutions and stages past the active
+    # depth and stage count, so that mutation and crossover work position by position (as in
+    # OFA's evolution finder) and always give a valid subnet.
+    def _random_conv(self, rng: np.random.Generator, precisions: tuple[Precision, ...]) -> ConvConfig:
+        return ConvConfig(int(_pick(rng, self.config.kernels)), _pick(rng, precisions))
+
+    def _random_stage(self, spec: StageSpec, rng: np.random.Generator, precs: tuple[Precision, ...]) -> dict[str, Any]:
+        return {
+            "width": int(_pick(rng, spec.widths)),
+            "depth": int(_pick(rng, spec.depths)),
+            "down": _pick(rng, self.config.downs),
+            "convs": [self._random_conv(rng, precs) for _ in range(max(spec.depths))],
+        }
 
     def _genome(self, cfg: SubnetConfig, rng: np.random.Generator) -> dict[str, Any]:
         stages = []
-        for st, spec in zip(cfg.stages, self.config.stages, strict=True):
-            blocks = list(st.blocks) + [
-                self._random_block(rng, self.precisions) for _ in range(max(spec.depths) - st.depth)
-            ]
-            stages.append({"width": st.width, "depth": st.depth, "blocks": blocks})
-        return {"stem_width": cfg.stem_width, "stem_prec": cfg.stem_prec, "head_prec": cfg.head_prec, "stages": stages}
+        for i, spec in enumerate(self.config.stages):
+            if i < len(cfg.stages):
+                st = cfg.stages[i]
+                convs = list(st.convs) + [
+                    self._random_conv(rng, self.precisions) for _ in range(max(spec.depths) - st.depth)
+                ]
+                stages.append({"width": st.width, "depth": st.depth, "down": st.down, "convs": convs})
+            else:
+                stages.append(self._random_stage(spec, rng, self.precisions))
+        h = cfg.head
+        return {
+            "n_stages": len(cfg.stages),
+            "stages": stages,
+            "pool": h.pool,
+            "hidden": h.hidden,
+            "hidden_prec": h.hidden_prec or _pick(rng, self.precisions),
+            "out_prec": h.out_prec,
+        }
 
     @staticmethod
     def _from_genome(g: dict[str, Any]) -> SubnetConfig:
-        stages = tuple(StageConfig(s["width"], tuple(s["blocks"][: s["depth"]])) for s in g["stages"])
-        return SubnetConfig(g["stem_width"], g["stem_prec"], stages, g["head_prec"])
+        stages = tuple(
+            StageConfig(s["width"], tuple(s["convs"][: s["depth"]]), s["down"]) for s in g["stages"][: g["n_stages"]]
+        )
+        hidden = g["hidden"]
+        return SubnetConfig(stages, HeadConfig(g["pool"], hidden, g["hidden_prec"] if hidden else None, g["out_prec"]))
 
     def sample(self, rng: np.random.Generator, precisions: tuple[Precision, ...] | None = None) -> SubnetConfig:
         """A subnet drawn uniformly per gene; ``precisions`` restricts the precisions drawn."""
         c = self.config
         precs = precisions or self.precisions
-        stages = []
-        for spec in c.stages:
-            width = int(_pick(rng, spec.widths))
-            depth = int(_pick(rng, spec.depths))
-            stages.append(StageConfig(width, tuple(self._random_block(rng, precs) for _ in range(depth))))
-        return SubnetConfig(int(_pick(rng, c.stem_widths)), _pick(rng, precs), tuple(stages), _pick(rng, precs))
+        g = {
+            "n_stages": int(_pick(rng, self.stage_counts)),
+            "stages": [self._random_stage(spec, rng, precs) for spec in c.stages],
+            "pool": _pick(rng, c.pools),
+            "hidden": int(_pick(rng, c.hiddens)),
+            "hidden_prec": _pick(rng, precs),
+            "out_prec": _pick(rng, precs),
+        }
+        return self._from_genome(g)
 
     def mutate(self, cfg: SubnetConfig, rng: np.random.Generator, prob: float = 0.1) -> SubnetConfig:
         """Resample each gene of ``cfg`` with probability ``prob``."""
         c = self.config
         g = self._genome(cfg, rng)
-        if rng.random() < prob:
-            g["stem_width"] = int(_pick(rng, c.stem_widths))
-        if rng.random() < prob:
-            g["stem_prec"] = _pick(rng, self.precisions)
-        if rng.random() < prob:
-            g["head_prec"] = _pick(rng, self.precisions)
-        for st, spec in zip(g["stages"], c.stages, strict=True):
+        fresh = self.sample(rng)
+        fg = self._genome(fresh, rng)
+        for key in ("n_stages", "pool", "hidden", "hidden_prec", "out_prec"):
             if rng.random() < prob:
-                st["width"] = int(_pick(rng, spec.widths))
-            if rng.random() < prob:
-                st["depth"] = int(_pick(rng, spec.depths))
-            for j, b in enumerate(st["blocks"]):
-                fresh = self._random_block(rng, self.precisions)
-                kind = fresh.kind if rng.random() < prob else b.kind
-                kernel = fresh.kernel if rng.random() < prob else b.kernel
-                if kind == "ir":
-                    old = b.expand if b.expand is not None else int(_pick(rng, c.expands))
-                    expand = int(_pick(rng, c.expands)) if rng.random() < prob else old
-                else:
-                    expand = None
-                prec = fresh.prec if rng.random() < prob else b.prec
-                st["blocks"][j] = BlockConfig(kind, kernel, expand, prec)
+                g[key] = fg[key]
+        for st, new in zip(g["stages"], fg["stages"], strict=True):
+            for key in ("width", "depth", "down"):
+                if rng.random() < prob:
+                    st[key] = new[key]
+            for j, (conv, other) in enumerate(zip(st["convs"], new["convs"], strict=True)):
+                kernel = other.kernel if rng.random() < prob else conv.kernel
+                prec = other.prec if rng.random() < prob else conv.prec
+                st["convs"][j] = ConvConfig(kernel, prec)
+        assert len(g["stages"]) == len(c.stages), "the genome holds every stage"
         return self._from_genome(g)
 
     def crossover(self, a: SubnetConfig, b: SubnetConfig, rng: np.random.Generator) -> SubnetConfig:
@@ -435,54 +545,50 @@ class SearchSpace:
         coin = lambda x, y: x if rng.random() < 0.5 else y  # noqa: E731
         stages = []
         for sa, sb in zip(ga["stages"], gb["stages"], strict=True):
-            blocks = [coin(x, y) for x, y in zip(sa["blocks"], sb["blocks"], strict=True)]
-            stages.append(
-                {"width": coin(sa["width"], sb["width"]), "depth": coin(sa["depth"], sb["depth"]), "blocks": blocks}
-            )
-        g = {
-            "stem_width": coin(ga["stem_width"], gb["stem_width"]),
-            "stem_prec": coin(ga["stem_prec"], gb["stem_prec"]),
-            "head_prec": coin(ga["head_prec"], gb["head_prec"]),
-            "stages": stages,
-        }
+            stage = {k: coin(sa[k], sb[k]) for k in ("width", "depth", "down")}
+            stage["convs"] = [coin(x, y) for x, y in zip(sa["convs"], sb["convs"], strict=True)]
+            stages.append(stage)
+        g = {k: coin(ga[k], gb[k]) for k in ("n_stages", "pool", "hidden", "hidden_prec", "out_prec")}
+        g["stages"] = stages
         return self._from_genome(g)
 
     # -- encoding for the accuracy predictor --------------------------------------------------
     def encoding_length(self) -> int:
         c = self.config
         np_ = len(self.precisions)
-        block = 1 + len(c.block_kinds) + len(c.kernels) + len(c.expands) + np_
-        n = len(c.stem_widths) + 2 * np_
+        conv = 1 + len(c.kernels) + np_
+        n = len(self.stage_counts) + len(c.pools) + len(c.hiddens) + 2 * np_
         for s in c.stages:
-            n += len(s.widths) + len(s.depths) + max(s.depths) * block
+            n += len(s.widths) + len(s.depths) + len(c.downs) + max(s.depths) * conv
         return n
 
     def encode(self, cfg: SubnetConfig) -> np.ndarray:
-        """A fixed-length one-hot encoding; blocks past the active depth are all zeros."""
+        """A fixed-length one-hot encoding; stages and convolutions not present are all zeros."""
         c = self.config
         out: list[float] = []
 
         def onehot(value: Any, choices: tuple[Any, ...]) -> None:
             out.extend(1.0 if value == ch else 0.0 for ch in choices)
 
-        onehot(cfg.stem_width, c.stem_widths)
-        onehot(cfg.stem_prec, self.precisions)
-        for st, spec in zip(cfg.stages, c.stages, strict=True):
-            onehot(st.width, spec.widths)
-            onehot(st.depth, spec.depths)
+        onehot(len(cfg.stages), self.stage_counts)
+        conv_len = 1 + len(c.kernels) + len(self.precisions)
+        for i, spec in enumerate(c.stages):
+            st = cfg.stages[i] if i < len(cfg.stages) else None
+            onehot(st.width if st else None, spec.widths)
+            onehot(st.depth if st else None, spec.depths)
+            onehot(st.down if st else None, c.downs)
             for j in range(max(spec.depths)):
-                if j < st.depth:
-                    b = st.blocks[j]
+                if st is not None and j < st.depth:
                     out.append(1.0)
-                    onehot(b.kind, c.block_kinds)
-                    onehot(b.kernel, c.kernels)
-                    onehot(b.expand, c.expands)
-                    onehot(b.prec, self.precisions)
+                    onehot(st.convs[j].kernel, c.kernels)
+                    onehot(st.convs[j].prec, self.precisions)
                 else:
-                    out.extend(
-                        [0.0] * (1 + len(c.block_kinds) + len(c.kernels) + len(c.expands) + len(self.precisions))
-                    )
-        onehot(cfg.head_prec, self.precisions)
+                    out.extend([0.0] * conv_len)
+        h = cfg.head
+        onehot(h.pool, c.pools)
+        onehot(h.hidden, c.hiddens)
+        onehot(h.hidden_prec, self.precisions)
+        onehot(h.out_prec, self.precisions)
         vec = np.asarray(out, dtype=np.float32)
         assert vec.shape == (self.encoding_length(),), "encoding length drifted from encoding_length()"
         return vec

@@ -4,59 +4,86 @@ Verbs follow once-for-all: :meth:`Supernet.set_active_subnet`,
 :meth:`Supernet.sample_active_subnet` and :meth:`Supernet.get_subnet`. The model takes
 ``float32 (B, C, H, W)`` pixels in ``[0, 1]`` and normalises them itself, so an exported model
 is fed what a camera gives.
+
+Weights: one :class:`~lifelong.layers.QConvBN` per stage and conv position, sized for the
+widest choice and the largest kernel (smaller kernels take its centre); the first conv of a
+stage strides only when the subnet downsamples by stride. The head keeps one set of fully
+connected layers per (pool, number of stages), because their input differs: a flattened
+``(C, 7, 7)`` map after two stages, ``(C, 4, 4)`` after three, or ``C`` pooled features.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lifelong.allocator import tune_allocator
-from lifelong.layers import Classifier, ConvBlock, IRBlock, QConvBN
-from lifelong.space import Precision, SearchSpace, SubnetConfig
+from lifelong.layers import QConvBN, QLinear
+from lifelong.space import Precision, SearchSpace, SubnetConfig, stage_sizes
 
-__all__ = ["PIXEL_MEAN", "PIXEL_STD", "StaticSubnet", "Supernet", "init_quantizers", "recalibrate_bn"]
+__all__ = ["PIXEL_MEAN", "PIXEL_STD", "ConvCall", "StaticSubnet", "Supernet", "init_quantizers", "recalibrate_bn"]
 
 PIXEL_MEAN = 0.2860  # Fashion-MNIST training set
 PIXEL_STD = 0.3530
-STEM_KERNEL = 3
+
+
+def head_key(pool: str, n_stages: int) -> str:
+    return f"{pool}{n_stages}"
+
+
+class _Head(nn.Module):
+    """The fully connected layers behind one (pool, number of stages)."""
+
+    def __init__(self, in_max: int, hidden_max: int, classes: int, wb: tuple, ab: tuple) -> None:
+        super().__init__()
+        self.direct = QLinear(in_max, classes, relu=False, weight_bits=wb, act_bits=ab)
+        if hidden_max:
+            self.hidden = QLinear(in_max, hidden_max, relu=True, weight_bits=wb, act_bits=ab)
+            self.out = QLinear(hidden_max, classes, relu=False, weight_bits=wb, act_bits=ab)
+
+
+def _features(x: torch.Tensor, pool: str) -> torch.Tensor:
+    return x.mean((2, 3)) if pool == "gap" else x.flatten(1)  # (B, C) or (B, C*H*W)
 
 
 class Supernet(nn.Module):
-    """Elastic stages of inverted-residual and plain-conv blocks with per-layer precision."""
+    """Elastic dense conv stages and head choices with per-layer precision."""
 
     def __init__(self, space: SearchSpace | None = None) -> None:
         super().__init__()
         tune_allocator()  # a process holding a supernet trains, evaluates or exports: CPU torch work
         self.space = space or SearchSpace()
         c = self.space.config
-        wb, ab = c.weight_bits, c.act_bits
-        self.stem = QConvBN(
-            c.in_channels, max(c.stem_widths), STEM_KERNEL, c.stem_stride,
-            depthwise=False, act_signed=True, relu=True, weight_bits=wb, act_bits=ab,
-        )  # fmt: skip
+        wb = tuple(sorted({p.w for p in c.precisions}))
+        ab = tuple(sorted({p.a for p in c.precisions}))
+        k_max = max(c.kernels)
         self.stages = nn.ModuleList()
-        cin = max(c.stem_widths)
+        cin = c.in_channels
         for spec in c.stages:
             cout = max(spec.widths)
-            positions = nn.ModuleList()
-            for j in range(max(spec.depths)):
-                stride, block_in = (spec.stride, cin) if j == 0 else (1, cout)
-                ops = nn.ModuleDict()
-                if "ir" in c.block_kinds:
-                    ops["ir"] = IRBlock(block_in, cout, max(c.kernels), max(c.expands), stride, wb, ab)
-                if "conv" in c.block_kinds:
-                    ops["conv"] = ConvBlock(block_in, cout, max(c.kernels), stride, wb, ab)
-                positions.append(ops)
-            self.stages.append(positions)
+            # Only the first convolution reads signed values (the normalised image); every
+            # other input follows a ReLU, so its 8-bit grid is unsigned [0, 255]: a bit more
+            # resolution than int8, and the uint8-with-zero-point-0 form onnxruntime fuses.
+            convs = nn.ModuleList(
+                QConvBN(cin if j == 0 else cout, cout, k_max, 1, depthwise=False, act_signed=not self.stages and j == 0,
+                        relu=True, weight_bits=wb, act_bits=ab)
+                for j in range(max(spec.depths))
+            )  # fmt: skip
+            self.stages.append(convs)
             cin = cout
-        self.head = QConvBN(
-            cin, c.head_width, 1, 1, depthwise=False, act_signed=True, relu=True, weight_bits=wb, act_bits=ab
-        )
-        self.classifier = Classifier(c.head_width, c.num_classes, wb, ab)
+        self.heads = nn.ModuleDict()
+        sizes = stage_sizes(c.image_size, len(c.stages))
+        for n in self.space.stage_counts:
+            width = max(c.stages[n - 1].widths)
+            for pool in c.pools:
+                in_max = width if pool == "gap" else width * sizes[n] ** 2
+                self.heads[head_key(pool, n)] = _Head(in_max, max(c.hiddens), c.num_classes, wb, ab)
+        self.dropout = 0.0  # on the hidden layer's output; the trainer sets it for the largest only
         self.active: SubnetConfig = self.space.largest()
 
     # -- the OFA verbs -------------------------------------------------------------------------
@@ -74,55 +101,79 @@ class Supernet(nn.Module):
         """A static module with copies of only the active weights and quantizers of ``cfg``."""
         cfg = self.space.validate(cfg) if cfg is not None else self.active
         c = self.space.config
-        stem = self.stem.extract(c.in_channels, cfg.stem_width, STEM_KERNEL, cfg.stem_prec)
-        blocks: list[nn.Module] = []
-        calls: list[tuple] = []
-        cin = cfg.stem_width
-        for st, positions in zip(cfg.stages, self.stages, strict=True):
-            for j, b in enumerate(st.blocks):
-                blocks.append(positions[j][b.kind].extract(cin, st.width, b.kernel, b.expand, b.prec))
-                calls.append((st.width, b.kernel, b.expand, b.prec))
+        layers: list[QConvBN] = []
+        calls: list[ConvCall] = []
+        cin = c.in_channels
+        for st, convs in zip(cfg.stages, self.stages, strict=False):
+            for j, conv in enumerate(st.convs):
+                stride = 2 if st.down == "stride" and j == 0 else 1
+                layers.append(convs[j].extract(cin, st.width, conv.kernel, conv.prec, stride))
+                calls.append(
+                    ConvCall(st.width, conv.kernel, conv.prec, pool_after=st.down == "pool" and j == st.depth - 1)
+                )
                 cin = st.width
-        head = self.head.extract(cin, c.head_width, 1, cfg.head_prec)
-        classifier = self.classifier.extract(cfg.head_prec)
-        out = StaticSubnet(cfg, stem, blocks, calls, head, classifier)
+        head = self.heads[head_key(cfg.head.pool, len(cfg.stages))]
+        features = cin if cfg.head.pool == "gap" else cin * stage_sizes(c.image_size, len(cfg.stages))[-1] ** 2
+        h = cfg.head
+        if h.hidden:
+            assert h.hidden_prec is not None
+            fcs = [
+                head.hidden.extract(features, h.hidden, h.hidden_prec),
+                head.out.extract(h.hidden, c.num_classes, h.out_prec),
+            ]
+        else:
+            fcs = [head.direct.extract(features, c.num_classes, h.out_prec)]
+        out = StaticSubnet(cfg, layers, calls, fcs)
         out.train(self.training)
         return out
 
     # -- forward -----------------------------------------------------------------------------
     def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(B, classes)`` and the penultimate embedding ``(B, head_width)``."""
+        """Logits ``(B, classes)`` and the output layer's input, the embedding ``(B, D)``."""
         cfg = self.active
         x = (x - PIXEL_MEAN) / PIXEL_STD  # (B, C, H, W)
-        x = self.stem(x, cfg.stem_width, STEM_KERNEL, cfg.stem_prec)
-        for st, positions in zip(cfg.stages, self.stages, strict=True):
-            for j, b in enumerate(st.blocks):
-                x = positions[j][b.kind](x, st.width, b.kernel, b.expand, b.prec)
-        x = self.head(x, self.space.config.head_width, 1, cfg.head_prec)
-        return self.classifier(x, cfg.head_prec)
+        for st, convs in zip(cfg.stages, self.stages, strict=False):
+            for j, conv in enumerate(st.convs):
+                x = convs[j](x, st.width, conv.kernel, conv.prec, 2 if st.down == "stride" and j == 0 else 1)
+            if st.down == "pool":
+                x = F.max_pool2d(x, 2, ceil_mode=True)  # (B, C, ceil(H/2), ceil(W/2))
+        head = self.heads[head_key(cfg.head.pool, len(cfg.stages))]
+        feat = _features(x, cfg.head.pool)
+        h = cfg.head
+        if not h.hidden:
+            return head.direct(feat, self.space.config.num_classes, h.out_prec), feat
+        assert h.hidden_prec is not None
+        emb = head.hidden(feat, h.hidden, h.hidden_prec)  # (B, hidden)
+        if self.training and self.dropout:
+            emb = F.dropout(emb, self.dropout)
+        return head.out(emb, self.space.config.num_classes, h.out_prec), emb
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_embedding(x)[0]
 
 
+@dataclass(frozen=True)
+class ConvCall:
+    """How a static subnet calls one of its convolutions."""
+
+    width: int
+    kernel: int
+    prec: Precision
+    pool_after: bool
+
+
 class StaticSubnet(nn.Module):
     """One subnet with exactly its own weights: what is evaluated, fine-tuned and exported."""
 
-    def __init__(
-        self,
-        cfg: SubnetConfig,
-        stem: QConvBN,
-        blocks: list[nn.Module],
-        calls: list[tuple],
-        head: QConvBN,
-        classifier: Classifier,
-    ) -> None:
+    def __init__(self, cfg: SubnetConfig, convs: list[QConvBN], calls: list[ConvCall], fcs: list[QLinear]) -> None:
         super().__init__()
-        assert len(blocks) == len(calls), "one call signature per block"
+        assert len(convs) == len(calls), "one call signature per convolution"
+        assert len(fcs) in (1, 2), "an output layer, after a hidden one or not"
         self.cfg = cfg
-        self.stem, self.head, self.classifier = stem, head, classifier
-        self.blocks = nn.ModuleList(blocks)
-        self._calls = calls
+        self.convs = nn.ModuleList(convs)
+        self.fcs = nn.ModuleList(fcs)
+        self.calls = tuple(calls)
+        self.dropout = 0.0
 
     @property
     def name(self) -> str:
@@ -130,11 +181,19 @@ class StaticSubnet(nn.Module):
 
     def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (x - PIXEL_MEAN) / PIXEL_STD
-        x = self.stem(x, self.cfg.stem_width, STEM_KERNEL, self.cfg.stem_prec)
-        for block, (cout, k, e, prec) in zip(self.blocks, self._calls, strict=True):
-            x = block(x, cout, k, e, prec)
-        x = self.head(x, self.head.out_max, 1, self.cfg.head_prec)
-        return self.classifier(x, self.cfg.head_prec)
+        for conv, call in zip(self.convs, self.calls, strict=True):
+            x = conv(x, call.width, call.kernel, call.prec)
+            if call.pool_after:
+                x = F.max_pool2d(x, 2, ceil_mode=True)
+        emb = _features(x, self.cfg.head.pool)
+        h = self.cfg.head
+        if h.hidden:
+            assert h.hidden_prec is not None
+            emb = self.fcs[0](emb, h.hidden, h.hidden_prec)
+            if self.training and self.dropout:
+                emb = F.dropout(emb, self.dropout)
+        out = self.fcs[-1]
+        return out(emb, out.out_max, h.out_prec), emb
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_embedding(x)[0]
@@ -160,8 +219,15 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor | np.ndarray, batch_si
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the batches below
     model.train()
-    for batch in _batches(images, batch_size):
-        model(batch)
+    dropout = getattr(model, "dropout", 0.0)
+    if dropout:
+        model.dropout = 0.0  # statistics of the function that is evaluated
+    try:
+        for batch in _batches(images, batch_size):
+            model(batch)
+    finally:
+        if dropout:
+            model.dropout = dropout
     for bn, (momentum, _) in zip(bns, saved, strict=True):
         bn.momentum = momentum
     model.train(was_training)
@@ -169,10 +235,11 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor | np.ndarray, batch_si
 
 @torch.no_grad()
 def init_quantizers(model: Supernet, images: torch.Tensor) -> None:
-    """Initialise every quantizer of every op and precision from one fixed batch.
+    """Initialise every quantizer of every layer and precision from one fixed batch.
 
     Done once, deterministically, before quantized subnets are sampled, so that data-parallel
-    replicas start from identical step sizes.
+    replicas start from identical step sizes. Every head (pool x number of stages, with and
+    without the hidden layer) is run once per precision.
     """
     space = model.space
     saved, was_training = model.active, model.training
@@ -180,8 +247,12 @@ def init_quantizers(model: Supernet, images: torch.Tensor) -> None:
     for prec in space.precisions:
         if prec.is_full:
             continue
-        for kind in space.config.block_kinds:
-            model.set_active_subnet(space.largest(prec, kind=kind))
-            model(images)
+        big = space.largest(prec)
+        for n in space.stage_counts:
+            for pool in space.config.pools:
+                for hidden in sorted({min(space.config.hiddens), max(space.config.hiddens)}):
+                    head = type(big.head)(pool, hidden, prec if hidden else None, prec)
+                    model.set_active_subnet(SubnetConfig(big.stages[:n], head))
+                    model(images)
     model.active = saved
     model.train(was_training)

@@ -13,6 +13,7 @@ A policy file is TOML with two top-level keys and one table per section::
     [adaptation]                # AdaptationLimits
     [swap]                      # SwapRules
     [retention]                 # Retention
+    [export]                    # ExportSettings
 
 Every section and every key is optional except ``format_version``; what is left out takes
 the default below. Each dataclass checks itself in ``__post_init__`` and raises
@@ -35,6 +36,7 @@ __all__ = [
     "Budgets",
     "ClassWeights",
     "DriftSettings",
+    "ExportSettings",
     "OBJECTIVE_KINDS",
     "Objective",
     "POLICY_FORMAT",
@@ -277,10 +279,26 @@ class Retention(_Section):
     keep_days: float = _option(30.0, number(gt=0))
 
 
+@dataclass(frozen=True)
+class ExportSettings(_Section):
+    """How the service turns a front point into a deployable model.
+
+    Attributes:
+        finetune_seconds: Train the chosen subnet alone from its supernet weights for this
+            long before it is exported (APQ, OFA); 0 turns it off. Minutes of one niced core
+            for a gain measured in ``benchmarks/results/finetune.json``.
+    """
+
+    section: ClassVar[str] = "export"
+    finetune_seconds: float = _option(0.0, number(ge=0, lt=3601))
+
+
 _SECTIONS: dict[str, type[Any]] = {
     cls.section: cls
-    for cls in (Target, Budgets, Objective, ClassWeights, DriftSettings, AdaptationLimits, SwapRules, Retention)
-}
+    for cls in (
+        Target, Budgets, Objective, ClassWeights, DriftSettings, AdaptationLimits, SwapRules, Retention, ExportSettings
+    )
+}  # fmt: skip
 """Section name in TOML -> its dataclass, in the order a policy file lists them."""
 
 
@@ -331,6 +349,7 @@ class Policy:
     adaptation: AdaptationLimits = field(default_factory=AdaptationLimits)
     swap: SwapRules = field(default_factory=SwapRules)
     retention: Retention = field(default_factory=Retention)
+    export: ExportSettings = field(default_factory=ExportSettings)
 
     def __post_init__(self) -> None:
         problems = [_format_version_problem(self.format_version, CODE)]

@@ -27,15 +27,29 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
+from lifelong.errors import SpaceError
+from lifelong.space import SubnetConfig
 from service.api import JSON, ApiApp
 from service.errors import RequestError
 
 __all__ = ["CommandSink", "install_admin_routes"]
 
 MODEL_ID = re.compile(r"[0-9a-f]{16}")
-SUBNET_NAME = re.compile(r"(largest|smallest)(:w\d+a\d+)?|s\d+w\d+a\d+(_[a-z0-9.]+)+")
-"""A subnet name as the space writes it (``lifelong/space.py``) or a named extreme; the worker
-checks that the subnet belongs to the supernet in use."""
+NAMED_EXTREME = re.compile(r"(largest|smallest)(:w\d+a\d+)?")
+
+
+def is_subnet_name(value: str) -> bool:
+    """A subnet name in the space's grammar (:class:`lifelong.space.SubnetConfig`, one owner) or
+    a named extreme; the worker checks that the subnet belongs to the supernet in use."""
+    if NAMED_EXTREME.fullmatch(value):
+        return True
+    try:
+        SubnetConfig.parse(value)
+    except SpaceError:
+        return False
+    return True
+
+
 ONNX_TYPES = ("application/octet-stream", "application/x-onnx", "application/onnx")
 
 
@@ -93,7 +107,7 @@ def install_admin_routes(
         if key == "model" and not MODEL_ID.fullmatch(value):
             raise RequestError(f"model id {value!r} is not one; expected 16 hex digits as `lifelong history` shows")
         if key == "subnet":
-            if not SUBNET_NAME.fullmatch(value):
+            if not is_subnet_name(value):
                 raise RequestError(
                     f"subnet {value!r} is not a subnet name; expected a canonical name as `lifelong front` "
                     "shows, or largest[:wXaY] / smallest[:wXaY]"

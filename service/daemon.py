@@ -628,6 +628,12 @@ class Daemon:
                 f"{d.kind} drift on {model_id}", cooldown_s=self.policy.adaptation.max_seconds
             )
             self.drift.note_needed(d.kind, "adapt", f"{what}; {answer}")
+            if self.adaptation.running or self.adaptation.pending is not None and answer.startswith("an adaptation"):
+                # the drift the running (or pending) adaptation answers, seen again at every
+                # check: logged, not an event, so it cannot push the adaptation's own events out
+                # of the status's last 50 (a slow adaptation was seen to)
+                logger.info("drift: %s (window %d); %s", what, d.window, answer)
+                continue
             self._event("drift", f"{what} (window {d.window}); {answer}")
 
     def _answer_environment(self, d: DriftDecision, what: str) -> None:

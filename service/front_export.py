@@ -209,6 +209,7 @@ class FrontExport:
             parity_images=self.parity_images,
             threads=wish.policy.target.threads,
             reason=wish.reason,
+            finetune_seconds=wish.policy.export.finetune_seconds,
         )
         path = request.save(out / "request.json")
         row = self.store.start_job("export", message=f"{wish.subnet}: {wish.why}")
@@ -217,7 +218,7 @@ class FrontExport:
                 WORKER_MODULE,
                 [str(path)],
                 job_id=job_id,
-                time_limit_s=EXPORT_TIME_LIMIT_S,
+                time_limit_s=EXPORT_TIME_LIMIT_S + request.finetune_seconds,
                 nice=EXPORT_NICE,
                 on_progress=self._on_progress,
                 on_done=lambda h: self.post(ExportDone(h.job_id)),

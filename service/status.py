@@ -27,8 +27,8 @@ def precision_summary(subnet: str | None) -> dict[str, Any] | None:
 
     Returns:
         ``{"subnet", "layers", "counts": {"w8a8": 12, ...}, "stages": [{"stage", "precisions"}]}``
-        (stages: ``stem``, ``c<width>`` each, ``head``), or None when ``subnet`` is not a
-        lifelong subnet string (a model exported by other tools).
+        (stages: ``c<width>`` each, then ``head``: the hidden and output layers), or None when
+        ``subnet`` is not a lifelong subnet string (a model exported by other tools).
     """
     if not subnet:
         return None
@@ -37,9 +37,9 @@ def precision_summary(subnet: str | None) -> dict[str, Any] | None:
     except SpaceError:
         return None
     layers = [str(p) for p in cfg.layer_precisions()]
-    stages = [{"stage": "stem", "precisions": [str(cfg.stem_prec)]}]
-    stages += [{"stage": f"c{st.width}", "precisions": [str(b.prec) for b in st.blocks]} for st in cfg.stages]
-    stages.append({"stage": "head", "precisions": [str(cfg.head_prec)]})
+    stages = [{"stage": f"c{st.width}", "precisions": [str(c.prec) for c in st.convs]} for st in cfg.stages]
+    head = [cfg.head.hidden_prec] if cfg.head.hidden else []
+    stages.append({"stage": "head", "precisions": [str(p) for p in [*head, cfg.head.out_prec]]})
     return {"subnet": subnet, "layers": len(layers), "counts": dict(Counter(layers).most_common()), "stages": stages}
 
 
@@ -88,7 +88,7 @@ def _ms(value: float | None) -> str:
 
 
 def _precision(precision_map: Mapping[str, Any] | None, summary: Mapping[str, Any] | None, subnet: str) -> str:
-    """``w8a8 x12, w32a32 x3 (15 layers: stem w8a8 | c32 w8a8 x2 | ... | head w32a32)``."""
+    """``w8a8 x6, w32a32 x2 (8 layers: c32 w8a8 x2 | ... | head w8a8 w32a32)``."""
     if summary and summary.get("counts"):
         counts = ", ".join(f"{kind} x{n}" for kind, n in summary["counts"].items())
         stages = []

@@ -13,7 +13,7 @@ Protocol: one JSON object per line, written to the pipe whose file descriptor is
 anything else the worker prints goes to its log, never into the channel)::
 
     {"v": 1, "progress": 0.4, "phase": "adapt", "message": "epoch 2/5"}
-    {"v": 1, "result": {"model": "s16w8a8_c32..."}}
+    {"v": 1, "result": {"model": "c32.k3w8a8.p_c64..."}}
     {"v": 1, "error": {"type": "TrainingError", "message": "no samples"}}
 
 The last ``result`` wins; a worker that exits 0 must have reported one. An exception that

@@ -55,7 +55,7 @@ def true_accuracy(cfgs: Sequence[SubnetConfig], quantized: bool = False, seed: i
     macs = COSTS.macs(codes).astype(np.float64)
     w4 = np.array([sum(p.w == 4 for p in c.layer_precisions()) for c in cfgs])
     a8 = np.array([sum(p.a == 8 for p in c.layer_precisions()) for c in cfgs])
-    acc = 0.93 - 0.08 * np.exp(-macs / 2e6) - 0.004 * w4 - 0.001 * a8 + X @ truth_weights(seed)
+    acc = 0.93 - 0.08 * np.exp(-macs / 1e8) - 0.004 * w4 - 0.001 * a8 + X @ truth_weights(seed)
     if quantized:
         early = np.array([sum(p.w < 32 for p in c.layer_precisions()[:3]) for c in cfgs])
         acc = acc - 0.006 * w4 - 0.004 * early - 0.01 * np.tanh(X @ truth_weights(seed + 1) * 100)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_space import TINY_SPACE
 
 from lifelong.adapt import AdaptSettings, calibration_mix, finetune, measure_subnets
 from lifelong.adapt_job import AdaptRequest
@@ -16,19 +17,12 @@ from lifelong.data import ArrayDataset
 from lifelong.errors import CheckpointError, DataError, FormatVersionError, TrainingError
 from lifelong.local_data import load_refs
 from lifelong.replay import build_replay, load_replay, save_replay
-from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec
+from lifelong.space import Precision, SearchSpace
 from lifelong.supernet import Supernet, init_quantizers
 from lifelong.supernet_versions import adapted_in_use, adapted_path, current_supernet, list_versions, set_current
 from policies import Policy
 from policies.schema import Budgets, SwapRules
 from service.adaptation import decide_swap
-
-TINY_SPACE = SpaceConfig(
-    stem_widths=(8,),
-    stages=(StageSpec((8, 16), (1, 2), 1), StageSpec((16, 24), (1, 2), 2)),
-    expands=(2, 3),
-    head_width=16,
-)
 
 
 def _data(n: int, seed: int = 0) -> ArrayDataset:

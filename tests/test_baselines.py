@@ -65,15 +65,48 @@ def test_baseline_forward_shapes(name: str) -> None:
     model = _randomised(name)
     logits, emb = model.forward_with_embedding(torch.rand(3, 1, 28, 28))
     assert logits.shape == (3, 10)
-    assert emb.shape == (3, {"mbv2": 256, "cnn": 128}[name])
+    assert emb.shape == (3, {"mbv2": 256, "cnn": 128, "tutorial": 128, "wide": 128}[name])
     assert torch.equal(model(torch.zeros(2, 1, 28, 28)), model.forward_with_embedding(torch.zeros(2, 1, 28, 28))[0])
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_macs_and_params_are_the_documented_ones(name: str) -> None:
-    macs, params = B.count_macs_params(B.build_baseline(name))
-    assert (macs, params) == B.DOCUMENTED[name]
-    assert f"{macs:,} MACs, {params:,} parameters" in B.__doc__, "the module docstring states other figures"
+    model = B.build_baseline(name)
+    macs, params = B.count_macs_params(model)
+    folded = B.folded_params(model)
+    assert (macs, params, folded) == B.DOCUMENTED[name]
+    stated = f"{macs:,} MACs, {params:,} parameters ({folded:,} after BN folding)"
+    assert stated in B.__doc__, "the module docstring states other figures"
+
+
+def test_tutorial_cnn_is_the_tutorials_network() -> None:
+    model = B.build_baseline("tutorial")
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding, c.bias) for c in convs] == [
+        (1, 32, (3, 3), (1, 1), None),
+        (32, 64, (3, 3), (1, 1), None),
+    ]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 2
+    assert [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)] == [
+        (64 * 7 * 7, 128),
+        (128, 10),
+    ]
+    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.5]
+    # counted by hand: conv 28x28 and 14x14 outputs, then the two linears
+    assert B.count_macs_params(model)[0] == 28 * 28 * 32 * 9 + 14 * 14 * 64 * 32 * 9 + 3136 * 128 + 128 * 10
+    conv1, conv2, fc1, fc2 = 32 * 9, 64 * 32 * 9, 3136 * 128 + 128, 128 * 10 + 10
+    assert B.count_macs_params(model)[1] == conv1 + conv2 + fc1 + fc2 + 2 * (32 + 64) == 421_738  # + BN scale, shift
+    assert B.folded_params(model) == conv1 + conv2 + fc1 + fc2 + (32 + 64) == 421_642  # + conv biases
+
+
+def test_wide_cnn_pools_round_up_to_a_4x4_map() -> None:
+    model = B.build_baseline("wide")
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 3 and all(p.ceil_mode for p in pools)
+    assert model.features(torch.zeros(1, 1, 28, 28)).shape == (1, 128, 4, 4)
+    assert (
+        B.count_macs_params(model)[0] == 28 * 28 * 32 * 9 + 14 * 14 * 64 * 288 + 7 * 7 * 128 * 576 + 2048 * 128 + 1280
+    )
 
 
 def test_mbv2_is_the_documented_architecture() -> None:
@@ -83,8 +116,22 @@ def test_mbv2_is_the_documented_architecture() -> None:
     depthwise = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     assert all(m.kernel_size == (3, 3) for m in depthwise)
     assert [m.out_channels for m in depthwise] == [16, 96, 144, 144, 192, 192, 192, 384]  # expand 1, then 6
-    with pytest.raises(ValueError, match=r"unknown baseline 'resnet'; expected one of \['cnn', 'mbv2'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown baseline 'resnet'; expected one of \['cnn', 'mbv2', 'tutorial', 'wide'\]"
+    ):
         B.build_baseline("resnet")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bn_folding_preserves_outputs(name: str) -> None:
+    model = _randomised(name)
+    folded = B.fold_bn(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        for a, b in zip(model.forward_with_embedding(x), folded.forward_with_embedding(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert model.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -156,3 +203,53 @@ def test_recipe_is_read_from_the_supernet_checkpoint(tmp_path: Path) -> None:
     bare = save_checkpoint(tmp_path / "bare.pt", Checkpoint(SpaceConfig(), {}))
     with pytest.raises(CheckpointError, match="records no training config"):
         B.recipe_from_checkpoint(bare)
+
+
+def test_calibration_images_come_from_the_training_part_of_the_split() -> None:
+    data = _tiny_data(200)
+    cfg = TrainConfig(val_fraction=0.25)
+    train_part, val_part = data.split(cfg.val_fraction, seed=cfg.seed)
+    images = B.calibration_images(data, cfg, n=40)
+    assert images.shape == (40, 1, 28, 28) and images.dtype == np.float32
+    train_rows = {r.tobytes() for r in train_part.as_float()}
+    assert all(im.tobytes() in train_rows for im in images)
+    assert not {im.tobytes() for im in images} & {r.tobytes() for r in val_part.as_float()}
+    np.testing.assert_array_equal(B.calibration_images(data, cfg, n=40), images)  # seeded
+
+
+def test_ptq_sweep_gives_one_row_per_configuration(tmp_path: Path) -> None:
+    import ptq  # benchmarks/ is on sys.path once baselines.py is loaded
+
+    fp32 = B.export_onnx(_randomised("tutorial"), None, "tutorial")
+    rng = np.random.default_rng(0)
+    calib = rng.random((32, 1, 28, 28), dtype=np.float32)
+    x, y = rng.random((50, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 50)
+    configs = tuple(ptq.PtqConfig(c.method, c.activations, 16) for c in ptq.CONFIGS)
+    result = ptq.sweep(fp32, calib, x, y, configs, threads=(1, 2), rounds=2, runs=2)
+    assert [r.config.name for r in result.rows] == [
+        "minmax-u8", "minmax-s8", "percentile-u8", "percentile-s8", "entropy-u8", "entropy-s8",
+    ]  # fmt: skip
+    for r in result.rows:
+        assert 0 <= r.top1 <= 1 and np.isfinite(r.top1)
+        assert set(r.latency_ms) == {"1", "2"} and all(0 < v < 1e3 for v in r.latency_ms.values())
+        assert r.quantize_seconds > 0 and r.bytes > 0
+    assert result.chosen.top1 == max(r.top1 for r in result.rows)
+    assert result.chosen.top1 == ptq.onnx_top1(result.int8, x, y)
+    assert set(result.fp32_latency_ms) == {"1", "2"} and 0 <= result.fp32_top1 <= 1
+    doc = json.loads(json.dumps(result.to_dict()))  # JSON-ready
+    assert len(doc["configs"]) == 6 and doc["chosen"] == result.chosen.config.name
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load_from_string(result.int8).graph.node}
+
+
+def test_ptq_choice_prefers_accuracy_then_speed() -> None:
+    import ptq
+
+    def row(method: str, top1: float, ms: float) -> ptq.PtqRow:
+        return ptq.PtqRow(ptq.PtqConfig(method), top1, 1.0, 1, {"1": 9.0, "2": ms})
+
+    rows = [row("minmax", 0.90, 0.1), row("percentile", 0.91, 0.3), row("entropy", 0.91, 0.2)]
+    assert ptq.choose(rows).config.method == "entropy"
+    with pytest.raises(ValueError, match="no PTQ configuration"):
+        ptq.choose([])
+    with pytest.raises(ValueError, match=r"method must be one of .*got 'kl'; activations must be one of"):
+        ptq.PtqConfig("kl", "fp16")

@@ -239,15 +239,16 @@ def test_feedback_outcomes_go_to_the_model_that_made_the_prediction(tmp_path: Pa
 
 
 def test_precision_summary_reads_the_subnet_string_without_torch() -> None:
-    s = precision_summary("s16w8a8_c32.ik3e4w8a8.ck5w32a32_c64.ik3e6w8a8_hw32a32")
+    s = precision_summary("c32.k3w8a8.k5w32a32.p_c64.k3w8a8.s_hf.d128w8a8.ow32a32")
     assert s["counts"] == {"w8a8": 3, "w32a32": 2} and s["layers"] == 5
-    assert [st["stage"] for st in s["stages"]] == ["stem", "c32", "c64", "head"]
+    assert [st["stage"] for st in s["stages"]] == ["c32", "c64", "head"]
+    assert s["stages"][-1]["precisions"] == ["w8a8", "w32a32"]
     assert precision_summary("tiny_mlp") is None and precision_summary(None) is None
 
 
 def test_status_text_shows_canary_progress_live_figures_and_precision() -> None:
     watch = CanaryWatch(4, "new", live_baseline(labelled=40, correct=36))
-    subnet = "s16w8a8_c32.ik3e4w8a8.ik3e4w8a8_c64.ck3w32a32_hw8a8"
+    subnet = "c32.k3w8a8.k3w8a8.p_c64.k3w32a32.p_hg.ow8a8"
     doc = {
         "model": "new",
         "store": {"model": {"subnet": subnet}, "deployment": {"state": "canary", "id": 4, "reason": "deploy x"}},
@@ -265,7 +266,7 @@ def test_status_text_shows_canary_progress_live_figures_and_precision() -> None:
     assert "canary:   120/200 requests, 12 labels; 0 inference errors; latency p95 1." in text
     assert "ms baseline (batch 1, rollback above " in text and "accuracy 91.7% on 12 labels vs 90.0% baseline" in text
     assert "live:     accuracy 91.7% on its last 12 feedback labels; latency p50 0.98 ms p95 1.07 ms (batch 1" in text
-    assert "precision w8a8 x4, w32a32 x1 (5 layers: stem w8a8 | c32 w8a8 x2 | c64 w32a32 | head w8a8)" in text
+    assert "precision w8a8 x3, w32a32 x1 (4 layers: c32 w8a8 x2 | c64 w32a32 | head w8a8)" in text
     doc["store"]["model"]["subnet"], doc["precision"] = "tiny_mlp", None
     assert "precision unknown (subnet 'tiny_mlp' is not a lifelong subnet string)" in format_status(doc)
 

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from lifelong.checkpoint import load_checkpoint
+from lifelong.space import SearchSpace
 from lifelong.train import supernet_recipe
 from service.cli import cli
 
@@ -40,22 +41,24 @@ def test_space_command_text_and_json() -> None:
     out = runner.invoke(cli, ["space", "--sample", "2"])
     assert out.exit_code == 0 and "search space:" in out.output and "largest" in out.output
     data = json.loads(runner.invoke(cli, ["space", "--json", "--sample", "1"]).output)
-    assert data["size"] > 10**15 and len(data["subnets"]) == 3
+    assert data["size"] == SearchSpace().size() > 10**8 and len(data["subnets"]) == 3
     assert data["subnets"][0]["macs"] > data["subnets"][1]["macs"]
 
 
 def test_train_then_eval_from_the_cli(fashion_train, tmp_path: Path) -> None:
     runner = CliRunner()
     args = ["train", "--state-dir", str(tmp_path), "--epochs", "1", "--batch-size", "32", "--max-samples", "64"]
-    out = runner.invoke(cli, [*args, "--json"])
+    out = runner.invoke(cli, [*args, "--no-eval"])  # the largest subnet's evaluation takes a minute
     assert out.exit_code == 0, out.output
-    rows = json.loads(out.stdout)
-    assert [r["name"] for r in rows] == ["largest:w32a32", "largest:w8a8", "smallest:w8a8", "smallest:w4a8"]
-    assert all(0.0 <= r["top1"] <= 1.0 for r in rows)
     assert (tmp_path / "supernet" / "supernet.pt").exists()
     assert "training supernet" in (tmp_path / "logs" / "train.log").read_text()
-    ev = runner.invoke(cli, ["eval", "--state-dir", str(tmp_path), "smallest:w8a8"])
-    assert ev.exit_code == 0 and "smallest:w8a8" in ev.output
+    ev = runner.invoke(cli, ["eval", "--state-dir", str(tmp_path), "smallest:w8a8", "smallest:w32a32", "--json"])
+    assert ev.exit_code == 0, ev.output
+    rows = json.loads(ev.stdout)
+    assert [r["name"] for r in rows] == ["smallest:w8a8", "smallest:w32a32"]
+    assert all(0.0 <= r["top1"] <= 1.0 for r in rows)
+    text = runner.invoke(cli, ["eval", "--state-dir", str(tmp_path), "smallest:w8a8"])
+    assert text.exit_code == 0 and "smallest:w8a8" in text.output
     # continuing it: into another file, more random subnets a step, the epochs counted on
     base = tmp_path / "supernet" / "supernet.pt"
     same = runner.invoke(cli, [*args, "--init-from", str(base), "--no-eval"])
@@ -72,7 +75,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     out = runner.invoke(cli, ["eval", "--checkpoint", str(tmp_path / "none.pt")])
     assert out.exit_code == 2
     assert out.output.strip().startswith("error: no checkpoint at") and "Traceback" not in out.output
-    bad = runner.invoke(cli, ["eval", "--checkpoint", str(tmp_path / "none.pt"), "s16w8a8_nonsense"])
+    bad = runner.invoke(cli, ["eval", "--checkpoint", str(tmp_path / "none.pt"), "c32.k3w8a8_nonsense"])
     assert bad.exit_code == 2
     data = runner.invoke(cli, ["train", "--state-dir", str(tmp_path), "--data", str(tmp_path / "missing.npz")])
     assert data.exit_code == 2 and data.output.startswith("training") is False and "error:" in data.output

@@ -36,9 +36,9 @@ from service.demo_stream import SHIFTS, PhaseTally, Streamer, shift_images
 from service.errors import DemoError
 
 SUBNETS = [
-    "s8w8a8_c16.ck3w8a8_c32.ck3w8a8_c64.ik3e2w8a8_hw8a8",
-    "s16w8a8_c24.ik3e3w8a8_c48.ck3w8a8_c96.ik5e4w8a8_hw8a8",
-    "s24w8a8_c24.ik5e4w8a8_c48.ik5e3w8a8_c128.ik5e3w8a8.ik5e2w8a8_hw8a8",
+    "c16.k3w8a8.s_c32.k3w8a8.s_hg.ow8a8",
+    "c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8",
+    "c48.k5w8a8.k3w8a8.p_c96.k3w8a8.k3w8a8.p_c128.k3w8a8.p_hf.d256w8a8.ow8a8",
 ]
 
 

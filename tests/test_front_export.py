@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 import torch
 from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_until
+from tiny_space import TINY_SPACE
 
 from lifelong.calibration import calibration_path, load_calibration, save_calibration
 from lifelong.errors import DataError, FormatVersionError, SpaceError
 from lifelong.export_job import export_from_checkpoint
 from lifelong.export_request import ExportRequest
 from lifelong.front import Front, FrontPoint
-from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec
+from lifelong.space import Precision, SearchSpace
 from lifelong.supernet_versions import adapted_path, set_current
 from lifelong.train import TrainConfig, train_supernet
 from policies import Policy
@@ -32,14 +33,6 @@ from service.front_export import FrontExport
 from service.status import format_status
 from service.store import Store
 from service.worker import WorkerSupervisor
-
-TINY_SPACE = SpaceConfig(
-    stem_widths=(8,),
-    stages=(StageSpec((8, 16), (1, 2), 1), StageSpec((16, 24), (1, 2), 2)),
-    expands=(2, 3),
-    head_width=16,
-)
-
 
 # -- in-process ----------------------------------------------------------------------------------
 

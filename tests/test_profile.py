@@ -84,6 +84,13 @@ def test_load_rejects_missing_corrupt_foreign_and_future_files(tmp_path: Path) -
     with pytest.raises(FormatVersionError, match="99"):
         DeviceProfile.load(bad)
     d = _fake_profile().to_dict()
+    d["format_version"] = 2  # a profile of search space v1
+    bad.write_text(json.dumps(d))
+    with pytest.raises(
+        FormatVersionError, match="format version 2; .*reads version 3. .*search space v1; run `lifelong"
+    ):
+        DeviceProfile.load(bad)
+    d = _fake_profile().to_dict()
     del d["overhead_ms"]
     bad.write_text(json.dumps(d))
     with pytest.raises(ProfileError, match="missing or malformed field"):
@@ -114,10 +121,14 @@ def test_table_sum_and_prediction() -> None:
     prof.correction["1"] = [0.2, 1.5, 1.5, 0.0]
     assert prof.predict(SPACE, cfg, 1) == pytest.approx(0.2 + 1.5 * 0.01 * n)
     # integer-kernel rows, float rows and the borders between them each get their coefficient
-    cfg = SPACE.parse("s8w8a8_c16.ik3e2w8a8_c32.ik3e2w32a32_c64.ik3e2w8a8_hw8a8")
-    assert prof.terms(SPACE, cfg, 1) == pytest.approx((1.0, 0.04, 0.01, 2.0))
+    cfg = SPACE.parse("c16.k3w8a8.p_c32.k3w32a32.p_c64.k3w8a8.s_hg.ow8a8")
+    assert prof.terms(SPACE, cfg, 1) == pytest.approx((1.0, 0.03, 0.01, 2.0))
     prof.correction["1"] = [0.2, 0.5, 2.0, 0.1]
-    assert prof.predict(SPACE, cfg, 1) == pytest.approx(0.2 + 0.5 * 0.04 + 2.0 * 0.01 + 0.1 * 2)
+    assert prof.predict(SPACE, cfg, 1) == pytest.approx(0.2 + 0.5 * 0.03 + 2.0 * 0.01 + 0.1 * 2)
+    # the head is one row, of its first layer's family; its two layers count apart for the borders
+    cfg = SPACE.parse("c16.k3w8a8.p_c32.k3w8a8.p_hf.d64w32a32.ow8a8")
+    assert subnet_keys(SPACE, cfg)[-1] == "head:flat2:32:d64w32a32:ow8a8"
+    assert prof.terms(SPACE, cfg, 1) == pytest.approx((1.0, 0.02, 0.01, 2.0))
     with pytest.raises(ProfileError, match=r"batch 32 was not profiled \(profiled: \[1, 4\]\)"):
         prof.predict(SPACE, cfg, 32)
     del prof.entries[subnet_keys(SPACE, cfg)[0]]
@@ -137,6 +148,11 @@ def test_int8_slower_lists_exactly_the_rows_where_int8_loses() -> None:
     assert at4 == {fast[: -len(":w8a8")]}
     (key, fp, q8), *_ = prof.int8_slower(1)
     assert (fp, q8) == (0.01, 0.02)
+    head = "head:flat2:64:d128w8a8:ow8a8"  # both layers at W8A8: compared with both at FP32
+    prof.entries[head] = [0.03, 0.01]
+    assert ("head:flat2:64:d128:o", 0.01, 0.03) in prof.int8_slower(1)
+    prof.entries["head:flat2:64:d128w32a32:ow8a8"] = [0.5, 0.5]  # a mixed head has no FP32 twin
+    assert not any(k.startswith("head:flat2:64:d128w32a32") for k, _, _ in prof.int8_slower(1))
 
 
 def test_fit_correction_recovers_the_terms_and_weighs_relative_error() -> None:
@@ -181,26 +197,70 @@ def test_w8a8_rows_exist_for_every_fp32_row() -> None:
     assert fp and all(k[: -len("w32a32")] + "w8a8" in keys for k in fp)
 
 
+def test_keys_name_the_part_in_place() -> None:
+    cfg = SPACE.parse("c32.k3w8a8.p_c64.k5w32a32.k3w8a8.s_hg.ow8a8")
+    assert subnet_keys(SPACE, cfg) == [
+        "s0.first:1>32@28:k3:pooled:w8a8",
+        "s1.first:32>64@14:k5:strided:w32a32",
+        "s1.rest:64>64@7:k3:plain:w8a8",
+        "head:gap2:64:ow8a8",
+    ]
+
+
 def test_every_kind_of_w8a8_row_is_timed_as_integer_kernels() -> None:
     """An isolated W8A8 row must fuse as it does inside a whole subnet, or the table overstates it.
 
-    A plain-conv block ends in a ReLU; inside a subnet the next quantizer folds that ReLU
-    (uint8 from 0) and the convolution runs as QLinearConv. Timed alone with a signed next
-    quantizer it ran as a float convolution, 2-3x slower than in the exported model.
+    A convolution ends in a ReLU; inside a subnet the reader's quantizer folds that ReLU (uint8
+    from 0), before the max-pool where there is one, and the convolution runs as QLinearConv.
+    A head's fully connected layers run as integer Gemms behind the flatten or the requantized
+    global pool.
     """
     from lifelong.export import kernel_counts
     from lifelong.profile import _entries
 
-    wanted = ("stem:", "ck3:w8a8", "ck5:w8a8", "ik3e2:w8a8", "head:")
+    def kind(key: str) -> str:
+        if key.startswith("head:"):
+            pool, _, rest = key.split(":", 3)[1:]
+            return f"head:{pool[:-1]}:{'hidden' if rest.startswith('d') else 'direct'}"
+        position, *_, mode, _ = key.split(":")
+        return f"{position.split('.')[1]}:{mode}"
+
+    wanted = {f"{p}:{m}" for p in ("first", "rest") for m in ("plain", "pooled")} | {"first:strided"}
+    wanted |= {f"head:{p}:{h}" for p in ("flat", "gap") for h in ("hidden", "direct")}
     seen: dict[str, str] = {}
     for e in _entries(SPACE):
-        if not e.key.endswith(":w8a8"):
-            continue
-        kind = next((w for w in wanted if w in e.key), None)
-        if kind is None or kind in seen:
+        if not e.key.endswith("w8a8") or "w32a32" in e.key or kind(e.key) in seen:
             continue
         counts = kernel_counts(e.build())
-        n_convs = 1 if kind.startswith(("stem", "ck", "head")) else 3
-        assert counts["float_convs"] == 0 and counts["integer_convs"] == n_convs, f"{e.key}: {counts}"
-        seen[kind] = e.key
-    assert set(seen) == set(wanted), f"no row found for {set(wanted) - set(seen)}"
+        if e.key.startswith("head:"):
+            fcs = 2 if kind(e.key).endswith("hidden") else 1
+            assert counts["float_gemms"] == 0 and counts["integer_gemms"] == fcs, f"{e.key}: {counts}"
+        else:
+            assert counts["float_convs"] == 0 and counts["integer_convs"] == 1, f"{e.key}: {counts}"
+        seen[kind(e.key)] = e.key
+    assert set(seen) == wanted, f"no row found for {wanted - set(seen)}"
+
+
+def test_part_rows_and_random_nets_run() -> None:
+    """Each kind of row and a few whole random subnets build and run in onnxruntime."""
+    import onnxruntime as ort
+
+    from lifelong.onnx_graph import build_model
+    from lifelong.profile import _entries, random_net
+
+    done: set[tuple[str, str]] = set()
+    for e in _entries(SPACE):
+        tag = (e.key.split(":")[0] if e.key.startswith("s") else e.key.split(":")[1], e.key.split(":")[-1])
+        if tag in done:
+            continue
+        done.add(tag)
+        sess = ort.InferenceSession(e.build().SerializeToString(), providers=["CPUExecutionProvider"])
+        (y,) = sess.run(None, {"x": np.random.default_rng(0).random((2, *e.shape), dtype=np.float32)})
+        assert y.shape[0] == 2 and np.isfinite(y).all(), e.key
+    rng = np.random.default_rng(2)
+    for cfg in [SPACE.sample(rng) for _ in range(4)] + [SPACE.largest(), SPACE.smallest()]:
+        net = random_net(SPACE, cfg)
+        assert len(net.convs) == sum(st.depth for st in cfg.stages) and len(net.fcs) == 1 + bool(cfg.head.hidden)
+        sess = ort.InferenceSession(build_model(net).SerializeToString(), providers=["CPUExecutionProvider"])
+        logits, _ = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 1, 28, 28), np.float32)})
+        assert logits.shape == (1, 10), str(cfg)

@@ -142,11 +142,11 @@ def test_constraints_are_hard(evaluator: FunctionEvaluator) -> None:
 def test_warm_start_from_a_cached_front(evaluator: FunctionEvaluator, caplog: pytest.LogCaptureFixture) -> None:
     cold = nsga2(SPACE, evaluator, population=40, generations=20, seed=4)
     assert len(cold.front) > 40, "the test wants a front larger than the population"
-    seeds = ["s99w8a8_c1.ik3e4w8a8_hw8a8", "not a subnet"] + cold.names
+    seeds = ["c99.k3w8a8.p_c1.k3w8a8.p_hg.ow8a8", "not a subnet"] + cold.names
     with caplog.at_level(logging.WARNING, logger="lifelong.search"):
         warm = nsga2(SPACE, evaluator, population=40, generations=1, initial=seeds, seed=5)
     assert warm.warm_started == 40
-    assert "skipping s99w8a8" in caplog.text and "skipping not a subnet" in caplog.text
+    assert "skipping c99.k3w8a8" in caplog.text and "skipping not a subnet" in caplog.text
     ref = (float(cold.front_metrics.accuracy.min()), float(cold.front_metrics.latency_ms.max()))
     fresh = nsga2(SPACE, evaluator, population=40, generations=1, seed=5)
     # with one generation the warm start keeps most of what the long search found; a fresh one cannot
@@ -205,7 +205,7 @@ def test_predictor_evaluator_refuses_a_mismatched_predictor(real_evaluator: Pred
     table = real_evaluator.latency
     plain = AccuracyPredictor(SPACE.encoding_length(), PredictorConfig(hidden=(4,)))
     PredictorEvaluator(plain, table)  # a plain one-hot predictor gets one-hot features
-    with pytest.raises(DataError, match="inputs of length 7, this search space gives 149"):
+    with pytest.raises(DataError, match=r"inputs of length 7, this search space gives \d+"):
         PredictorEvaluator(AccuracyPredictor(7), table, features=real_evaluator.features)
     noted = AccuracyPredictor(SPACE.encoding_length(), PredictorConfig(hidden=(4,)), meta={"features": "onehot-9"})
     with pytest.raises(DataError, match="trained on features 'onehot-9'"):
@@ -229,7 +229,7 @@ def test_the_sandwich_corners_compete_for_the_first_population(evaluator: Functi
 
     largest = SPACE.largest(Precision())
     corners = corner_subnets(SPACE)
-    assert largest in corners and SPACE.smallest(Precision(4, 8)) in corners and len(set(corners)) == len(corners)
+    assert largest in corners and SPACE.smallest(Precision(8, 8)) in corners and len(set(corners)) == len(corners)
     plain = nsga2(SPACE, evaluator, population=20, generations=3, seed=5)
     seeded = nsga2(SPACE, evaluator, population=20, generations=3, seed=5, contenders=corners)
     assert str(largest) not in plain.names and str(largest) in seeded.names

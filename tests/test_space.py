@@ -8,13 +8,19 @@ import pytest
 
 from lifelong.errors import SpaceError
 from lifelong.space import (
-    BlockConfig,
+    SPACE_VERSION,
+    ConvConfig,
+    HeadConfig,
     Precision,
     SearchSpace,
     SpaceConfig,
+    StageConfig,
     StageSpec,
     SubnetConfig,
 )
+
+TUTORIAL = "c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8"
+W8A8, FP = Precision(8, 8), Precision(32, 32)
 
 
 @pytest.fixture(scope="module")
@@ -22,65 +28,67 @@ def space() -> SearchSpace:
     return SearchSpace()
 
 
-def _brute_force_size(space: SearchSpace) -> int:
+def _enumerate(space: SearchSpace) -> set[str]:
+    """Every subnet of a (small) space, built gene by gene."""
     c = space.config
-    blocks = []
-    for kind in c.block_kinds:
-        for k in c.kernels:
-            for e in c.expands if kind == "ir" else (None,):
-                for p in space.precisions:
-                    blocks.append(BlockConfig(kind, k, e, p))
-    n = 0
-    stage_options = []
+    convs = [ConvConfig(k, p) for k in c.kernels for p in space.precisions]
+    stage_choices = []
     for spec in c.stages:
-        opts = 0
-        for _w in spec.widths:
-            for d in spec.depths:
-                opts += sum(1 for _ in itertools.product(blocks, repeat=d))
-        stage_options.append(opts)
-    n = len(c.stem_widths) * len(space.precisions) ** 2
-    for o in stage_options:
-        n *= o
-    return n
+        stage_choices.append(
+            [
+                StageConfig(w, seq, down)
+                for w in spec.widths
+                for d in spec.depths
+                for seq in itertools.product(convs, repeat=d)
+                for down in c.downs
+            ]
+        )
+    heads = [
+        HeadConfig(pool, h, hp if h else None, op)
+        for pool in c.pools
+        for h in c.hiddens
+        for hp in (space.precisions if h else (None,))
+        for op in space.precisions
+    ]
+    out = set()
+    for n in space.stage_counts:
+        for stages in itertools.product(*stage_choices[:n]):
+            for head in heads:
+                out.add(str(space.validate(SubnetConfig(tuple(stages), head))))
+    return out
 
 
-def test_size_matches_brute_force_on_a_small_space() -> None:
-    small = SearchSpace(
-        SpaceConfig(
-            stem_widths=(8,),
-            stages=(StageSpec((8, 16), (1, 2), 1), StageSpec((16,), (1,), 2)),
-            kernels=(3,),
-            expands=(2, 3),
-            weight_bits=(8, 32),
-            act_bits=(8,),
-        )
-    )
-    assert small.size() == _brute_force_size(small)
-    # enumerate every subnet of an even smaller space through sampling and compare
-    tiny = SearchSpace(
-        SpaceConfig(
-            stem_widths=(8,),
-            stages=(StageSpec((8,), (1, 2), 1),),
-            kernels=(3,),
-            expands=(2,),
-            weight_bits=(8, 32),
-            act_bits=(8,),
-        )
-    )
+SMALL = SpaceConfig(
+    stages=(StageSpec((8, 16), (1, 2)), StageSpec((16,), (1,))),
+    min_stages=1,
+    kernels=(3,),
+    hiddens=(0, 32),
+)
+
+
+def test_size_matches_enumeration_and_sampling_on_a_small_space() -> None:
+    small = SearchSpace(SMALL)
+    every = _enumerate(small)
+    assert small.size() == len(every)
     rng = np.random.default_rng(0)
-    seen = {str(tiny.sample(rng)) for _ in range(5000)}
-    assert len(seen) == tiny.size()
+    seen = {str(small.sample(rng)) for _ in range(100_000)}
+    assert seen == every
 
 
-def test_default_space_size_is_exact_and_large(space: SearchSpace) -> None:
-    assert space.size() == _brute_force_size(space)
-    assert space.size() > 10**15
-    assert "subnets" in space.describe()
+def test_default_space_reports_its_size(space: SearchSpace) -> None:
+    assert space.size() > 10**8
+    assert "subnets" in space.describe() and f"v{SPACE_VERSION}" in space.describe()
+
+
+def test_the_tutorial_cnn_is_a_member(space: SearchSpace) -> None:
+    cfg = space.parse(TUTORIAL)
+    assert [s.width for s in cfg.stages] == [32, 64] and all(s.down == "pool" for s in cfg.stages)
+    assert cfg.head == HeadConfig("flat", 128, W8A8, W8A8)
 
 
 def test_string_round_trip_and_grammar(space: SearchSpace) -> None:
     rng = np.random.default_rng(1)
-    for _ in range(200):
+    for _ in range(300):
         cfg = space.sample(rng)
         name = str(cfg)
         assert SubnetConfig.parse(name) == cfg
@@ -92,20 +100,26 @@ def test_string_round_trip_and_grammar(space: SearchSpace) -> None:
 
 def test_named_points(space: SearchSpace) -> None:
     big, small = space.largest(), space.smallest()
-    assert str(big).startswith("s24w32a32_c32.ik5e4w32a32")
-    assert small.stem_prec == Precision(4, 8)
-    assert space.largest(Precision(8, 8)).layer_precisions() == [Precision(8, 8)] * len(big.layer_precisions())
+    assert len(big.stages) == 3 and big.head.pool == "flat" and big.head.hidden == 256
+    assert all(s.down == "pool" and s.convs[0].kernel == 5 for s in big.stages)
+    assert len(small.stages) == 2 and small.head == HeadConfig("gap", 0, None, W8A8)
+    assert space.largest(W8A8).layer_precisions() == [W8A8] * len(big.layer_precisions())
+    assert space.resolve("largest:w8a8") == space.largest(W8A8)
+    assert big in space.corners() and small in space.corners() and len(space.corners()) == 4
+    with pytest.raises(SpaceError, match="largest:wXaY"):
+        space.resolve("largest:int8")
 
 
 @pytest.mark.parametrize(
     "bad, match",
     [
         ("", "expected a subnet string"),
-        ("s16w8a8_hw8a8", "at least one stage"),
-        ("x16w8a8_c32.ik3e4w8a8_hw8a8", "bad stem"),
-        ("s16w8a8_c32_hw8a8", "bad stage"),
-        ("s16w8a8_c32.zk3w8a8_hw8a8", "bad block"),
-        ("s16w8a8_c32.ik3e4w8a8_h8", "bad head"),
+        ("hf.ow8a8", "expected stages and a head"),
+        ("s16w8a8_c32.ik3e4w8a8_hw8a8", "a v1 name"),
+        ("c32.k3w8a8_hf.ow8a8", "bad stage"),
+        ("c32.z3w8a8.p_hf.ow8a8", "bad convolution"),
+        ("c32.k3w8a8.p_hx.ow8a8", "bad head"),
+        ("c32.k3w8a8.p_hf.d0w8a8.ow8a8", "width 0"),
     ],
 )
 def test_parse_rejects_malformed(bad: str, match: str) -> None:
@@ -114,13 +128,21 @@ def test_parse_rejects_malformed(bad: str, match: str) -> None:
 
 
 def test_validate_reports_every_problem(space: SearchSpace) -> None:
-    name = "s20w8a8_c32.ik7e4w8a8.ik3e9w6a8.ik3e2w8a8_c64.ik3e2w8a8_c128.ik3e2w8a8_hw8a8"
+    name = "c20.k7w8a8.k3w6a8.k3w8a8.p_c64.k3w8a8.p_c96.k3w8a8.p_c64.k3w8a8.p_hf.d100w8a8.ow4a8"
     with pytest.raises(SpaceError) as err:
         space.parse(name)
     msg = str(err.value)
-    for part in ("stem width 20", "depth 3 not in (1, 2)", "kernel 7", "expand 9", "precision w6a8"):
-        assert part in msg
-    with pytest.raises(SpaceError, match="from_json|expected JSON"):
+    for part in (
+        "4 stages",
+        "width 20",
+        "depth 3 not in (1, 2)",
+        "kernel 7",
+        "precision w6a8",
+        "hidden width 100",
+        "w4a8",
+    ):
+        assert part in msg, part
+    with pytest.raises(SpaceError, match="expected JSON"):
         SubnetConfig.from_json("not json")
 
 
@@ -132,7 +154,8 @@ def test_mutation_and_crossover_stay_valid_and_vary(space: SearchSpace) -> None:
         m = space.validate(space.mutate(a, rng, prob=0.2))
         changed += m != a
         c = space.validate(space.crossover(a, b, rng))
-        assert c.stem_width in (a.stem_width, b.stem_width)
+        assert c.stages[0].width in (a.stages[0].width, b.stages[0].width)
+        assert len(c.stages) in (len(a.stages), len(b.stages))
     assert changed > 250
     assert space.mutate(a, rng, prob=0.0) == a
 
@@ -151,17 +174,31 @@ def test_encoding_is_fixed_length_and_distinguishes(space: SearchSpace) -> None:
 
 def test_sample_respects_precision_restriction(space: SearchSpace) -> None:
     rng = np.random.default_rng(4)
-    only = (Precision(8, 8),)
     for _ in range(50):
-        assert set(space.sample(rng, only).layer_precisions()) == {Precision(8, 8)}
+        assert set(space.sample(rng, (W8A8,)).layer_precisions()) == {W8A8}
+
+
+def test_with_precisions_sets_every_layer_in_order(space: SearchSpace) -> None:
+    cfg = space.parse(TUTORIAL)
+    picks = iter([FP, W8A8, FP, W8A8])
+    assert cfg.with_precisions(lambda: next(picks)).layer_precisions() == [FP, W8A8, FP, W8A8]
 
 
 def test_space_config_validation_and_round_trip() -> None:
-    with pytest.raises(SpaceError, match="kernels must be odd"):
-        SpaceConfig(kernels=(2, 3))
-    with pytest.raises(SpaceError, match="weight_bits"):
-        SpaceConfig(weight_bits=(1, 8))
-    with pytest.raises(SpaceError, match="stage stride"):
-        StageSpec((8,), (1,), 3)
+    with pytest.raises(SpaceError, match="kernels must be odd") as err:
+        SpaceConfig(kernels=(2, 3), downs=("zoom",))
+    assert "downs must be chosen" in str(err.value), "every problem is reported at once"
+    with pytest.raises(SpaceError, match="precisions"):
+        SpaceConfig(precisions=(Precision(2, 8),))
+    with pytest.raises(SpaceError, match="depths"):
+        StageSpec((8,), (0, 1))
     c = SpaceConfig()
-    assert SpaceConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    d = json.loads(json.dumps(c.to_dict()))
+    assert d["version"] == SPACE_VERSION
+    assert SpaceConfig.from_dict(d) == c
+
+
+def test_an_artefact_of_the_v1_space_gets_a_clear_error() -> None:
+    v1 = {"stem_widths": [8, 16], "stages": [], "expands": [2, 3], "weight_bits": [4, 8, 32]}
+    with pytest.raises(SpaceError, match="search space version 1.*Rebuild it"):
+        SpaceConfig.from_dict(v1)

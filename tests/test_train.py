@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_space import SMALL_SPACE
 
 from lifelong.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from lifelong.digest import file_sha256
@@ -48,32 +49,34 @@ def test_augment_keeps_shape_and_content() -> None:
 def test_training_learns_checkpoints_and_resumes_identically(fashion_train, tmp_path: Path) -> None:
     data = fashion_train.head(96)
     cfg = TrainConfig(**TINY)
-    full = train_supernet(data, tmp_path / "a.pt", cfg, progress=False)
+    full = train_supernet(data, tmp_path / "a.pt", cfg, space=SMALL_SPACE, progress=False)
     assert [r["phase"] for r in full.record] == ["fp-warmup", "int8", "mixed"]
     ck = load_checkpoint(tmp_path / "a.pt")
     assert ck.complete and ck.train["step"] == 9
     # interrupted after 4 steps (inside the int8 phase), then resumed
-    part = train_supernet(data, tmp_path / "b.pt", cfg, progress=False, stop_after_steps=4)
+    part = train_supernet(data, tmp_path / "b.pt", cfg, space=SMALL_SPACE, progress=False, stop_after_steps=4)
     assert not load_checkpoint(part.checkpoint).complete
-    train_supernet(data, tmp_path / "b.pt", cfg, progress=False)
+    train_supernet(data, tmp_path / "b.pt", cfg, space=SMALL_SPACE, progress=False)
     a, b = load_checkpoint(tmp_path / "a.pt").state_dict, load_checkpoint(tmp_path / "b.pt").state_dict
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
     # an unfinished checkpoint with other settings is not silently resumed
-    train_supernet(data, tmp_path / "c.pt", cfg, progress=False, stop_after_steps=1)
+    train_supernet(data, tmp_path / "c.pt", cfg, space=SMALL_SPACE, progress=False, stop_after_steps=1)
     with pytest.raises(TrainingError, match="other settings"):
-        train_supernet(data, tmp_path / "c.pt", TrainConfig(**{**TINY, "lr": 0.01}), progress=False)
+        train_supernet(data, tmp_path / "c.pt", TrainConfig(**{**TINY, "lr": 0.01}), space=SMALL_SPACE, progress=False)
 
 
 def test_continuing_a_supernet_keeps_its_learned_quantizers(fashion_train, tmp_path: Path) -> None:
     data = fashion_train.head(96)
-    base = train_supernet(data, tmp_path / "a.pt", TrainConfig(**TINY), progress=False).checkpoint
+    base = train_supernet(data, tmp_path / "a.pt", TrainConfig(**TINY), space=SMALL_SPACE, progress=False).checkpoint
     more = dict(TINY, epochs=1, warmup_epochs=0, int8_epochs=0, n_random=2, init_from=str(base))
     # one step at a vanishing learning rate: the weights and every precision's step size stay
     # those of the base; re-initialising the quantizers or a precision transfer would move them
     tiny_lr = TrainConfig(**{**more, "lr": 1e-9, "epochs": 1})
-    cont = train_supernet(data, tmp_path / "c.pt", tiny_lr, progress=False, stop_after_steps=1).checkpoint
+    cont = train_supernet(
+        data, tmp_path / "c.pt", tiny_lr, space=SMALL_SPACE, progress=False, stop_after_steps=1
+    ).checkpoint
     a, c = load_checkpoint(base), load_checkpoint(cont)
     assert c.train["phase"] == "mixed" and c.meta["init_from_sha256"] == file_sha256(base)
     steps = [k for k in a.state_dict if ".steps." in k]
@@ -84,7 +87,7 @@ def test_continuing_a_supernet_keeps_its_learned_quantizers(fashion_train, tmp_p
             c.state_dict[k], a.state_dict[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}"
         )
     # a real continuation trains in the mixed phase only and changes the weights
-    done = train_supernet(data, tmp_path / "d.pt", TrainConfig(**more), progress=False)
+    done = train_supernet(data, tmp_path / "d.pt", TrainConfig(**more), space=SMALL_SPACE, progress=False)
     assert [r["phase"] for r in done.record] == ["mixed"]
     # baselines "trained for as many epochs as the supernet" count the base's 3 and these 1
     ck = load_checkpoint(done.checkpoint)
@@ -107,18 +110,26 @@ def test_continuing_needs_a_complete_supernet(fashion_train, tmp_path: Path) -> 
     more = dict(TINY, epochs=1, warmup_epochs=0, int8_epochs=0)
     with pytest.raises(TrainingError, match="no such checkpoint"):
         train_supernet(
-            data, tmp_path / "c.pt", TrainConfig(**more, init_from=str(tmp_path / "none.pt")), progress=False
+            data,
+            tmp_path / "c.pt",
+            TrainConfig(**more, init_from=str(tmp_path / "none.pt")),
+            space=SMALL_SPACE,
+            progress=False,
         )
-    part = train_supernet(data, tmp_path / "p.pt", TrainConfig(**TINY), progress=False, stop_after_steps=1).checkpoint
+    part = train_supernet(
+        data, tmp_path / "p.pt", TrainConfig(**TINY), space=SMALL_SPACE, progress=False, stop_after_steps=1
+    ).checkpoint
     with pytest.raises(TrainingError, match="unfinished training"):
-        train_supernet(data, tmp_path / "c.pt", TrainConfig(**more, init_from=str(part)), progress=False)
+        train_supernet(
+            data, tmp_path / "c.pt", TrainConfig(**more, init_from=str(part)), space=SMALL_SPACE, progress=False
+        )
 
 
 def test_training_reduces_loss(fashion_train, tmp_path: Path) -> None:
     cfg = TrainConfig(
         epochs=2, warmup_epochs=2, int8_epochs=0, batch_size=64, max_train_samples=512, val_fraction=0.0, lr=0.05
     )
-    rec = train_supernet(fashion_train, tmp_path / "s.pt", cfg, progress=False).record
+    rec = train_supernet(fashion_train, tmp_path / "s.pt", cfg, space=SMALL_SPACE, progress=False).record
     assert rec[1]["loss"] < rec[0]["loss"] < 2.3
 
 
@@ -150,12 +161,12 @@ def test_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
 
 def test_checkpoint_round_trip_builds_the_same_model(tmp_path: Path) -> None:
     from lifelong.checkpoint import Checkpoint
-    from lifelong.space import SpaceConfig
+    from lifelong.space import SearchSpace
     from lifelong.supernet import Supernet
 
     torch.manual_seed(0)
-    model = Supernet()
-    save_checkpoint(tmp_path / "m.pt", Checkpoint(SpaceConfig(), model.state_dict(), [{"epoch": 1}]))
+    model = Supernet(SearchSpace(SMALL_SPACE))
+    save_checkpoint(tmp_path / "m.pt", Checkpoint(SMALL_SPACE, model.state_dict(), [{"epoch": 1}]))
     back = load_checkpoint(tmp_path / "m.pt")
     assert back.record == [{"epoch": 1}] and not back.complete
     x = torch.rand(2, 1, 28, 28)
@@ -172,10 +183,12 @@ def test_kill_during_training_then_resume(fashion_train, tmp_path: Path) -> None
         import logging, sys
         logging.basicConfig(level=logging.INFO, stream=sys.stdout)
         from lifelong.data import load_fashion_mnist
+        from lifelong.space import SpaceConfig
         from lifelong.train import TrainConfig, train_supernet
         cfg = TrainConfig(epochs=3, warmup_epochs=1, int8_epochs=1, batch_size=32, max_train_samples=192,
                           val_fraction=0.0, checkpoint_every=2)
-        train_supernet(load_fashion_mnist("train"), {str(ckpt)!r}, cfg, progress=False)
+        space = SpaceConfig.from_dict({SMALL_SPACE.to_dict()!r})
+        train_supernet(load_fashion_mnist("train"), {str(ckpt)!r}, cfg, space, progress=False)
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -208,10 +221,12 @@ def test_data_parallel_training_with_torchrun_gloo(tmp_path: Path) -> None:
             import os, torch
             torch.set_num_threads(1)
             from lifelong.data import load_fashion_mnist
+            from lifelong.space import SpaceConfig
             from lifelong.train import TrainConfig, train_supernet
             cfg = TrainConfig(epochs=2, warmup_epochs=1, int8_epochs=1, batch_size=32, max_train_samples=128,
                               val_fraction=0.0, checkpoint_every=100)
-            res = train_supernet(load_fashion_mnist("train"), {str(tmp_path / "ddp.pt")!r}, cfg, progress=False)
+            space = SpaceConfig.from_dict({SMALL_SPACE.to_dict()!r})
+            res = train_supernet(load_fashion_mnist("train"), {str(tmp_path / "ddp.pt")!r}, cfg, space, progress=False)
             params = {{k: v for k, v in res.model.named_parameters()}}
             torch.save(params, {str(tmp_path)!r} + f"/rank{{os.environ['RANK']}}.pt")
             """
@@ -225,7 +240,10 @@ def test_data_parallel_training_with_torchrun_gloo(tmp_path: Path) -> None:
     assert ddp.complete and ddp.train["step"] == 8
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    init = {k: v for k, v in __import__("lifelong.supernet", fromlist=["Supernet"]).Supernet().named_parameters()}
+    from lifelong.space import SearchSpace
+    from lifelong.supernet import Supernet
+
+    init = dict(Supernet(SearchSpace(SMALL_SPACE)).named_parameters())
     moved = 0
     for k in r0:
         torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0, msg=lambda m, k=k: f"replicas differ at {k}: {m}")

@@ -1,0 +1,25 @@
+"""A tiny search space of the current version for tests that train, adapt or export a supernet.
+
+Two stages of 8-16 and 16-24 channels and a head of at most 16 hidden units: a training step
+takes milliseconds, and every choice kind of the real space (widths, depths, kernels,
+downsampling, pools, hidden widths, precisions) is present.
+"""
+
+from __future__ import annotations
+
+from lifelong.space import SpaceConfig, StageSpec
+
+__all__ = ["SMALL_SPACE", "TINY_SPACE"]
+
+TINY_SPACE = SpaceConfig(
+    stages=(StageSpec((8, 16), (1, 2)), StageSpec((16, 24), (1, 2))),
+    min_stages=2,
+    hiddens=(0, 16),
+)
+
+SMALL_SPACE = SpaceConfig(
+    stages=(StageSpec((16, 32), (1, 2)), StageSpec((32, 64), (1, 2)), StageSpec((64,), (1,))),
+    hiddens=(0, 64, 128),
+)
+"""A space holding the tutorial CNN (``c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8``) and every
+kind of choice, whose largest subnet has a sixth of the default one's MACs: the export tests."""
