@@ -73,6 +73,8 @@ class TrainConfig:
     lr_warmup_steps: int = 200
     n_random: int = 2
     kd_temperature: float = 1.0
+    student_label: float = 0.0  # the students' loss: (1 - this) x distillation + this x the labels' loss
+    sandwich: bool = True  # False: no largest each step; the smallest and the random subnets learn from labels (SPOS)
     label_smoothing: float = 0.0  # on the labels' loss only: the largest, or a subnet trained alone
     dropout: float = 0.0  # on the hidden layer's output of the largest (or the subnet trained alone)
     bf16: bool = True  # bfloat16 autocast of the forward passes (CPUs with AVX512-BF16 run it ~2x faster)
@@ -100,6 +102,8 @@ class TrainConfig:
             problems.append(
                 f"label_smoothing and dropout must be in [0, 1), got {self.label_smoothing}, {self.dropout}"
             )
+        if not 0 <= self.student_label <= 1:
+            problems.append(f"student_label must be in [0, 1], got {self.student_label}")
         if self.n_random < 0:
             problems.append(f"n_random must be >= 0, got {self.n_random}")
         if not 0 <= self.val_fraction < 1:
@@ -497,7 +501,20 @@ def _sandwich_step(
     precisions: tuple[Precision, ...],
     cfg: TrainConfig,
 ) -> list[float]:
-    """Largest full-precision on labels; smallest and random subnets distil from it."""
+    """Largest full-precision on labels; smallest and random subnets distil from it.
+
+    Without the sandwich (``cfg.sandwich`` false) the step trains only the smallest and the
+    random subnets, each on the labels: uniform single-path sampling, which spends on the small
+    and middle subnets the three quarters of a step the largest takes otherwise.
+    """
+    if not cfg.sandwich:
+        losses = []
+        for sub in [space.smallest(min(precisions))] + [space.sample(rng, precisions) for _ in range(cfg.n_random)]:
+            model.set_active_subnet(sub)
+            loss = _label_loss(model, x, y, replace(cfg, dropout=0.0, label_smoothing=0.0))
+            loss.backward()
+            losses.append(loss.item())
+        return losses
     model.set_active_subnet(space.largest(Precision()))
     logits_out: list[torch.Tensor] = []
     loss = _label_loss(model, x, y, cfg, logits_out)
@@ -511,6 +528,8 @@ def _sandwich_step(
         with _autocast(cfg):
             logits = model(x)
         kd = kd_loss(logits.float(), soft, cfg.kd_temperature)
+        if cfg.student_label:
+            kd = (1 - cfg.student_label) * kd + cfg.student_label * F.cross_entropy(logits.float(), y)
         kd.backward()
         losses.append(kd.item())
     return losses

@@ -123,7 +123,7 @@ def install_admin_routes(
 
     def history_route(environ: dict[str, Any]) -> tuple[int, Any]:
         raw = parse_qs(environ.get("QUERY_STRING", "")).get("limit", ["20"])[0]
-        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= 1000:
             raise RequestError(f"?limit={raw!r}; expected an integer from 1 to 1000")
         return 200, history(int(raw))
 

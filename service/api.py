@@ -299,9 +299,10 @@ class ApiApp:
                 status, payload = route[method](environ)
         except ServiceError as exc:
             status, payload = exc.http_status, {"error": str(exc), "type": type(exc).__name__}
-        except Exception as exc:  # a bug or an onnxruntime failure: answer, log, keep serving
+        except Exception:  # a bug or an onnxruntime failure: answer, log, keep serving
+            # the exception text stays in the journal: it can name paths and internals a client must not see
             logger.exception("%s %s failed", method, path)
-            status, payload = 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}
+            status, payload = 500, {"error": "internal error; the service journal has the details", "type": "InternalError"}
         finally:
             self.metrics.track(-1)
         if isinstance(payload, str):
@@ -433,6 +434,10 @@ def _json(body: bytes) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"body is not valid JSON ({exc}); expected a JSON object") from None
+    except RecursionError:  # the parser's own guard against deep nesting: fails fast
+        raise RequestError("JSON nested too deeply; expected an object of arrays a few levels deep") from None
+    except ValueError as exc:  # an integer of over 4,300 digits, say
+        raise RequestError(f"body is JSON this service does not read ({exc}); expected a JSON object") from None
 
 
 def _array(value: Any, what: str) -> np.ndarray:

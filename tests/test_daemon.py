@@ -275,6 +275,8 @@ def test_malformed_requests_get_4xx_with_a_message(shared, background_prediction
             ("POST", "/v1/deploy", b"x", "text/plain", 400, "Content-Type 'text/plain' is not read here"),
             ("POST", "/v1/rollback", b'{"why": 1}', "application/json", 400, "reason"),
             ("GET", "/v1/history?limit=abc", None, None, 400, "expected an integer from 1 to 1000"),
+            ("GET", "/v1/history?limit=" + "9" * 5000, None, None, 400, "expected an integer from 1 to 1000"),
+            ("GET", "/v1/history?limit=%C2%B2", None, None, 400, "expected an integer from 1 to 1000"),
             ("GET", "/v1/deploy", None, None, 405, "use POST"),
             ("GET", "/v1/nothing", None, None, 404, "no route"),
         ]

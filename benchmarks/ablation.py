@@ -1,0 +1,204 @@
+"""Benchmark: ablation rows of the supernet recipe at a reduced budget, side by side.
+
+    .venv/bin/python benchmarks/ablation.py                         # every row, 3 epochs, 2 at a time
+    .venv/bin/python benchmarks/ablation.py --rows baseline,n_random4 --epochs 3
+    .venv/bin/python benchmarks/ablation.py --quick                 # minutes, same code path
+
+Each row is the default :class:`lifelong.train.TrainConfig` with a few fields changed (the
+table ``ROWS`` below), trained from scratch for ``--epochs`` (one warm-up, one INT8 epoch, the
+rest mixed) on the training split. Rows run ``--parallel`` at a time as separate processes with
+one torch thread each, so that rows compared in one run share the machine alike; a row's
+checkpoint and result are kept under ``benchmarks/work/ablation/`` and a rerun resumes or reuses
+them. Row ``alone`` is the tutorial CNN trained alone with the baseline recipe for as many
+epochs: the reference for the weight-sharing gap at this budget.
+
+Each row is measured as the supernet benchmark does (top-1 on the 10k test set after BN
+re-calibration on 2,000 training images, W8A8): largest, smallest, the tutorial CNN's member and
+the six random subnets of ``benchmarks/supernet.py``. Nothing here needs a prebuilt state: the
+rows train themselves.
+
+Writes ``benchmarks/results/ablation.json`` (``ablation-quick.json`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_targets, target, write_results  # noqa: E402
+
+ROWS: dict[str, dict] = {
+    "baseline": {},
+    "n_random4": {"n_random": 4},
+    "student_label0.5": {"student_label": 0.5},
+    "regularise_largest": {"dropout": 0.1, "label_smoothing": 0.1},
+    "lr_floor0.05": {"lr_floor": 0.05},
+    "fp32_autocast_off": {"bf16": False},
+    "uniform_labels4": {"sandwich": False, "n_random": 4},
+    "uniform_labels12": {"sandwich": False, "n_random": 12},  # about the baseline's compute per step
+}
+ALONE = "alone"
+WORK = Path(__file__).resolve().parent / "work" / "ablation"
+
+
+def _row_config(row: str, epochs: int, quick: bool):
+    from lifelong.train import TrainConfig
+
+    base = {"epochs": epochs, "warmup_epochs": 1, "int8_epochs": 1 if epochs > 2 else 0}
+    if quick:
+        base.update(max_train_samples=3000, checkpoint_every=20)
+    if row == ALONE:
+        from supernet import TUTORIAL
+
+        return TrainConfig(**base, fixed_subnet=TUTORIAL)
+    return TrainConfig(**base, **ROWS[row])
+
+
+def run_row(row: str, epochs: int, quick: bool) -> dict:
+    """Train one row (resuming) and measure it; the result is also written beside the checkpoint."""
+    import torch
+
+    from lifelong.checkpoint import load_checkpoint
+    from lifelong.data import load_fashion_mnist
+    from lifelong.digest import file_sha256
+    from lifelong.evaluate import evaluate_subnet
+    from lifelong.space import Precision
+    from lifelong.train import train_supernet
+    from supernet import N_RANDOM, TUTORIAL, _random_subnets
+
+    torch.set_num_threads(1)
+    cfg = _row_config(row, epochs, quick)
+    tag = f"{row}-e{epochs}{'-quick' if quick else ''}"
+    WORK.mkdir(parents=True, exist_ok=True)
+    done = WORK / f"{tag}.json"
+    if done.is_file() and (WORK / f"{tag}.pt").is_file():
+        prev = json.loads(done.read_text())
+        if prev.get("config") == cfg.to_dict() and prev.get("checkpoint_sha256") == file_sha256(WORK / f"{tag}.pt"):
+            return prev  # measured already, on this very checkpoint
+    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    if quick:
+        test = test.head(1000)
+    res = train_supernet(train, WORK / f"{tag}.pt", cfg, progress=False)
+    model = load_checkpoint(res.checkpoint).build()
+    space = model.space
+    calib = train.split(cfg.val_fraction, seed=cfg.seed)[0].head(2000).as_float()
+    w8a8 = Precision(8, 8)
+    plan = {"tutorial": space.parse(TUTORIAL)}
+    if row != ALONE:
+        plan = {"largest": space.largest(w8a8), "smallest": space.smallest(w8a8), **plan}
+        plan.update({f"random{i}": r for i, r in enumerate(_random_subnets(space, N_RANDOM, 30e6))})
+    top1 = {}
+    for label, sub in plan.items():
+        e, _ = evaluate_subnet(model, sub, calib, test.as_float(), test.y)
+        top1[label] = e.top1
+    steps = int(load_checkpoint(res.checkpoint).train["step"])
+    out = {
+        "row": row,
+        "config": cfg.to_dict(),
+        "checkpoint_sha256": file_sha256(res.checkpoint),
+        "train_seconds": res.seconds,
+        "steps": steps,
+        "seconds_per_step": res.seconds / max(1, steps),
+        "top1": top1,
+    }
+    if row != ALONE:
+        out["random_mean"] = float(np.mean([v for k, v in top1.items() if k.startswith("random")]))
+    done.write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default=",".join([*ROWS, ALONE]), help="comma-separated rows of ROWS, and 'alone'")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--parallel", type=int, default=2, help="rows trained at once (one torch thread each)")
+    ap.add_argument("--quick", action="store_true", help="3,000 training images, 1,000 test images")
+    ap.add_argument("--row", help=argparse.SUPPRESS)  # a worker process: train and measure one row
+    args = ap.parse_args()
+    if args.row:
+        print(json.dumps(run_row(args.row, args.epochs, args.quick)))
+        return
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = [r for r in rows if r not in ROWS and r != ALONE]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; expected some of {[*ROWS, ALONE]}")
+    t0 = time.monotonic()
+    results: dict[str, dict] = {}
+    pending = list(rows)
+    running: dict[str, subprocess.Popen] = {}
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            row = pending.pop(0)
+            cmd = [sys.executable, __file__, "--row", row, "--epochs", str(args.epochs)] + (["--quick"] if args.quick else [])
+            running[row] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            print(f"started {row}", flush=True)
+        time.sleep(2)
+        for row, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            out = proc.stdout.read() if proc.stdout else ""
+            del running[row]
+            if proc.returncode != 0:
+                raise SystemExit(f"row {row} failed with exit code {proc.returncode}")
+            results[row] = json.loads(out.strip().splitlines()[-1])
+            r = results[row]
+            print(f"{row:<20} " + " ".join(f"{k} {100 * v:.2f}" for k, v in r["top1"].items()), flush=True)
+    alone = results.get(ALONE, {}).get("top1", {}).get("tutorial")
+    table = []
+    for row in rows:
+        if row == ALONE:
+            continue
+        r = results[row]
+        t = r["top1"]
+        table.append({
+            "row": row,
+            "changes": ROWS[row],
+            "largest": t["largest"],
+            "smallest": t["smallest"],
+            "tutorial": t["tutorial"],
+            "tutorial_gap": None if alone is None else alone - t["tutorial"],
+            "random_mean": r["random_mean"],
+            "seconds_per_step": r["seconds_per_step"],
+        })  # fmt: skip
+    base = next((t for t in table if t["row"] == "baseline"), None)
+    targets = []
+    for t in table:
+        if base is None or t["row"] == "baseline":
+            continue
+        gain = t["random_mean"] - base["random_mean"]
+        targets.append(target(f"{t['row']}: random-subnet mean top-1 minus baseline's (pt)", 100 * gain, "> 0", gain > 0))
+    lines = ["| row | largest | smallest | tutorial | gap to alone | 6 random mean | s/step |", "|---|---|---|---|---|---|---|"]
+    for t in table:
+        gap = "-" if t["tutorial_gap"] is None else f"{100 * t['tutorial_gap']:.2f}"
+        lines.append(
+            f"| {t['row']} | {100 * t['largest']:.2f} | {100 * t['smallest']:.2f} | {100 * t['tutorial']:.2f} | {gap} "
+            f"| {100 * t['random_mean']:.2f} | {t['seconds_per_step']:.3f} |"
+        )
+    print("\n".join(lines))
+    print(markdown_targets(targets))
+    name = "ablation-quick" if args.quick else "ablation"
+    write_results(
+        name,
+        {
+            "epochs": args.epochs,
+            "parallel": args.parallel,
+            "rebuild": "nothing: each row trains itself (checkpoints kept in benchmarks/work/ablation/)",
+            "alone_tutorial": alone,
+            "rows": results,
+            "table": table,
+            "wall_seconds": time.monotonic() - t0,
+            "targets": targets,
+        },
+    )
+    print(f"wrote benchmarks/results/{name}.json")
+
+
+if __name__ == "__main__":
+    main()
