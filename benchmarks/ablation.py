@@ -64,6 +64,7 @@ def _row_config(row: str, epochs: int, quick: bool):
 def run_row(row: str, epochs: int, quick: bool) -> dict:
     """Train one row (resuming) and measure it; the result is also written beside the checkpoint."""
     import torch
+    from supernet import N_RANDOM, TUTORIAL, _random_subnets
 
     from lifelong.checkpoint import load_checkpoint
     from lifelong.data import load_fashion_mnist
@@ -71,7 +72,6 @@ def run_row(row: str, epochs: int, quick: bool) -> dict:
     from lifelong.evaluate import evaluate_subnet
     from lifelong.space import Precision
     from lifelong.train import train_supernet
-    from supernet import N_RANDOM, TUTORIAL, _random_subnets
 
     torch.set_num_threads(1)
     cfg = _row_config(row, epochs, quick)
@@ -136,7 +136,9 @@ def main() -> None:
     while pending or running:
         while pending and len(running) < args.parallel:
             row = pending.pop(0)
-            cmd = [sys.executable, __file__, "--row", row, "--epochs", str(args.epochs)] + (["--quick"] if args.quick else [])
+            cmd = [sys.executable, __file__, "--row", row, "--epochs", str(args.epochs)] + (
+                ["--quick"] if args.quick else []
+            )
             running[row] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
             print(f"started {row}", flush=True)
         time.sleep(2)
@@ -173,8 +175,13 @@ def main() -> None:
         if base is None or t["row"] == "baseline":
             continue
         gain = t["random_mean"] - base["random_mean"]
-        targets.append(target(f"{t['row']}: random-subnet mean top-1 minus baseline's (pt)", 100 * gain, "> 0", gain > 0))
-    lines = ["| row | largest | smallest | tutorial | gap to alone | 6 random mean | s/step |", "|---|---|---|---|---|---|---|"]
+        targets.append(
+            target(f"{t['row']}: random-subnet mean top-1 minus baseline's (pt)", 100 * gain, "> 0", gain > 0)
+        )
+    lines = [
+        "| row | largest | smallest | tutorial | gap to alone | 6 random mean | s/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for t in table:
         gap = "-" if t["tutorial_gap"] is None else f"{100 * t['tutorial_gap']:.2f}"
         lines.append(

@@ -302,7 +302,10 @@ class ApiApp:
         except Exception:  # a bug or an onnxruntime failure: answer, log, keep serving
             # the exception text stays in the journal: it can name paths and internals a client must not see
             logger.exception("%s %s failed", method, path)
-            status, payload = 500, {"error": "internal error; the service journal has the details", "type": "InternalError"}
+            status, payload = (
+                500,
+                {"error": "internal error; the service journal has the details", "type": "InternalError"},
+            )
         finally:
             self.metrics.track(-1)
         if isinstance(payload, str):

@@ -54,13 +54,17 @@ def test_a_step_without_the_sandwich_trains_only_sampled_subnets_on_labels() -> 
     seen = []
     model.set_active_subnet = lambda cfg: (seen.append(cfg), Supernet.set_active_subnet(model, cfg))  # type: ignore[method-assign]
     precs = (Precision(),)
-    losses = _sandwich_step(model, space, x, y, np.random.default_rng(0), precs, TrainConfig(sandwich=False, n_random=2))
+    losses = _sandwich_step(
+        model, space, x, y, np.random.default_rng(0), precs, TrainConfig(sandwich=False, n_random=2)
+    )
     assert len(losses) == 3 and space.largest(Precision()) not in seen and seen[0] == space.smallest(Precision())
     assert all(1.0 < v < 4.0 for v in losses), losses  # cross-entropy of an untrained net, about ln 10
     seen.clear()
     kd_only = _sandwich_step(model, space, x, y, np.random.default_rng(0), precs, TrainConfig(n_random=1))
     seen.clear()
-    mixed = _sandwich_step(model, space, x, y, np.random.default_rng(0), precs, TrainConfig(n_random=1, student_label=1.0))
+    mixed = _sandwich_step(
+        model, space, x, y, np.random.default_rng(0), precs, TrainConfig(n_random=1, student_label=1.0)
+    )
     assert seen[0] == space.largest(Precision()) and len(mixed) == 3
     assert kd_only[1:] != pytest.approx(mixed[1:], abs=1e-6)  # the students' loss changed with the labels' share
 
