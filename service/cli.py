@@ -93,7 +93,15 @@ def cli() -> None:
     default=None,
     help="Continue a trained supernet (mixed precision from the first step) into --out.",
 )
-@click.option("--n-random", type=int, default=None, help="Random subnets per step besides the largest and smallest.")
+@click.option(
+    "--n-random", type=int, default=None, help="Random subnets per step besides the smallest (and the largest)."
+)
+@click.option(
+    "--sandwich/--uniform",
+    default=None,
+    help="Train the largest on labels every step and distil the others from it, or sample subnets uniformly "
+    "on labels [uniform].",
+)
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="Checkpoint path [STATE/supernet/supernet.pt]."
 )
@@ -113,6 +121,7 @@ def train(
     subnet: str | None,
     init_from: Path | None,
     n_random: int | None,
+    sandwich: bool | None,
     out: Path | None,
     state_dir: Path | None,
     fresh: bool,
@@ -143,7 +152,7 @@ def train(
     cfg = with_overrides(
         TrainConfig(**PRESETS[preset]),
         epochs=epochs, batch_size=batch_size, lr=lr, max_train_samples=max_samples, seed=seed, fixed_subnet=subnet,
-        n_random=n_random,
+        n_random=n_random, sandwich=sandwich,
     )  # fmt: skip
     if init_from is not None:
         cfg = with_overrides(cfg, init_from=str(init_from), warmup_epochs=0, int8_epochs=0)

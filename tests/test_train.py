@@ -60,13 +60,26 @@ def test_a_step_without_the_sandwich_trains_only_sampled_subnets_on_labels() -> 
     assert len(losses) == 3 and space.largest(Precision()) not in seen and seen[0] == space.smallest(Precision())
     assert all(1.0 < v < 4.0 for v in losses), losses  # cross-entropy of an untrained net, about ln 10
     seen.clear()
-    kd_only = _sandwich_step(model, space, x, y, np.random.default_rng(0), precs, TrainConfig(n_random=1))
+    kd_only = _sandwich_step(
+        model, space, x, y, np.random.default_rng(0), precs, TrainConfig(n_random=1, sandwich=True)
+    )
     seen.clear()
     mixed = _sandwich_step(
-        model, space, x, y, np.random.default_rng(0), precs, TrainConfig(n_random=1, student_label=1.0)
+        model, space, x, y, np.random.default_rng(0), precs, TrainConfig(n_random=1, sandwich=True, student_label=1.0)
     )
     assert seen[0] == space.largest(Precision()) and len(mixed) == 3
     assert kd_only[1:] != pytest.approx(mixed[1:], abs=1e-6)  # the students' loss changed with the labels' share
+
+
+def test_a_recipe_recorded_before_the_sandwich_switch_reads_as_the_sandwich() -> None:
+    import json
+    from types import SimpleNamespace
+
+    old = {k: v for k, v in TrainConfig(**TINY).to_dict().items() if k not in ("sandwich", "student_label")}
+    ck = SimpleNamespace(train={"config": json.dumps(old)}, meta={"lineage": []})
+    assert supernet_recipe(ck).sandwich is True  # type: ignore[arg-type]
+    now = SimpleNamespace(train={"config": json.dumps(TrainConfig(**TINY).to_dict())}, meta={"lineage": []})
+    assert supernet_recipe(now).sandwich is False  # type: ignore[arg-type]
 
 
 def test_augment_keeps_shape_and_content() -> None:
