@@ -34,7 +34,7 @@ class FinetuneConfig:
     """How long and how hard to fine-tune. ``seconds`` is the wall-clock budget of the training."""
 
     seconds: float = 300.0
-    lr: float = 0.01
+    lr: float = 0.04  # side by side, 300 s on the tutorial member: 0.01 gave 89.3%, 0.04 90.9% (finetune-lr.json)
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-5

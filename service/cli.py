@@ -290,7 +290,7 @@ def export(
 @cli.command()
 @click.argument("subnet")
 @click.option("--seconds", type=float, default=300.0, show_default=True, help="Wall-clock budget of the training.")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Peak learning rate (cosine over the budget).")
+@click.option("--lr", type=float, default=0.04, show_default=True, help="Peak learning rate (cosine over the budget).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="[STATE/exports/SUBNET.ft.onnx]")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="[STATE/supernet/supernet.pt]")
 @click.option("--data", "data_spec", default=None, help="Data with train and test splits [Fashion-MNIST].")
