@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/ablation.py --rows baseline,n_random4 --epochs 3
     .venv/bin/python benchmarks/ablation.py --quick                 # minutes, same code path
 
-Each row is the default :class:`lifelong.train.TrainConfig` with a few fields changed (the
-table ``ROWS`` below), trained from scratch for ``--epochs`` (one warm-up, one INT8 epoch, the
+Each row is :class:`lifelong.train.TrainConfig` with the fields of the table ``ROWS`` below
+set (each names the recipe it starts from, so a row keeps its meaning when the defaults
+change), trained from scratch for ``--epochs`` (one warm-up, one INT8 epoch, the
 rest mixed) on the training split. Rows run ``--parallel`` at a time as separate processes with
 one torch thread each, so that rows compared in one run share the machine alike; a row's
 checkpoint and result are kept under ``benchmarks/work/ablation/`` and a rerun resumes or reuses
@@ -34,15 +35,23 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_targets, target, write_results  # noqa: E402
 
+SANDWICH = {"sandwich": True, "n_random": 2}
+"""The recipe before uniform sampling: rows name every field they rely on, so that a row means
+the same training after the defaults change."""
+UNIFORM = {"sandwich": False, "n_random": 12}
+"""The default recipe since this ablation (``TrainConfig()``)."""
+
 ROWS: dict[str, dict] = {
-    "baseline": {},
-    "n_random4": {"n_random": 4},
-    "student_label0.5": {"student_label": 0.5},
-    "regularise_largest": {"dropout": 0.1, "label_smoothing": 0.1},
-    "lr_floor0.05": {"lr_floor": 0.05},
-    "fp32_autocast_off": {"bf16": False},
+    "baseline": SANDWICH,
+    "n_random4": {**SANDWICH, "n_random": 4},
+    "student_label0.5": {**SANDWICH, "student_label": 0.5},
+    "regularise_largest": {**SANDWICH, "dropout": 0.1, "label_smoothing": 0.1},
+    "lr_floor0.05": {**SANDWICH, "lr_floor": 0.05},
+    "fp32_autocast_off": {**SANDWICH, "bf16": False},
     "uniform_labels4": {"sandwich": False, "n_random": 4},
-    "uniform_labels12": {"sandwich": False, "n_random": 12},  # about the baseline's compute per step
+    "uniform_labels12": UNIFORM,  # about the baseline's compute per step
+    "uniform12_lr_floor0.05": {**UNIFORM, "lr_floor": 0.05},
+    "uniform12_fp32_autocast_off": {**UNIFORM, "bf16": False},
 }
 ALONE = "alone"
 WORK = Path(__file__).resolve().parent / "work" / "ablation"
@@ -57,7 +66,7 @@ def _row_config(row: str, epochs: int, quick: bool):
     if row == ALONE:
         from supernet import TUTORIAL
 
-        return TrainConfig(**base, fixed_subnet=TUTORIAL)
+        return TrainConfig(**base, **SANDWICH, fixed_subnet=TUTORIAL)  # the fields a subnet alone ignores
     return TrainConfig(**base, **ROWS[row])
 
 
@@ -85,7 +94,10 @@ def run_row(row: str, epochs: int, quick: bool) -> dict:
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
     if quick:
         test = test.head(1000)
-    res = train_supernet(train, WORK / f"{tag}.pt", cfg, progress=False)
+    ckpt = WORK / f"{tag}.pt"
+    if ckpt.is_file() and load_checkpoint(ckpt).train.get("config") != json.dumps(cfg.to_dict(), sort_keys=True):
+        raise SystemExit(f"{ckpt} was trained with another config than row {row!r} has now; remove it to retrain")
+    res = train_supernet(train, ckpt, cfg, progress=False)
     model = load_checkpoint(res.checkpoint).build()
     space = model.space
     calib = train.split(cfg.val_fraction, seed=cfg.seed)[0].head(2000).as_float()
