@@ -95,7 +95,7 @@ def run_row(row: str, epochs: int, quick: bool) -> dict:
     if quick:
         test = test.head(1000)
     ckpt = WORK / f"{tag}.pt"
-    if ckpt.is_file() and load_checkpoint(ckpt).train.get("config") != json.dumps(cfg.to_dict(), sort_keys=True):
+    if ckpt.is_file() and load_checkpoint(ckpt).train.get("config") != cfg.to_json():
         raise SystemExit(f"{ckpt} was trained with another config than row {row!r} has now; remove it to retrain")
     res = train_supernet(train, ckpt, cfg, progress=False)
     model = load_checkpoint(res.checkpoint).build()

@@ -124,6 +124,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_json(self) -> str:
+        """The canonical text a checkpoint records: a resume or a cached result compares it."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
 
 @dataclass
 class TrainResult:
@@ -313,7 +317,7 @@ def train_supernet(
     record: list[dict[str, Any]] = []
     step, phase = 0, None
     seconds_before = 0.0  # training time spent by earlier, interrupted runs
-    config_json = json.dumps(cfg.to_dict(), sort_keys=True)
+    config_json = cfg.to_json()
 
     if resume and out.exists():
         ck = load_checkpoint(out)
@@ -388,7 +392,8 @@ def train_supernet(
                 loss.backward()
                 losses = [loss.item()]
             else:
-                losses = _sandwich_step(model, search_space, x, y, rng, precisions, cfg)
+                step_fn = _sandwich_step if cfg.sandwich else _uniform_step
+                losses = step_fn(model, search_space, x, y, rng, precisions, cfg)
             ddp.average_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, 5.0)
             optimizer.step()
@@ -499,6 +504,35 @@ def _enter_phase(model: Supernet, phase: str, previous: str | None, calib: torch
                 transfer_precision(model, hi, lo)
 
 
+def _students(
+    space: SearchSpace, rng: np.random.Generator, precisions: tuple[Precision, ...], n_random: int
+) -> list[SubnetConfig]:
+    """The smallest subnet at the phase's lowest precision, then ``n_random`` random draws."""
+    return [space.smallest(min(precisions))] + [space.sample(rng, precisions) for _ in range(n_random)]
+
+
+def _uniform_step(
+    model: Supernet,
+    space: SearchSpace,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rng: np.random.Generator,
+    precisions: tuple[Precision, ...],
+    cfg: TrainConfig,
+) -> list[float]:
+    """The smallest and the random subnets, each on the labels (uniform single-path sampling):
+    the step spends on the small and middle subnets the three quarters the largest takes in the
+    sandwich. Dropout and label smoothing regularise only a largest, so they are off here."""
+    plain = replace(cfg, dropout=0.0, label_smoothing=0.0)
+    losses = []
+    for sub in _students(space, rng, precisions, cfg.n_random):
+        model.set_active_subnet(sub)
+        loss = _label_loss(model, x, y, plain)
+        loss.backward()
+        losses.append(loss.item())
+    return losses
+
+
 def _sandwich_step(
     model: Supernet,
     space: SearchSpace,
@@ -508,29 +542,14 @@ def _sandwich_step(
     precisions: tuple[Precision, ...],
     cfg: TrainConfig,
 ) -> list[float]:
-    """Largest full-precision on labels; smallest and random subnets distil from it.
-
-    Without the sandwich (``cfg.sandwich`` false) the step trains only the smallest and the
-    random subnets, each on the labels: uniform single-path sampling, which spends on the small
-    and middle subnets the three quarters of a step the largest takes otherwise.
-    """
-    if not cfg.sandwich:
-        losses = []
-        for sub in [space.smallest(min(precisions))] + [space.sample(rng, precisions) for _ in range(cfg.n_random)]:
-            model.set_active_subnet(sub)
-            loss = _label_loss(model, x, y, replace(cfg, dropout=0.0, label_smoothing=0.0))
-            loss.backward()
-            losses.append(loss.item())
-        return losses
+    """Largest full-precision on labels; smallest and random subnets distil from it."""
     model.set_active_subnet(space.largest(Precision()))
     logits_out: list[torch.Tensor] = []
     loss = _label_loss(model, x, y, cfg, logits_out)
     loss.backward()
     soft = F.softmax(logits_out[0].detach().float() / cfg.kd_temperature, dim=1)
     losses = [loss.item()]
-    students = [space.smallest(min(precisions))]
-    students += [space.sample(rng, precisions) for _ in range(cfg.n_random)]
-    for sub in students:
+    for sub in _students(space, rng, precisions, cfg.n_random):
         model.set_active_subnet(sub)
         with _autocast(cfg):
             logits = model(x)

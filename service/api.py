@@ -302,10 +302,7 @@ class ApiApp:
         except Exception:  # a bug or an onnxruntime failure: answer, log, keep serving
             # the exception text stays in the journal: it can name paths and internals a client must not see
             logger.exception("%s %s failed", method, path)
-            status, payload = (
-                500,
-                {"error": "internal error; the service journal has the details", "type": "InternalError"},
-            )
+            status, payload = 500, dict(_INTERNAL_ERROR)
         finally:
             self.metrics.track(-1)
         if isinstance(payload, str):
@@ -406,6 +403,8 @@ class ApiApp:
             raise RequestError("empty body; expected .npy bytes or a JSON object")
         return body
 
+
+_INTERNAL_ERROR = {"error": "internal error; the service journal has the details", "type": "InternalError"}
 
 _REASONS = {
     200: "OK",

@@ -46,7 +46,7 @@ def test_a_step_without_the_sandwich_trains_only_sampled_subnets_on_labels() -> 
 
     from lifelong.space import Precision, SearchSpace
     from lifelong.supernet import Supernet
-    from lifelong.train import _sandwich_step
+    from lifelong.train import _sandwich_step, _uniform_step
 
     space = SearchSpace(SMALL_SPACE)
     model = Supernet(space).train()
@@ -54,9 +54,7 @@ def test_a_step_without_the_sandwich_trains_only_sampled_subnets_on_labels() -> 
     seen = []
     model.set_active_subnet = lambda cfg: (seen.append(cfg), Supernet.set_active_subnet(model, cfg))  # type: ignore[method-assign]
     precs = (Precision(),)
-    losses = _sandwich_step(
-        model, space, x, y, np.random.default_rng(0), precs, TrainConfig(sandwich=False, n_random=2)
-    )
+    losses = _uniform_step(model, space, x, y, np.random.default_rng(0), precs, TrainConfig(sandwich=False, n_random=2))
     assert len(losses) == 3 and space.largest(Precision()) not in seen and seen[0] == space.smallest(Precision())
     assert all(1.0 < v < 4.0 for v in losses), losses  # cross-entropy of an untrained net, about ln 10
     seen.clear()
