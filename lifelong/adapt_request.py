@@ -13,9 +13,10 @@ from typing import Any
 from lifelong.errors import DataError, FormatVersionError
 from lifelong.versioned import read_versioned_json, write_json_atomic
 
-__all__ = ["ADAPT_REQUEST_FORMAT", "AdaptRequest"]
+__all__ = ["ADAPT_MODES", "ADAPT_REQUEST_FORMAT", "AdaptRequest"]
 
 ADAPT_REQUEST_FORMAT = 1
+ADAPT_MODES = ("finetune", "bn")
 _KIND = "lifelong-adapt-request"
 
 
@@ -44,6 +45,12 @@ class AdaptRequest:
         holdout_share: Share of local samples held out for validation.
         threads: torch threads.
         seed: Splits, batches, subnets.
+        mode: ``"finetune"`` (labelled: fine-tune with replay, re-search, export) or ``"bn"``
+            (label-free: re-estimate the serving subnet's batch-norm statistics on
+            ``unlabelled`` and export it; :mod:`lifelong.bn_adapt_job`).
+        unlabelled: ``"bn"`` mode: an ``.npz`` with ``x``, uint8 ``(N, 28, 28)`` local images.
+        reference_mix: ``"bn"`` mode: the serving model's predicted-class shares on the data
+            it was deployed on (its drift reference), for the label-free checks.
     """
 
     samples: tuple[tuple[str, int], ...]
@@ -66,6 +73,9 @@ class AdaptRequest:
     holdout_share: float = 0.3
     threads: int = 2
     seed: int = 0
+    mode: str = "finetune"
+    unlabelled: str | None = None
+    reference_mix: tuple[float, ...] | None = None
     format_version: int = ADAPT_REQUEST_FORMAT
 
     def save(self, path: str | Path) -> Path:
@@ -81,6 +91,10 @@ class AdaptRequest:
         del d["kind"]
         try:
             d["samples"] = tuple((str(r), int(y)) for r, y in d["samples"])
+            if d.get("reference_mix") is not None:
+                d["reference_mix"] = tuple(float(v) for v in d["reference_mix"])
+            if d.get("mode", "finetune") not in ADAPT_MODES:
+                raise ValueError(f"mode {d['mode']!r} is not one of {ADAPT_MODES}")
             return cls(**d)
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"{path}: malformed adaptation request ({exc})") from exc

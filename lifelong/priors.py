@@ -11,6 +11,14 @@ methods (BBSE) once the model's probabilities are calibrated with bias-corrected
 scaling (BCTS: one temperature and one bias per class, fitted on held-out labelled data);
 :func:`fit_bcts` does that fit.
 
+Whether a drift *is* a change of class mix, before any label arrives: under pure label shift
+``p(x | y)`` is unchanged, so the live embeddings follow the reference's, re-weighted per class
+by the live over the reference class frequency. :func:`class_mix_test` re-weights the
+reference by predicted class and runs the data drift test's per-dimension Kolmogorov-Smirnov
+tests (weighted empirical CDF, Kish's effective sample size) combined by Simes. A large
+p-value says the class mix explains what the data test saw; noise, contrast or rotation
+leave a small one, because no re-weighting of clean images looks like them.
+
 numpy only: the serving process applies the correction without torch.
 """
 
@@ -20,7 +28,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Calibration", "PriorEstimate", "adjust_logits", "em_priors", "fit_bcts", "softmax"]
+from lifelong.drift_stats import kolmogorov_sf, simes_p
+
+__all__ = [
+    "Calibration",
+    "ClassMixTest",
+    "PriorEstimate",
+    "adjust_logits",
+    "class_mix_test",
+    "em_priors",
+    "fit_bcts",
+    "softmax",
+]
 
 _EPS = 1e-12
 
@@ -130,3 +149,78 @@ def adjust_logits(logits: np.ndarray, train_priors: np.ndarray, new_priors: np.n
     q = np.clip(np.asarray(new_priors, np.float64), _EPS, None)
     p = np.clip(np.asarray(train_priors, np.float64), _EPS, None)
     return logits + np.log(q / p).astype(logits.dtype)
+
+
+@dataclass(frozen=True)
+class ClassMixTest:
+    """:func:`class_mix_test`'s answer."""
+
+    p_value: float  # Simes-combined p of the re-weighted per-dimension KS tests
+    unweighted_p: float  # the same test without re-weighting (what the data drift test sees)
+    effective_reference: float  # Kish's effective size of the re-weighted reference
+    live_mix: np.ndarray  # (K,) predicted-class shares of the live window
+    reference_mix: np.ndarray  # (K,) predicted-class shares of the reference
+
+    def explains(self, level: float = 0.01) -> bool:
+        """Whether the class mix explains the live window at ``level``: no evidence left of a
+        change beyond it, where there was some without re-weighting."""
+        return self.p_value >= level
+
+
+def _weighted_ks_p(ref: np.ndarray, w: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """Per-column KS p-values of ``live (n, D)`` against ``ref (m, D)`` weighted by ``w (m,)``."""
+    n = len(live)
+    w = w / w.sum()
+    n_eff = 1.0 / float((w**2).sum())
+    values = np.concatenate([ref, live])  # (m + n, D)
+    signed = np.concatenate([w, np.full(n, -1.0 / n)])  # ECDF(ref) - ECDF(live) steps
+    order = np.argsort(values, axis=0, kind="stable")
+    diff = np.cumsum(signed[order], axis=0)  # (m + n, D)
+    ordered = np.take_along_axis(values, order, axis=0)
+    # read the difference only after the last of equal values (ReLU embeddings hold many zeros)
+    block_end = np.ones_like(ordered, dtype=bool)
+    block_end[:-1] = ordered[1:] != ordered[:-1]
+    stat = np.abs(np.where(block_end, diff, 0.0)).max(axis=0)  # (D,)
+    ne = n_eff * n / (n_eff + n)
+    lam = (np.sqrt(ne) + 0.12 + 0.11 / np.sqrt(ne)) * stat
+    return kolmogorov_sf(lam)
+
+
+def class_mix_test(
+    ref_embeddings: np.ndarray,
+    ref_classes: np.ndarray,
+    live_embeddings: np.ndarray,
+    live_classes: np.ndarray,
+    num_classes: int,
+) -> ClassMixTest:
+    """Does a change of class mix explain the live window? (See the module's docstring.)
+
+    ``*_embeddings`` are ``(N, D)`` embeddings of the serving model and ``*_classes`` its
+    ``(N,)`` predicted classes, of the reference it was deployed on and of the live window.
+    A live class the reference never predicted cannot be re-weighted from it; its live rows
+    are then left out, which the p-value does not hide: those classes show in ``live_mix``.
+    """
+    ref = np.asarray(ref_embeddings, np.float64)
+    live = np.asarray(live_embeddings, np.float64)
+    rc = np.asarray(ref_classes, np.int64)
+    lc = np.asarray(live_classes, np.int64)
+    if ref.ndim != 2 or live.ndim != 2 or ref.shape[1] != live.shape[1]:
+        raise ValueError(f"expected (N, D) embeddings of one width, got {ref.shape} and {live.shape}")
+    if len(rc) != len(ref) or len(lc) != len(live) or len(ref) < 2 or len(live) < 2:
+        raise ValueError(
+            f"expected one class per embedding and at least 2 rows each, got {len(ref)} reference "
+            f"rows with {len(rc)} classes and {len(live)} live rows with {len(lc)} classes"
+        )
+    for name, c in (("reference", rc), ("live", lc)):
+        if c.min() < 0 or c.max() >= num_classes:
+            raise ValueError(f"{name} classes must be in 0..{num_classes - 1}, got {c.min()}..{c.max()}")
+    ref_mix = np.bincount(rc, minlength=num_classes) / len(rc)
+    live_mix = np.bincount(lc, minlength=num_classes) / len(lc)
+    seen = ref_mix[lc] > 0
+    live_kept = live[seen]
+    per_class = np.divide(live_mix, ref_mix, out=np.zeros(num_classes), where=ref_mix > 0)
+    w = per_class[rc]
+    p_w = simes_p(_weighted_ks_p(ref, w, live_kept)) if len(live_kept) >= 2 else 0.0
+    p_u = simes_p(_weighted_ks_p(ref, np.ones(len(ref)), live))
+    n_eff = float(w.sum() ** 2 / (w**2).sum())
+    return ClassMixTest(p_w, p_u, n_eff, live_mix, ref_mix)

@@ -225,6 +225,9 @@ class AdaptationLimits(_Section):
         min_samples: Labelled local samples that must arrive after a drift is detected before
             adaptation starts (samples from before the drift would teach the old data).
         max_samples: The newest labelled local samples one adaptation uses at most.
+        label_free: The first answer to data drift, before any label: ``"bn"`` re-estimates the
+            serving model's batch-norm statistics on the next ``drift.window`` samples served (200 at least)
+            (seconds, no label); ``"off"`` waits for the labelled adaptation alone.
     """
 
     section: ClassVar[str] = "adaptation"
@@ -234,6 +237,7 @@ class AdaptationLimits(_Section):
     finetune_steps: int = _option(200, integer(0))
     min_samples: int = _option(300, integer(20))
     max_samples: int = _option(3000, integer(20))
+    label_free: str = _option("bn", choice("bn", "off"))
 
     @classmethod
     def _relations(cls, values: dict[str, Any], file: str) -> list[Problem]:

@@ -4,7 +4,9 @@ Started by :class:`service.adaptation.Adaptation` as
 ``python -m service.worker_io [priority] -- service.adapt_worker REQUEST.json``; it reads the
 request (:class:`lifelong.adapt_job.AdaptRequest`), runs :func:`lifelong.adapt_job.run_adaptation`,
 reports progress at most every half second (and at each new phase) and, at the end, the
-result's path and headline figures. The daemon reads the full result from the file.
+result's path and headline figures. The daemon reads the full result from the file. A request
+in ``"bn"`` mode (the label-free answer) runs :func:`lifelong.bn_adapt_job.run_bn_adaptation`
+instead.
 """
 
 from __future__ import annotations
@@ -37,8 +39,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             last.update(at=now, phase=phase)
             report_progress(fraction, phase, message)
 
-    result = run_adaptation(request, policy, progress)
-    report_result({"result": str(Path(request.out_dir) / "result.json"), "candidate": result.candidate})
+    if request.mode == "bn":
+        from lifelong.bn_adapt_job import run_bn_adaptation
+
+        candidate = run_bn_adaptation(request, policy, progress)["candidate"]
+    else:
+        candidate = run_adaptation(request, policy, progress).candidate
+    report_result({"result": str(Path(request.out_dir) / "result.json"), "candidate": candidate})
     return 0
 
 

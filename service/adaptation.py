@@ -21,6 +21,16 @@ traded its latency against its accuracy when the worker chose it. The swap itsel
 daemon's validated deploy, followed by the canary watch on errors and accuracy (its latency
 was judged against the budget; against the replaced model's it is a choice, not a fault).
 
+**Label-free first answer.** A data drift that a change of class mix does not explain also
+asks for a *label-free* job (``label_free=`` of :meth:`Adaptation.request`): once a drift
+window of samples has been served after the detection, the newest of them (unlabelled, from
+the daemon's memory of recent requests) go to a worker in ``"bn"`` mode
+(:mod:`lifelong.bn_adapt_job`: the serving subnet's BN statistics re-estimated on them,
+exported behind the parity gate), seconds instead of minutes and no label. Its candidate is
+judged by :func:`decide_label_free`. The labelled adaptation stays pending meanwhile and, once
+its labels are in, replaces the first answer only by beating it on held-out local samples
+(the same :func:`decide_swap`, against whatever serves then).
+
 No torch here: this module runs in the serving process.
 """
 
@@ -36,6 +46,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lifelong.adapt_request import AdaptRequest
 from lifelong.supernet_versions import current_supernet
 from policies import Policy, policy_to_dict
@@ -44,13 +56,29 @@ from service.paths import default_front, default_predictor, default_profile
 from service.store import ModelRecord, Store
 from service.worker import WorkerHandle, WorkerProgress, WorkerState, WorkerSupervisor
 
-__all__ = ["ADAPT_TICK_S", "Adaptation", "AdaptationDone", "AdaptationTick", "SwapDecision", "decide_swap"]
+__all__ = [
+    "ADAPT_TICK_S",
+    "LABEL_FREE_SAMPLES",
+    "Adaptation",
+    "AdaptationDone",
+    "AdaptationTick",
+    "LabelFree",
+    "SwapDecision",
+    "decide_label_free",
+    "decide_swap",
+]
 
 logger = logging.getLogger(__name__)
 
 ADAPT_TICK_S = 2.0
 """Seconds between looks at a pending adaptation (a count query in the store)."""
 WORKER_MODULE = "service.adapt_worker"
+LABEL_FREE_SAMPLES = 200
+"""Fewest samples served after a data drift that the label-free answer re-estimates BN
+statistics on (more when the drift window is longer): fewer give noisy statistics."""
+PENDING_EXPIRY_S = 3600.0
+"""A labelled adaptation still waiting for its labels this long after the drift is dropped
+(the drift, if it lasts, asks again); the label-free answer does not wait for labels."""
 IDLE_PRIORITY = 19
 """At the lowest priority the worker runs under ``SCHED_IDLE``: CPU only when serving leaves
 some. Above it, ``nice`` alone: a worker starved by a steady request stream would never
@@ -82,17 +110,71 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
-    """Whether the candidate of an adaptation ``result`` should replace the serving model."""
-    cand = result.get("candidate")
-    if not cand:
-        return SwapDecision(False, "the adaptation produced no candidate")
+def _over_budget(cand: Mapping[str, Any], policy: Policy) -> SwapDecision | None:
     b, batch = policy.budgets, policy.target.batch
     latency = (cand.get("latency_ms") or {}).get(str(batch))
     if b.latency_ms_p95 is not None and latency is not None and latency > b.latency_ms_p95:
         return SwapDecision(False, f"the candidate takes {latency:.2f} ms at batch {batch}, over the budget of {b.latency_ms_p95} ms")  # fmt: skip
     if b.model_bytes is not None and cand.get("bytes", 0) > b.model_bytes:
         return SwapDecision(False, f"the candidate has {cand['bytes']} bytes, over the budget of {b.model_bytes}")
+    return None
+
+
+LABEL_FREE_MARGIN = 0.05
+"""How much closer (total variation) to the reference class mix a label-free candidate's
+answers must be than the serving model's."""
+COLLAPSE_SHARE = 0.5
+"""A label-free candidate that puts more than this share of local images in one class has collapsed."""
+
+
+def _tv(a: Any, b: Any) -> float:
+    return 0.5 * sum(abs(float(x) - float(y)) for x, y in zip(a, b, strict=True))
+
+
+def decide_label_free(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
+    """Whether a label-free candidate (``"bn"`` mode) should replace the serving model.
+
+    No label says how accurate either model is on the new data, so the judge is what their
+    answers look like on it: a shift collapses the serving model onto a few classes; the
+    candidate must not have collapsed (largest class share at most :data:`COLLAPSE_SHARE`,
+    unless the reference's own largest share is higher) and must answer with a class mix
+    closer to the one the serving model predicted on its deployment data (the drift
+    reference) by :data:`LABEL_FREE_MARGIN`. Entropy is not used: the unadapted model is
+    confidently wrong under contrast (see :mod:`lifelong.bn_adapt_job`).
+    """
+    cand, serving = result.get("candidate"), result.get("serving") or {}
+    if not cand:
+        return SwapDecision(False, "the label-free adaptation produced no candidate")
+    over = _over_budget(cand, policy)
+    if over is not None:
+        return over
+    n = (result.get("samples") or {}).get("unlabelled")
+    ref = result.get("reference_mix")
+    cap = max(COLLAPSE_SHARE, max(ref) if ref else 0.0)
+    if cand["largest_share"] > cap:
+        return SwapDecision(False, f"label-free candidate puts {cand['largest_share']:.0%} of {n} local images in one class (collapsed; at most {cap:.0%})")  # fmt: skip
+    if not ref or not serving.get("mix"):
+        return SwapDecision(False, "no reference class mix to judge the label-free candidate against")
+    d_cand, d_serving = _tv(cand["mix"], ref), _tv(serving["mix"], ref)
+    what = (
+        f"label-free: BN statistics re-estimated on {n} local images; class mix {d_cand:.2f} from the "
+        f"reference vs {d_serving:.2f} serving, largest class {cand['largest_share']:.0%} vs {serving.get('largest_share', 0):.0%}"
+    )
+    if d_cand > d_serving - LABEL_FREE_MARGIN:
+        return SwapDecision(False, f"{what}: not closer by {LABEL_FREE_MARGIN}")
+    return SwapDecision(True, what)
+
+
+def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
+    """Whether the candidate of an adaptation ``result`` should replace the serving model."""
+    if result.get("mode") == "bn":
+        return decide_label_free(result, policy)
+    cand = result.get("candidate")
+    if not cand:
+        return SwapDecision(False, "the adaptation produced no candidate")
+    over = _over_budget(cand, policy)
+    if over is not None:
+        return over
     serving = result.get("serving")
     desc = f"candidate {cand['subnet']} {_pct(cand['local_accuracy'])} on held-out local samples"
     if not serving or serving.get("local_accuracy") is None:
@@ -141,10 +223,22 @@ def _last_record(
     }
 
 
+@dataclass(frozen=True)
+class LabelFree:
+    """A label-free first answer wanted: for ``model_id``, once ``samples`` more were served
+    than the ``served`` count at the detection; ``reference_mix`` for its judge."""
+
+    model_id: str
+    served: int
+    samples: int
+    reference_mix: tuple[float, ...] | None
+
+
 @dataclass
 class _Pending:
     trigger: str
     since: float
+    label_free: LabelFree | None = None
 
 
 class Adaptation:
@@ -166,6 +260,8 @@ class Adaptation:
         self.outcomes: Counter[str] = Counter()  # how adaptations ended since the daemon started
         self._lock = threading.Lock()  # progress is written by the supervision thread, read by the API
         self._row_state: str | None = None
+        self._label_free_tried: set[str] = set()  # serving models a label-free answer was started for
+        self.mode: str | None = None  # of the job running (or last run)
         self.last: dict[str, Any] | None = self._last_from_store()
 
     @property
@@ -175,14 +271,28 @@ class Adaptation:
     def supernet_dir(self) -> Path:
         return self.state_dir / "supernet"
 
-    def request(self, trigger: str, at: float | None = None, *, cooldown_s: float = 0.0) -> str:
+    def request(
+        self, trigger: str, at: float | None = None, *, cooldown_s: float = 0.0, label_free: LabelFree | None = None
+    ) -> str:
         """Note that drift asks for adaptation (on the loop); returns what happens, in words.
 
-        Within ``cooldown_s`` of the end of the last adaptation, the request is declined: after
-        a refused or rolled-back candidate the same drift is seen again at once, and adapting
-        back to back would keep a core busy for nothing.
+        Within ``cooldown_s`` of the end of the last labelled adaptation, the request is
+        declined: after a refused or rolled-back candidate the same drift is seen again at once,
+        and adapting back to back would keep a core busy for nothing. A ``label_free`` answer is
+        tried once per serving model, whatever the cool-down (the way back to the original data
+        is such an answer, right after the first).
         """
         now = time.time() if at is None else at
+        if label_free is not None and label_free.model_id in self._label_free_tried:
+            label_free = None
+        if label_free is not None and not self.running and current_supernet(self.supernet_dir()).is_file():
+            if self.pending is None:
+                self.pending = _Pending(trigger, now, label_free)
+            elif self.pending.label_free is None:
+                self.pending.label_free = label_free
+            return (
+                f"label-free answer pending: BN statistics re-estimated on the next {label_free.samples} samples served"
+            )
         last = self.last
         if last is not None and now - float(last.get("finished") or 0.0) < cooldown_s:
             wait = cooldown_s - (now - float(last["finished"]))
@@ -199,18 +309,60 @@ class Adaptation:
     def cancel_pending(self) -> None:
         self.pending = None
 
-    def tick(self, policy: Policy, serving: ModelRecord | None, serving_path: Path | None) -> str | None:
-        """Start the pending adaptation if enough labels arrived (on the loop); returns an event message."""
+    def tick(
+        self,
+        policy: Policy,
+        serving: ModelRecord | None,
+        serving_path: Path | None,
+        *,
+        served: int = 0,
+        recent_images: Callable[[int], Any] | None = None,
+    ) -> str | None:
+        """Start the pending adaptation if enough labels arrived, or its label-free answer once
+        enough samples were served (on the loop); returns an event message.
+
+        Args:
+            served: Samples served so far (the drift feed's count).
+            recent_images: The newest ``n`` served images, uint8 ``(n, 28, 28)`` (or fewer, or None).
+        """
         p = self.pending
         if p is None or self.running:
             return None
+        lf = p.label_free
+        if lf is not None and served - lf.served >= lf.samples and recent_images is not None:
+            p.label_free = None
+            if serving is None or serving.id != lf.model_id:
+                return f"label-free answer dropped: {lf.model_id} no longer serves"
+            images = recent_images(lf.samples)
+            if images is None or len(images) < lf.samples // 2:
+                return f"label-free answer dropped: only {0 if images is None else len(images)} recent images kept"
+            self._label_free_tried.add(lf.model_id)
+            return self._start_label_free(policy, p.trigger, images, lf, serving, serving_path)
         a = policy.adaptation
         have = self.store.count_labelled(since=p.since)
         if have < a.min_samples:
+            if lf is None and time.time() - p.since > PENDING_EXPIRY_S:
+                self.pending = None
+                return (
+                    f"pending adaptation dropped after {PENDING_EXPIRY_S / 3600:g} h: {have} of the "
+                    f"{a.min_samples} labelled local samples it waited for arrived ({p.trigger})"
+                )
             return None
         self.pending = None
         samples = self.store.labelled_samples(a.max_samples, since=p.since)
         return self._start(policy, p.trigger, [(s.ref, int(s.label)) for s in samples if s.label is not None], serving, serving_path)  # fmt: skip
+
+    def _start_label_free(
+        self, policy: Policy, trigger: str, images: Any, lf: LabelFree, serving: ModelRecord, serving_path: Path | None
+    ) -> str:
+        job_id = f"adapt-bn-{time.strftime('%Y%m%dT%H%M%S')}"
+        folder = self.state_dir / "adapt" / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        unlabelled = folder / "unlabelled.npz"
+        np.savez(unlabelled, x=np.asarray(images, np.uint8))
+        extra = {"mode": "bn", "unlabelled": str(unlabelled), "reference_mix": lf.reference_mix}
+        return self._start(policy, f"label-free: {trigger}", [], serving, serving_path, job_id=job_id, extra=extra,
+                           what=f"{len(images)} unlabelled local images")  # fmt: skip
 
     def _start(
         self,
@@ -219,8 +371,12 @@ class Adaptation:
         samples: list[tuple[str, int]],
         serving: ModelRecord | None,
         serving_path: Path | None,
+        *,
+        job_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        what: str | None = None,
     ) -> str:
-        job_id = f"adapt-{time.strftime('%Y%m%dT%H%M%S')}"
+        job_id = job_id or f"adapt-{time.strftime('%Y%m%dT%H%M%S')}"
         folder = self.state_dir / "adapt" / job_id
         a = policy.adaptation
         request = AdaptRequest(
@@ -241,6 +397,7 @@ class Adaptation:
             max_seconds=a.max_seconds,
             steps=a.finetune_steps,
             threads=policy.target.threads,
+            **dict(extra or {}),
         )
         path = request.save(folder / "request.json")
         search = self.store.start_search(f"adaptation: {trigger}", phase="starting")
@@ -261,7 +418,8 @@ class Adaptation:
             return f"adaptation not started: {exc}"
         with self._lock:
             self.handle, self.search_id, self.trigger = handle, search.id, trigger
-        return f"adaptation started ({job_id}) on {len(samples)} labelled local samples: {trigger}"
+            self.mode = (extra or {}).get("mode", "finetune")
+        return f"adaptation started ({job_id}) on {what or f'{len(samples)} labelled local samples'}: {trigger}"
 
     def _on_progress(self, handle: WorkerHandle, p: WorkerProgress) -> None:
         """Supervision thread: the job's phase and progress into its store row."""
@@ -344,8 +502,17 @@ class Adaptation:
         running = handle is not None and not handle.done
         p = handle.progress if running and handle is not None else None
         pending = None if self.pending is None else asdict(self.pending)
+        if pending is not None:
+            lf = pending.get("label_free")
+            pending["waiting_for"] = (
+                f"{lf['samples']} samples served after the drift, for the label-free answer"
+                if lf
+                else "labelled local samples of the new data (adaptation.min_samples)"
+            )
+            pending["expires"] = pending["since"] + PENDING_EXPIRY_S
         return {
             "state": "running" if running else ("pending" if pending else "idle"),
+            "mode": self.mode if running else None,
             "pending": pending,
             "job": handle.to_dict() if running and handle is not None else None,
             "trigger": self.trigger if running else None,

@@ -100,7 +100,14 @@ from lifelong.supernet_versions import adapted_in_use, find_version, sha_in_use
 from lifelong.supernet_versions import set_current as set_current_supernet
 from policies import Policy
 from service import status as status_doc
-from service.adaptation import ADAPT_TICK_S, Adaptation, AdaptationDone, AdaptationTick
+from service.adaptation import (
+    ADAPT_TICK_S,
+    LABEL_FREE_SAMPLES,
+    Adaptation,
+    AdaptationDone,
+    AdaptationTick,
+    LabelFree,
+)
 from service.admin import install_admin_routes
 from service.api import ApiApp, ApiServer, ApiSettings
 from service.canary import (
@@ -202,7 +209,9 @@ class Daemon:
             self.loop.on(kind, handler)
         self.loop.on(Reload, self._reload)
         self.loop.on(CanaryCheck, self._check_canary)
-        self.loop.on(DriftDetected, lambda event: self._on_drift(event.model_id, list(event.decisions)))
+        self.loop.on(
+            DriftDetected, lambda event: self._on_drift(event.model_id, list(event.decisions), event.class_mix)
+        )
         self.loop.on(AdaptationTick, lambda event: self._worker_tick())
         self.loop.on(AdaptationDone, self._on_adaptation_done)
         self.loop.on(ExportDone, self._on_export_done)
@@ -237,6 +246,7 @@ class Daemon:
         self.exporter: FrontExport | None = None
         self.supervisor: WorkerSupervisor | None = None
         self.watchers: list[InboxWatcher | PolicyWatcher] = []
+        self.feedback: StoreFeedback | None = None
 
     @property
     def policy(self) -> Policy:
@@ -292,7 +302,7 @@ class Daemon:
             self.adaptation = Adaptation(s.state_dir, self.store, self.supervisor, self.loop.put)
             self.exporter = FrontExport(s.state_dir, self.store, self.supervisor, self.loop.put)
             self.loop.put(ResumeExport())  # an export wished or running before a restart
-            feedback = StoreFeedback(
+            self.feedback = feedback = StoreFeedback(
                 self.store,
                 s.state_dir / "samples" / "feedback",
                 on_samples=self.recent_inputs.add,
@@ -574,7 +584,9 @@ class Daemon:
         self.recent_inputs.add(got.images)
         pred = got.prediction
         if pred is not None:
-            self.drift_feed.add_prediction(pred.model_id, pred.embedding, pred.classes)
+            self.drift_feed.add_prediction(
+                pred.model_id, pred.embedding, pred.classes, pred.probabilities, pred.logit_offset
+            )
             if got.labels is not None:
                 known = got.labels >= 0
                 outcomes = zip(got.labels[known].tolist(), pred.classes[known].tolist(), strict=True)
@@ -602,9 +614,12 @@ class Daemon:
         self.live.add_outcomes(outcomes)
         self.drift_feed.add_outcomes(outcomes)
 
-    def _on_drift(self, model_id: str, decisions: list[DriftDecision]) -> None:
+    def _on_drift(self, model_id: str, decisions: list[DriftDecision], class_mix: dict[str, Any] | None = None) -> None:
         """Answer drift that began in a check of ``model_id`` (on the loop).
 
+        - ``data``, ``label`` explained by a change of class mix (``class_mix["answered"]``: the
+          drift check has judged it and corrected the serving model's logits,
+          :mod:`service.class_mix`): recorded, no adaptation; feedback still judges accuracy;
         - ``data``, ``label``, ``accuracy``: adaptation (:mod:`service.adaptation`): pending
           until enough labelled samples of the new data arrived, then a worker adapts the
           supernet, re-searches and exports a candidate; :meth:`_on_adaptation_done` swaps or
@@ -624,8 +639,15 @@ class Daemon:
             if d.kind == "environment":
                 self._answer_environment(d, f"{what} (window {d.window})")
                 continue
+            if d.kind in ("data", "label") and class_mix is not None and class_mix.get("answered"):
+                self._event("drift", f"{what} (window {d.window}); answered without labels: {class_mix['reason']}")
+                continue
+            label_free = None
+            if d.kind == "data" and self.policy.adaptation.label_free == "bn":  # the first answer, before labels
+                n = max(self.policy.drift.window, LABEL_FREE_SAMPLES)
+                label_free = LabelFree(model_id, self.drift_feed.counts["samples"], n, self.drift.reference_mix())
             answer = self.adaptation.request(
-                f"{d.kind} drift on {model_id}", cooldown_s=self.policy.adaptation.max_seconds
+                f"{d.kind} drift on {model_id}", cooldown_s=self.policy.adaptation.max_seconds, label_free=label_free
             )
             self.drift.note_needed(d.kind, "adapt", f"{what}; {answer}")
             if self.adaptation.running or self.adaptation.pending is not None and answer.startswith("an adaptation"):
@@ -717,7 +739,14 @@ class Daemon:
         path = None
         if serving_id is not None and serving_id in self.registry:
             path = self.registry.path(serving_id)
-        message = a.tick(self.policy, record, path)
+        feedback = self.feedback
+        message = a.tick(
+            self.policy,
+            record,
+            path,
+            served=self.drift_feed.counts["samples"],
+            recent_images=None if feedback is None else lambda n: feedback.recent_images(n, serving_id),
+        )
         if message is not None:
             self._event("adapt", message)
 
@@ -737,18 +766,24 @@ class Daemon:
                 outcome, reason = "kept", f"{decision.reason}; the deploy was refused: {exc}"
             else:
                 outcome = "swapped"
-                try:  # the adapted supernet is the one the service uses from now on
-                    set_current_supernet(self.adaptation.supernet_dir(), cand["checkpoint"], reason=reason)
-                except LifelongError as exc:
-                    self._event("adapt", f"the adapted supernet could not be made current: {exc}")
-                else:
-                    sn = result.get("supernet") or {}
-                    self._install_front(result.get("front"), sn.get("sha256"), sn.get("parent_sha256"))
+                if cand.get("checkpoint"):  # a label-free answer has none: the supernet did not change
+                    self._use_adapted_supernet(cand["checkpoint"], reason, result)
                 for kind in ("data", "label", "accuracy"):
                     self.drift.clear_needed(kind)
         self.adaptation.record_outcome(outcome, reason, result)
         serving = "" if self.runtime is None else f"; {self.runtime.current_id} serves"
         self._event("adapt", f"adaptation {outcome}: {reason}{serving}")
+
+    def _use_adapted_supernet(self, checkpoint: str, reason: str, result: dict[str, Any]) -> None:
+        """The adapted supernet is the one the service uses from now on, with its front."""
+        assert self.adaptation is not None
+        try:
+            set_current_supernet(self.adaptation.supernet_dir(), checkpoint, reason=reason)
+        except LifelongError as exc:
+            self._event("adapt", f"the adapted supernet could not be made current: {exc}")
+            return
+        sn = result.get("supernet") or {}
+        self._install_front(result.get("front"), sn.get("sha256"), sn.get("parent_sha256"))
 
     # -- exports of front points (the cached front chose a model never exported) ----------------
 

@@ -41,6 +41,7 @@ import numpy as np
 from lifelong.drift import DRIFT_KINDS, DriftDecision
 from lifelong.drift_monitor import DriftMonitor
 from lifelong.errors import DataError, DriftError
+from service.class_mix import ClassMix
 from service.drift_reference import ReferenceFiles
 from service.jobs import JobSpec
 from service.preference import FrontCache, PreferenceAnswer, profiled_latency_ms
@@ -66,6 +67,7 @@ class DriftDetected:
 
     model_id: str
     decisions: tuple[DriftDecision, ...]
+    class_mix: dict[str, Any] | None = None  # ClassMix.judge's answer when data or label drift began
 
 
 def _fmt_p(p: float | None) -> str:
@@ -113,6 +115,7 @@ class DriftCheck:
             raise ValueError(f"cpu_share={cpu_share!r}; expected a share of one core in (0, 1]")
         self.store, self.runtime, self.policy, self.feed = store, runtime, policy, feed
         self.references = ReferenceFiles(reference_dir)
+        self.class_mix = ClassMix(runtime)
         self.fronts = fronts
         self.on_detected = on_detected
         self.summary_every_s, self.repeat_every_s = summary_every_s, repeat_every_s
@@ -161,14 +164,18 @@ class DriftCheck:
         if monitor is None:
             return []
         emb, classes, latencies, outcomes = drained.for_model(serving)
+        probs = drained.probabilities_for(serving)
         if emb is None or classes is None:
             emb, classes = np.zeros((0, 1), np.float32), np.zeros(0, np.int64)
+        if probs is not None and len(probs) != len(classes):
+            probs = None
         ms = np.array([v for b, v in latencies if b == policy.target.batch], dtype=np.float64)
         bits = np.array(outcomes, dtype=bool)
         step = monitor.check_every
         most = step * self.max_checks_per_run  # of more than a run may check, the newest matter
         skipped = sum(max(0, len(a) - most) for a in (emb, ms, bits))
         emb, classes, ms, bits = emb[-most:], classes[-most:], ms[-most:], bits[-most:]
+        self.class_mix.observe(emb, classes, None if probs is None else probs[-most:])
         decisions: list[DriftDecision] = []
         try:
             for i in range(0, len(emb), step):
@@ -187,6 +194,7 @@ class DriftCheck:
             self._monitor = None
         self._keep_reference(serving)
         begun = self._record(serving, decisions)
+        mix = self._class_mix(serving, begun)
         took = time.perf_counter() - started
         self._early_after = time.monotonic() + took * (1 - self.cpu_share) / self.cpu_share
         with self._lock:
@@ -204,8 +212,23 @@ class DriftCheck:
                 self._watch["monitor"] = self._monitor.status()
                 self._watch["reference"] = self._reference_status()
         if begun and self.on_detected is not None:
-            self.on_detected(DriftDetected(serving, tuple(begun)))
+            self.on_detected(DriftDetected(serving, tuple(begun), mix))
         return decisions
+
+    def _class_mix(self, serving: str, begun: list[DriftDecision]) -> dict[str, Any] | None:
+        """Judge a data or label drift just begun as a change of class mix; else follow one in force."""
+        try:
+            message = self.class_mix.refresh()
+            if message is not None:
+                logger.info("class mix on %s: %s", serving, message)
+            if any(d.kind in ("data", "label") for d in begun):
+                found = self.class_mix.judge()
+                logger.info("class mix on %s: %s", serving, found["reason"])
+                return found
+        except (ValueError, DataError) as exc:  # a reference of another width, a model swapped meanwhile
+            logger.warning("class-mix correction of %s skipped: %s", serving, exc)
+            return {"answered": False, "reason": f"the class-mix test failed: {exc}"}
+        return None
 
     def _forget(self) -> None:
         self._monitor, self._model, self._built_for = None, None, None
@@ -250,8 +273,10 @@ class DriftCheck:
         self._quiet = {k: {"since": now, "checks": 0} for k in DRIFT_KINDS}
         self._ref = {"source": "kept" if kept is not None else "collecting", "emb": [], "cls": [], "n": 0}
         self._lat_ref = []
+        self.class_mix.watch(serving, stats.num_classes, policy.drift.window)
         if kept is not None:
             self._ref["n"] = len(kept[0])
+            self.class_mix.set_reference(kept[0], kept[1])
         with self._lock:
             if changed:  # the old model's decisions; a policy change's answer stays
                 self._latest = {k: v for k, v in self._latest.items() if k == "preference"}
@@ -335,8 +360,10 @@ class DriftCheck:
         if monitor is None or ref.get("source") != "collecting" or not monitor.data.reference_count:
             return
         ref["source"] = "collected"
+        emb, cls = np.concatenate(ref.pop("emb")), np.concatenate(ref.pop("cls"))
+        self.class_mix.set_reference(emb, cls)
         if ref["n"] >= monitor.data.reference_count:
-            self.references.save(model_id, np.concatenate(ref.pop("emb")), np.concatenate(ref.pop("cls")))
+            self.references.save(model_id, emb, cls)
 
     # -- recording -------------------------------------------------------------------------------
 
@@ -434,6 +461,10 @@ class DriftCheck:
 
     # -- reading (any thread) --------------------------------------------------------------------
 
+    def reference_mix(self) -> tuple[float, ...] | None:
+        """The serving model's predicted-class shares on its drift reference (None while collecting)."""
+        return self.class_mix.reference_mix()
+
     def status(self) -> dict[str, Any]:
         """The ``drift`` section of ``/v1/status``."""
         with self._lock:
@@ -449,6 +480,7 @@ class DriftCheck:
                 "skipped": self._skipped,
             }
         out["feed"] = self.feed.stats()
+        out["class_mix"] = self.class_mix.status()
         return out
 
     def metrics_text(self) -> str:

@@ -9,7 +9,8 @@ and then and feeds the monitor on its own thread.
 Three streams, each entry tagged with the model that produced it, so that requests still
 in flight on a replaced model never reach the new model's windows:
 
-- predictions: ``(model, embeddings (N, D), classes (N,))`` of API requests and inbox files;
+- predictions: ``(model, embeddings (N, D), classes (N,), (probabilities (N, K), logit offset
+  (K,) or None) or None)`` of API requests and inbox files;
 - latencies: ``(model, batch, ms)`` of every successful prediction (probes included);
 - outcomes: ``(model, correct)`` of every feedback label for an earlier prediction.
 
@@ -37,12 +38,15 @@ __all__ = ["Drained", "DriftFeed", "TappedFeedback"]
 
 logger = logging.getLogger(__name__)
 
+_Probs = tuple[np.ndarray, "np.ndarray | None"]
+"""Served probabilities ``(N, K)`` and the logit offset ``(K,)`` (or None) they were served with."""
+
 
 @dataclass(frozen=True)
 class Drained:
     """Everything taken from a :class:`DriftFeed` by one :meth:`DriftFeed.drain`, oldest first."""
 
-    predictions: list[tuple[str, np.ndarray, np.ndarray]] = field(default_factory=list)
+    predictions: list[tuple[str, np.ndarray, np.ndarray, _Probs | None]] = field(default_factory=list)
     latencies: list[tuple[str, int, float]] = field(default_factory=list)
     outcomes: list[tuple[str, bool]] = field(default_factory=list)
 
@@ -50,7 +54,7 @@ class Drained:
         self, model_id: str
     ) -> tuple[np.ndarray | None, np.ndarray | None, list[tuple[int, float]], list[bool]]:
         """The model's embeddings ``(N, D)``, classes ``(N,)``, ``(batch, ms)`` latencies and outcome bits."""
-        mine = [(e, c) for m, e, c in self.predictions if m == model_id]
+        mine = [(e, c) for m, e, c, _ in self.predictions if m == model_id]
         emb = cls = None
         if mine:
             dims = {e.shape[1:] for e, _ in mine}
@@ -60,6 +64,20 @@ class Drained:
         lat = [(b, ms) for m, b, ms in self.latencies if m == model_id]
         out = [ok for m, ok in self.outcomes if m == model_id]
         return emb, cls, lat, out
+
+    def probabilities_for(self, model_id: str) -> np.ndarray | None:
+        """The model's own probabilities ``(N, K)``, oldest first, without the logit offset any
+        was served with (a class-mix correction); None unless every batch had them."""
+        mine = [p for m, _, _, p in self.predictions if m == model_id]
+        if not mine or any(p is None or p[0].ndim != 2 for p in mine) or len({p[0].shape[1] for p in mine}) != 1:
+            return None
+        out = []
+        for probs, offset in mine:  # type: ignore[misc]
+            if offset is not None:  # softmax(z + o) * exp(-o), renormalised, is softmax(z)
+                probs = probs * np.exp(-offset.astype(np.float64))
+                probs = probs / probs.sum(axis=1, keepdims=True)
+            out.append(probs)
+        return np.concatenate(out)
 
 
 class DriftFeed:
@@ -77,7 +95,7 @@ class DriftFeed:
         self.capacity = capacity
         self.on_due = on_due
         self._lock = threading.Lock()
-        self._predictions: deque[tuple[str, np.ndarray, np.ndarray]] = deque()
+        self._predictions: deque[tuple[str, np.ndarray, np.ndarray, _Probs | None]] = deque()
         self._samples = 0  # rows in _predictions
         self._latencies: deque[tuple[str, int, float]] = deque(maxlen=capacity)
         self._outcomes: deque[tuple[str, bool]] = deque(maxlen=capacity)
@@ -86,18 +104,27 @@ class DriftFeed:
 
     # -- producers (serving threads) ------------------------------------------------------------
 
-    def add_prediction(self, model_id: str, embeddings: np.ndarray, classes: np.ndarray) -> None:
-        """A served batch: its ``(N, D)`` embeddings and ``(N,)`` classes (kept by reference, not copied)."""
+    def add_prediction(
+        self,
+        model_id: str,
+        embeddings: np.ndarray,
+        classes: np.ndarray,
+        probabilities: np.ndarray | None = None,
+        logit_offset: np.ndarray | None = None,
+    ) -> None:
+        """A served batch: its ``(N, D)`` embeddings, ``(N,)`` classes, ``(N, K)`` probabilities
+        and the ``(K,)`` logit offset they were served with (kept by reference, not copied)."""
         n = len(classes)
         if n == 0 or getattr(embeddings, "ndim", 0) != 2:
             return
         due = False
         with self._lock:
-            self._predictions.append((model_id, embeddings, classes))
+            probs = None if probabilities is None else (probabilities, logit_offset)
+            self._predictions.append((model_id, embeddings, classes, probs))
             self._samples += n
             self.counts["samples"] += n
             while self._samples > self.capacity and len(self._predictions) > 1:
-                _, _, old = self._predictions.popleft()
+                _, _, old, _ = self._predictions.popleft()
                 self._samples -= len(old)
                 self.counts["dropped_samples"] += len(old)
             if not self._signalled and self._samples * 2 >= self.capacity:
@@ -159,7 +186,8 @@ class TappedFeedback(FeedbackSink):
 
     def record(self, request_id: str, images: np.ndarray, prediction: Prediction) -> None:
         self.inner.record(request_id, images, prediction)
-        self.feed.add_prediction(prediction.model_id, prediction.embedding, prediction.classes)
+        p = prediction
+        self.feed.add_prediction(p.model_id, p.embedding, p.classes, p.probabilities, p.logit_offset)
 
     def label(self, items: list[FeedbackLabel]) -> int:
         return self.inner.label(items)

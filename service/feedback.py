@@ -86,6 +86,22 @@ class StoreFeedback(FeedbackSink):
                 _, old = self._recent.popitem(last=False)
                 self._kept -= len(old.images)
 
+    def recent_images(self, n: int, model_id: str | None = None) -> np.ndarray | None:
+        """The newest ``n`` (or fewer) images of recent predictions, oldest first, uint8
+        ``(n, 28, 28)``, of ``model_id``'s predictions only when given; None if there are none."""
+        with self._lock:
+            items = list(self._recent.values())
+        picked, have = [], 0
+        for item in reversed(items):
+            if have >= n:
+                break
+            if model_id is None or item.model_id == model_id:
+                picked.append(item.images)
+                have += len(item.images)
+        if not picked:
+            return None
+        return np.concatenate(picked[::-1])[-n:]
+
     def label(self, items: list[FeedbackLabel]) -> int:
         with self._lock:
             found = []

@@ -114,6 +114,7 @@ class Prediction:
     embedding: np.ndarray  # (N, D) float32
     model_id: str
     latency_ms: float
+    logit_offset: np.ndarray | None = None  # (C,) added to the logits before the softmax (a class-mix correction)
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,15 @@ class Runtime(ABC):
         """
 
     @abstractmethod
+    def set_logit_offset(self, model_id: str, offset: np.ndarray | None) -> bool:
+        """Add ``offset (K,)`` to every logit ``model_id`` produces from the next request on
+        (``None``: stop). False, and nothing changed, if ``model_id`` does not serve."""
+
+    @abstractmethod
+    def logit_offset(self, model_id: str) -> np.ndarray | None:
+        """The offset in force on ``model_id`` (``None`` if none or it does not serve)."""
+
+    @abstractmethod
     def rollback(self, sample_inputs: Any | None = None) -> str:
         """Swap back to the model that served before the last swap; returns its id."""
 
@@ -231,6 +241,7 @@ class _LoadedModel:
     loaded_at: float = 0.0
     num_classes: int = 0
     in_flight: int = 0
+    logit_offset: np.ndarray | None = None  # (K,) added to every logit: a class-mix correction
 
 
 def _probe_batch() -> np.ndarray:
@@ -294,8 +305,27 @@ class _SwappingRuntime(Runtime):
             self._observe(model.model_id, len(x), latency_ms, "NaN or infinite outputs")
             raise InferenceError(f"model {model.model_id!r} produced NaN or infinite outputs for this input")
         self._observe(model.model_id, len(x), latency_ms, None)
-        probs = _softmax(logits)
-        return Prediction(probs.argmax(axis=1).astype(np.int64), probs, embedding, model.model_id, latency_ms)
+        offset = model.logit_offset  # one read: a correction set meanwhile applies from the next request
+        probs = _softmax(logits if offset is None else logits + offset)
+        return Prediction(probs.argmax(axis=1).astype(np.int64), probs, embedding, model.model_id, latency_ms, offset)
+
+    def set_logit_offset(self, model_id: str, offset: np.ndarray | None) -> bool:
+        with self._lock:
+            model = self._current
+            if model is None or model.model_id != model_id:
+                return False
+            if offset is not None:
+                offset = np.asarray(offset, np.float32).reshape(-1)
+                if offset.shape != (model.num_classes,) or not np.isfinite(offset).all():
+                    raise ValueError(
+                        f"a logit offset of {model_id} must be {model.num_classes} finite numbers, got shape {offset.shape}"
+                    )
+            model.logit_offset = offset
+            return True
+
+    def logit_offset(self, model_id: str) -> np.ndarray | None:
+        model = self._current
+        return None if model is None or model.model_id != model_id else model.logit_offset
 
     def _observe(self, model_id: str, batch: int, latency_ms: float, error: str | None) -> None:
         observer = self.observer

@@ -204,6 +204,15 @@ def _drift_lines(drift: Mapping[str, Any] | None, stored: Mapping[str, Any], now
         tally = f"[{c.get('checks', 0)} checks, {c.get('drifted', 0)} drifted, {c.get('events', 0)} stored]"
         text = _decision(kind, d) + f", {_ago(d.get('at'), now)}" if d else "no decision yet"
         lines.append(f"          {kind:<12}{text} {tally}")
+    mix = (drift or {}).get("class_mix") or {}
+    if mix.get("in_force"):
+        shares = sorted(enumerate(mix.get("priors") or []), key=lambda kv: -kv[1])[:3]
+        top = ", ".join(f"class {k} {v:.0%}" for k, v in shares)
+        lines.append(
+            f"          class mix:  corrected on the logits since {_ago(mix.get('since'), now)} (most frequent: {top})"
+        )
+    elif mix.get("removed_because"):
+        lines.append(f"          class mix:  no correction ({mix['removed_because']})")
     for need in (drift or {}).get("needs") or []:
         lines.append(
             f"          NEEDED:     {need.get('action')} ({need.get('kind')}, {_ago(need.get('at'), now)}): {need.get('reason')}"
@@ -229,10 +238,14 @@ def _adaptation_lines(a: Mapping[str, Any] | None, now: float) -> list[str]:
         frac = a.get("progress")
         done = "" if frac is None else f" {100 * frac:.0f}%"
         lines.append(f"adapt:    running{done} {a.get('phase') or ''}: {a.get('message') or ''} ({a.get('trigger')})")
-    elif state == "pending":
-        p = a.get("pending") or {}
+    p = a.get("pending") or {}
+    if p:
+        head = "adapt:    pending" if state == "pending" else "          then pending"
+        expires = p.get("expires")
+        until = "" if not expires else f"; dropped in {max(0.0, (expires - now) / 60):.0f} min without them"
         lines.append(
-            f"adapt:    pending since {_ago(p.get('since'), now)} ({p.get('trigger')}): waiting for labelled samples"
+            f"{head} since {_ago(p.get('since'), now)} ({p.get('trigger')}): waiting for "
+            f"{p.get('waiting_for') or 'labelled samples'}{until}"
         )
     lines += _last_line("adapt:    ", lines, a.get("last"), now)
     if not lines:

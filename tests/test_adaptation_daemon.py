@@ -22,6 +22,7 @@ from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_
 from tiny_space import TINY_SPACE
 
 from lifelong.calibration import calibration_path, load_calibration
+from lifelong.checkpoint import load_checkpoint
 from lifelong.export import export_subnet
 from lifelong.front import Front
 from lifelong.space import Precision, SearchSpace
@@ -51,6 +52,7 @@ replay_buffer = 300
 finetune_steps = 25
 min_samples = 80
 max_samples = 400
+label_free = "off"
 [swap]
 min_improvement = 0.02
 canary_window = 20
@@ -210,3 +212,90 @@ def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_req
 def result_path(state: Path) -> Path:
     (path,) = sorted((state / "adapt").glob("adapt-*/result.json"))
     return path
+
+
+# -- the label-free first answer -----------------------------------------------------------------
+
+
+def _contrast(images: np.ndarray) -> np.ndarray:
+    """Half the contrast, same mean grey (the drift benchmark's contrast shift), uint8."""
+    return np.rint(images.astype(np.float32) * 0.5 + 64).astype(np.uint8)
+
+
+@pytest.fixture
+def label_free_state(fashion_train, fashion_test):
+    """The tiny supernet trained briefly; its largest subnet (clean BN) serves."""
+    run = short_dir("llbn")
+    state = run / "state"
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=2, warmup_epochs=2, int8_epochs=0, batch_size=64, max_train_samples=3000,
+                      val_fraction=0.0, checkpoint_every=1000)  # fmt: skip
+    ckpt = state / "supernet" / "supernet.pt"
+    train_supernet(fashion_train, ckpt, cfg, TINY_SPACE, progress=False)
+    model = load_checkpoint(ckpt).build()
+    space = SearchSpace(TINY_SPACE)
+    sub = model.get_subnet(space.largest(Precision(32, 32)))
+    recalibrate_bn(sub, torch.from_numpy(fashion_train.as_float()[:500]))
+    sub.eval()
+    images = fashion_test.as_float()[:200]
+    out = export_subnet(sub, run / "serving.onnx", images, fashion_test.y[:200], checkpoint_sha256=_sha(ckpt))
+    model_id = commit_model(state, out.path)
+    (state / "policy.toml").write_text(POLICY.replace('label_free = "off"', 'label_free = "bn"'))
+    yield run, state, model_id, out.path
+    remove(run)
+
+
+def test_data_drift_gets_a_label_free_answer_from_unlabelled_samples_within_seconds(label_free_state, fashion_test):
+    """No label is ever sent: BN statistics re-estimated on the shifted samples served answer the drift."""
+    import onnxruntime as ort
+
+    run, state, serving, serving_path = label_free_state
+    order = np.random.default_rng(1).permutation(len(fashion_test.x))
+    clean = fashion_test.x[order[:200]]
+    shifted_x = _contrast(fashion_test.x[order[200:1200]])
+    eval_x, eval_y = _contrast(fashion_test.x[order[1200:3200]]), fashion_test.y[order[1200:3200]]
+    failures: list[str] = []
+    with DaemonProcess(state, run).start() as d, d.client(timeout=60) as c:
+        for i in range(0, len(clean), 10):
+            c.predict(clean[i : i + 10])
+        wait_until(lambda: ((c.status()["drift"]["watching"] or {}).get("reference") or {}).get("source") == "collected",
+                   timeout=30, what="a drift reference of clean images")  # fmt: skip
+        detected_at = swapped_at = None
+        i, deadline = 0, time.monotonic() + 120
+        while time.monotonic() < deadline and swapped_at is None:
+            try:
+                c.predict(shifted_x[i % len(shifted_x) : i % len(shifted_x) + 10])
+            except Exception as exc:  # every failure counts
+                failures.append(f"{type(exc).__name__}: {exc}")
+            i += 10
+            if i % 50 == 0:
+                status = c.status()
+                if detected_at is None and status["drift"]["counts"]["data"]["drifted"]:
+                    detected_at = time.monotonic()
+                if (status["adaptation"]["last"] or {}).get("outcome") is not None:
+                    swapped_at = time.monotonic()
+            time.sleep(0.005)
+        status = c.status()
+    last = status["adaptation"]["last"]
+    events = [e["message"] for e in status["events"]]
+    print(f"\nlabel-free: {last}")
+    assert last is not None, f"no label-free answer within 120 s: {events[:8]}"
+    assert any("label-free answer pending" in m for m in events), events
+    assert any(re.search(r"adaptation started \(adapt-bn-\S+\) on \d+ unlabelled local images", m) for m in events), events  # fmt: skip
+    assert last["outcome"] == "swapped", last
+    assert last["reason"].startswith("label-free: BN statistics re-estimated on"), last
+    assert status["model"] != serving and failures == [], failures[:5]
+    assert detected_at is not None and swapped_at - detected_at < 60, "detection to swap"
+    # the label-free model is right more often on the shifted data, though no label was used
+    (bn_dir,) = sorted((state / "adapt").glob("adapt-bn-*"))
+    acc = {}
+    for name, path in (("serving", serving_path), ("candidate", bn_dir / "candidate.onnx")):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        logits = session.run(["logits"], {"image": eval_x[:, None].astype(np.float32) / 255})[0]
+        acc[name] = float((logits.argmax(1) == eval_y).mean())
+    assert acc["candidate"] >= acc["serving"] + 0.05, acc
+    assert status["adaptation"]["pending"] is not None, "the labelled answer still waits for labels"
+    assert "labelled local samples" in status["adaptation"]["pending"]["waiting_for"]
+    text = format_status(status)
+    assert "adapt:    pending since" in text and "waiting for labelled local samples" in text, text
+    assert "last swapped" in text and "label-free: BN statistics re-estimated" in text, text

@@ -98,8 +98,19 @@ def test_the_tapped_feedback_passes_every_prediction_on_without_copying() -> Non
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
     pred = rt.predict(x)
     sink.record("r1", x, pred)
-    ((model, emb, classes),) = feed.drain().predictions
-    assert model == "m" and emb is pred.embedding and classes is pred.classes
+    drained = feed.drain()
+    ((model, emb, classes, (probs, offset)),) = drained.predictions
+    assert model == "m" and emb is pred.embedding and classes is pred.classes and probs is pred.probabilities
+    assert offset is None and drained.probabilities_for("other") is None
+    # a batch served with a class-mix correction reaches the drift check as the model's own probabilities
+    assert rt.set_logit_offset("m", np.log(np.array([5.0] + [1.0] * 9)))
+    corrected = rt.predict(x)
+    assert corrected.probabilities[:, 0].min() > pred.probabilities[:, 0].max()
+    sink.record("r2", x, corrected)
+    np.testing.assert_allclose(feed.drain().probabilities_for("m"), pred.probabilities, rtol=1e-5)
+    with pytest.raises(ValueError, match="must be 10 finite numbers"):
+        rt.set_logit_offset("m", np.zeros(3))
+    assert not rt.set_logit_offset("other", None), "only the serving model takes an offset"
     assert sink.label([FeedbackLabel("r1", 0, 4)]) == 1
     assert inner.labelled[0][1:] == (4, 0, "m")
 
@@ -590,3 +601,74 @@ def test_lifelong_front_marks_the_points_in_the_registry_and_the_one_serving(mod
     points = {p["subnet"]: p for p in json.loads(doc.output)["points"]}
     assert points["tiny_accurate"]["models"] == [accurate] and points["tiny_accurate"]["serving"]
     assert points["tiny_huge"]["models"] == [] and not points["tiny_fast"]["serving"]
+
+
+# -- class-mix correction, in-process ------------------------------------------------------------------
+
+_MU = np.random.default_rng(42).normal(0, 1.6, (10, DIMS)).astype(np.float32)
+
+
+def _gaussian_model(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Bayes classifier of unit-variance Gaussian classes around ``_MU`` (uniform priors)."""
+    emb = x.reshape(len(x), -1)[:, :DIMS] * 16 - 8  # pixels in [0, 1] carry embeddings in [-8, 8]
+    logits = -0.5 * ((emb[:, None, :] - _MU[None]) ** 2).sum(axis=2)
+    return logits.astype(np.float32), emb
+
+
+def _images(priors: np.ndarray, n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    r = np.random.default_rng(seed)
+    y = r.choice(10, n, p=priors)
+    x = np.zeros((n, 1, 28, 28), np.float32)
+    x.reshape(n, -1)[:, :DIMS] = np.clip((_MU[y] + r.standard_normal((n, DIMS)) + shift + 8) / 16, 0, 1)
+    return x, y
+
+
+def _serve(rt: MemoryRuntime, feed: DriftFeed, x: np.ndarray, batch: int = 20) -> np.ndarray:
+    classes = []
+    for i in range(0, len(x), batch):
+        pred = rt.predict(x[i : i + batch])
+        feed.add_prediction(pred.model_id, pred.embedding, pred.classes, pred.probabilities, pred.logit_offset)
+        classes.append(pred.classes)
+    return np.concatenate(classes)
+
+
+@pytest.mark.parametrize("scenario", ["class-mix", "noise"])
+def test_a_class_mix_drift_is_corrected_on_the_logits_and_a_covariate_one_is_not(tmp_path: Path, scenario) -> None:
+    drift = DriftSettings(window=300, reference_window=600, false_alarm_samples=200_000, check_interval_s=0.2)
+    store = Store(tmp_path / "state.db")
+    rt = MemoryRuntime({"m1": _gaussian_model}, RuntimeSettings(warmup_runs=0))
+    rt.swap("m1", None)
+    feed, detected = DriftFeed(), []
+    check = DriftCheck(store, rt, lambda: Policy(drift=drift), feed=feed, reference_dir=tmp_path / "d", on_detected=detected.append)  # fmt: skip
+    uniform = np.full(10, 0.1)
+    _serve(rt, feed, _images(uniform, 900, seed=1)[0])
+    check.run()
+    skew = np.array([0.45, 0.35] + [0.025] * 8)
+    x, y = _images(skew, 600, seed=2) if scenario == "class-mix" else _images(uniform, 600, seed=2, shift=1.0)
+    served = _serve(rt, feed, x)
+    check.run()
+    assert detected and {d.kind for d in detected[0].decisions} & {"data", "label"}
+    found = detected[0].class_mix
+    if scenario == "noise":
+        assert found is not None and not found["answered"] and "does not explain" in found["reason"]
+        assert rt.logit_offset("m1") is None and not check.status()["class_mix"]["in_force"]
+        return
+    assert found is not None and found["answered"], found
+    assert found["priors"][0] == pytest.approx(0.45, abs=0.08) and found["priors"][1] == pytest.approx(0.35, abs=0.08)
+    offset = rt.logit_offset("m1")
+    assert offset is not None and offset[0] > 1 and offset[2] < -1
+    assert check.status()["class_mix"]["in_force"]
+    text = format_status({"drift": check.status()})
+    assert "class mix:  corrected on the logits since" in text and "class 0 4" in text, text
+    x2, y2 = _images(skew, 2000, seed=3)
+    plain = _gaussian_model(x2)[0].argmax(1)
+    corrected = _serve(rt, feed, x2)
+    assert (corrected == y2).mean() >= (plain == y2).mean() + 0.03, ((corrected == y2).mean(), (plain == y2).mean())
+    assert (served == y).mean() < (corrected == y2).mean()
+    check.run()
+    # the mix goes back to training: the correction follows and is removed
+    _serve(rt, feed, _images(uniform, 900, seed=4)[0])
+    check.run()
+    assert rt.logit_offset("m1") is None, check.status()["class_mix"]
+    assert "back to training" in check.status()["class_mix"]["removed_because"]
+    store.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lifelong.priors import adjust_logits, em_priors, fit_bcts, softmax
+from lifelong.priors import adjust_logits, class_mix_test, em_priors, fit_bcts, softmax
 
 
 def _features(x: np.ndarray) -> np.ndarray:
@@ -76,3 +76,33 @@ def test_bad_inputs_are_named() -> None:
         em_priors(np.ones((4, 2)) / 2, np.array([0.9, 0.9]))
     with pytest.raises(ValueError, match=r"labels must be in 0..1"):
         fit_bcts(np.zeros((3, 2)), np.array([0, 1, 2]))
+
+
+def test_the_class_mix_test_tells_a_new_mix_from_new_looking_data(model, fashion_test) -> None:
+    """Reference: 2,000 unshifted test images; live windows of 500. A skewed mix moves the raw
+    embeddings (the data drift test's view) but not the re-weighted ones; noise and brightness
+    move both."""
+    x_all = fashion_test.as_float()[:, 0]
+    rng = np.random.default_rng(3)
+    ref_x = x_all[rng.choice(5000, 2000, replace=False)]
+    ref_emb = _features(ref_x)[:, :49]
+    ref_cls = (_features(ref_x) @ model).argmax(1)
+
+    def test(x: np.ndarray):
+        f = _features(x)
+        return class_mix_test(ref_emb, ref_cls, f[:, :49], (f @ model).argmax(1), 10)
+
+    skew = np.full(10, 0.1 / 6)
+    skew[[0, 2, 4, 6]] = 0.9 / 4
+    mix = test(_shifted(fashion_test, skew, 500, seed=4)[0])
+    assert mix.unweighted_p < 1e-6 and mix.explains(), (mix.unweighted_p, mix.p_value)
+    assert mix.live_mix[[0, 2, 4, 6]].sum() > 0.7
+    clean = _shifted(fashion_test, np.full(10, 0.1), 500, seed=5)[0]
+    noisy = np.clip(clean + np.random.default_rng(6).normal(0, 0.2, clean.shape), 0, 1).astype(np.float32)
+    brighter = np.clip(clean + 0.2, 0, 1)
+    for shifted in (noisy, brighter):
+        got = test(shifted)
+        assert got.unweighted_p < 1e-6 and not got.explains(), (got.unweighted_p, got.p_value)
+    assert test(clean).explains()
+    with pytest.raises(ValueError, match=r"live classes must be in 0..9"):
+        class_mix_test(ref_emb, ref_cls, ref_emb[:5], np.array([0, 1, 2, 3, 10]), 10)
