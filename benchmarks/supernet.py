@@ -5,6 +5,9 @@
     .venv/bin/python benchmarks/supernet.py --checkpoint STATE/supernet/supernet.pt
                                                                   # evaluate a supernet trained by `lifelong train`
     .venv/bin/python benchmarks/supernet.py --quick               # a few minutes, same code path
+    .venv/bin/python benchmarks/supernet.py --checkpoint CKPT --alone-only
+                                                                  # only the 7 subnets alone (the supernet
+                                                                  # may still be training: its recipe is known)
 
 Rebuilding what it needs: without ``--checkpoint`` it trains the default supernet itself into
 ``benchmarks/work/supernet/`` (resumable); ``lifelong train --state-dir DIR`` makes the same
@@ -14,7 +17,10 @@ Writes ``benchmarks/results/supernet.json`` (or ``supernet-quick.json``): top-1 
 set after BN re-calibration on 2,000 training images, for the largest and smallest subnets and
 the tutorial CNN's member (``c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8``) at W8A8 and FP32,
 and six random W8A8 subnets; then each of those seven trained alone with the supernet's
-recipe for as many epochs (:func:`lifelong.train.supernet_recipe`), and the gaps. The random
+recipe for as many epochs (:func:`lifelong.train.supernet_recipe`), and the gaps. A subnet
+trained alone does not depend on the supernet's weights nor on how the supernet samples its
+subnets (:data:`SUPERNET_ONLY_KEYS`), so it is kept in ``benchmarks/work/supernet/`` under the
+digest of its own training config and reused by every supernet of the same recipe. The random
 subnets are drawn uniformly among those of at most ``--max-alone-mmacs`` MMACs (the region the
 front lives in; bigger ones take too long to train alone here): the draw is recorded.
 """
@@ -22,6 +28,7 @@ front lives in; bigger ones take too long to train alone here): the draw is reco
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -45,6 +52,18 @@ TUTORIAL = "c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8"
 N_RANDOM = 6
 
 
+SUPERNET_ONLY_KEYS = ("sandwich", "n_random", "student_label")
+"""How the supernet draws and teaches its subnets each step: no effect on a subnet trained alone."""
+
+
+def alone_config(cfg: TrainConfig, arch: object) -> TrainConfig:
+    """The config that trains ``arch`` alone with ``cfg``'s recipe (supernet-only keys at their defaults)."""
+    default = TrainConfig()
+    d = {**cfg.to_dict(), "fixed_subnet": str(arch), "init_from": None}
+    d.update({k: getattr(default, k) for k in SUPERNET_ONLY_KEYS})
+    return TrainConfig(**d)
+
+
 def _random_subnets(space: SearchSpace, n: int, max_macs: float, seed: int = 2026) -> list:
     rng = np.random.default_rng(seed)
     out = []
@@ -61,6 +80,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=None, help="evaluate this trained supernet")
     ap.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "work")
     ap.add_argument("--no-standalone", action="store_true", help="skip training subnets alone")
+    ap.add_argument("--alone-only", action="store_true", help="only train the subnets alone (cached), then stop")
     ap.add_argument("--max-alone-mmacs", type=float, default=30.0)
     args = ap.parse_args()
     name = "supernet-quick" if args.quick else "supernet"
@@ -72,7 +92,7 @@ def main() -> None:
     if args.checkpoint is not None:
         ckpt_path = args.checkpoint
         ck = load_checkpoint(ckpt_path)
-        if not ck.complete:
+        if not ck.complete and not args.alone_only:
             raise SystemExit(f"{ckpt_path} is an unfinished training; finish it with `lifelong train` first")
         cfg = supernet_recipe(ck, ckpt_path)
         train_seconds, record = float(ck.train.get("seconds", 0.0)), ck.record
@@ -86,6 +106,17 @@ def main() -> None:
     if args.quick:
         test = test.head(2000)
     calib = train.split(cfg.val_fraction, seed=cfg.seed)[0].head(2000).as_float()
+    if args.alone_only:
+        space = SearchSpace(load_checkpoint(ckpt_path).space)
+        plan = {"tutorial_w8a8": space.parse(TUTORIAL)}
+        plan |= {
+            f"random{i}_w8a8": r for i, r in enumerate(_random_subnets(space, N_RANDOM, args.max_alone_mmacs * 1e6))
+        }
+        for label, arch in plan.items():
+            path = _train_alone(train, work, cfg, label, arch)[0]
+            e, _ = evaluate_subnet(load_checkpoint(path).build(), arch, calib, test.as_float(), test.y)
+            print(f"alone {label:<14} {100 * e.top1:6.2f}%  {path.name}", flush=True)
+        return
     x_test, y_test = test.as_float(), test.y
     sha = file_sha256(ckpt_path)
     t_eval = time.monotonic()
@@ -159,9 +190,7 @@ def main() -> None:
     targets = finish(standalone)  # written now, rewritten after each subnet trained alone
     if not args.no_standalone:
         for label, arch in plan.items():
-            path = work / f"alone-{sha[:12]}-{label}.pt"
-            alone_cfg = TrainConfig(**{**cfg.to_dict(), "fixed_subnet": str(arch), "init_from": None})
-            r = train_supernet(train, path, alone_cfg)
+            path, seconds = _train_alone(train, work, cfg, label, arch)
             alone = load_checkpoint(path).build()
             e, _ = evaluate_subnet(alone, arch, calib, x_test, y_test)
             standalone[label] = {
@@ -169,12 +198,21 @@ def main() -> None:
                 "alone_top1": e.top1,
                 "supernet_top1": evals[label]["top1"],
                 "macs": e.macs,
-                "train_seconds": r.seconds,
+                "train_seconds": seconds,
+                "checkpoint": path.name,
             }
             print(f"alone {label:<14} {100 * e.top1:6.2f}% (in supernet {100 * evals[label]['top1']:.2f}%)", flush=True)
             targets = finish(standalone)
     print(markdown_targets(targets))
     print(f"wrote benchmarks/results/{name}.json")
+
+
+def _train_alone(train: object, work: Path, cfg: TrainConfig, label: str, arch: object) -> tuple[Path, float]:
+    """Train ``arch`` alone with ``cfg``'s recipe, or find it trained: its checkpoint and training seconds."""
+    alone_cfg = alone_config(cfg, arch)
+    path = work / f"alone-{hashlib.sha256(alone_cfg.to_json().encode()).hexdigest()[:12]}-{label}.pt"
+    r = train_supernet(train, path, alone_cfg)
+    return path, float(r.seconds or load_checkpoint(path).train.get("seconds", 0.0))
 
 
 if __name__ == "__main__":

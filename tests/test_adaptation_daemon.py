@@ -276,6 +276,27 @@ def test_data_drift_gets_a_label_free_answer_from_unlabelled_samples_within_seco
                     swapped_at = time.monotonic()
             time.sleep(0.005)
         status = c.status()
+        adapted = status["model"]
+        # the data goes back: the adapted model's own reference is shifted data, so clean data
+        # is a drift too, and the same answer brings clean statistics back
+        back_x = fashion_test.x[order[3200:4400]]
+
+        def adapted_reference() -> bool:
+            watching = c.status()["drift"]["watching"] or {}
+            return watching.get("model") == adapted and (watching.get("reference") or {}).get("source") == "collected"
+
+        k = 0
+        while not adapted_reference():  # the adapted model's reference: shifted data
+            c.predict(shifted_x[k % len(shifted_x) : k % len(shifted_x) + 10])
+            k += 10
+            assert k < 2000, "the adapted model's drift reference was never collected"
+        k, deadline = 0, time.monotonic() + 90
+        while time.monotonic() < deadline and c.status()["model"] == adapted:
+            for _ in range(5):
+                c.predict(back_x[k % len(back_x) : k % len(back_x) + 10])
+                k += 10
+            time.sleep(0.01)
+        back = c.status()
     last = status["adaptation"]["last"]
     events = [e["message"] for e in status["events"]]
     print(f"\nlabel-free: {last}")
@@ -287,7 +308,7 @@ def test_data_drift_gets_a_label_free_answer_from_unlabelled_samples_within_seco
     assert status["model"] != serving and failures == [], failures[:5]
     assert detected_at is not None and swapped_at - detected_at < 60, "detection to swap"
     # the label-free model is right more often on the shifted data, though no label was used
-    (bn_dir,) = sorted((state / "adapt").glob("adapt-bn-*"))
+    bn_dir, back_dir = sorted((state / "adapt").glob("adapt-bn-*"))  # the answer to the shift, and the way back
     acc = {}
     for name, path in (("serving", serving_path), ("candidate", bn_dir / "candidate.onnx")):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -296,6 +317,15 @@ def test_data_drift_gets_a_label_free_answer_from_unlabelled_samples_within_seco
     assert acc["candidate"] >= acc["serving"] + 0.05, acc
     assert status["adaptation"]["pending"] is not None, "the labelled answer still waits for labels"
     assert "labelled local samples" in status["adaptation"]["pending"]["waiting_for"]
+    # the way back: a third model, with the clean data's statistics, about as good on clean data as the original
+    assert back["model"] not in (adapted, serving), [e["message"] for e in back["events"]][:12]
+    clean_x, clean_y = fashion_test.x[order[4400:6400]], fashion_test.y[order[4400:6400]]
+    for name, path in (("original", serving_path), ("shifted", bn_dir / "candidate.onnx"), ("back", back_dir / "candidate.onnx")):  # fmt: skip
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        logits = session.run(["logits"], {"image": clean_x[:, None].astype(np.float32) / 255})[0]
+        acc[f"clean_{name}"] = float((logits.argmax(1) == clean_y).mean())
+    print(f"label-free accuracies: {acc}")
+    assert acc["clean_back"] >= acc["clean_original"] - 0.03 and acc["clean_back"] > acc["clean_shifted"], acc
     text = format_status(status)
     assert "adapt:    pending since" in text and "waiting for labelled local samples" in text, text
     assert "last swapped" in text and "label-free: BN statistics re-estimated" in text, text
