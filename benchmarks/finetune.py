@@ -44,7 +44,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, required=True)
     ap.add_argument("--subnet", default=TUTORIAL)
     ap.add_argument("--budgets", type=float, nargs="+", default=[60.0, 120.0, 300.0])
-    ap.add_argument("--lrs", type=float, nargs="+", default=[FinetuneConfig().lr], help="peak learning rates, each a row per budget")
+    ap.add_argument(
+        "--lrs", type=float, nargs="+", default=[FinetuneConfig().lr], help="peak learning rates, each a row per budget"
+    )
     ap.add_argument("--alone", type=Path, default=RESULTS / "supernet.json")
     ap.add_argument("--name", default="finetune")
     args = ap.parse_args()
