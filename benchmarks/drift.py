@@ -364,7 +364,7 @@ class Scenario:
         self.out["wait"] = self._wait_adaptation(streamer, poller, shifted, t_detect)
         print(f"{self.name}: {self.out['wait']}", flush=True)
         swapped = self._new_model()
-        if swapped is not None:
+        if swapped is not None or getattr(self, "t_corrected", None) is not None:
             streamer.run(self.source(self.held_out, self.name), "post", samples=a.post_samples)
 
     def _new_model(self) -> str | None:
@@ -386,6 +386,11 @@ class Scenario:
                 why.append("the serving model changed")
                 return True
             snap = poller.latest() or {}
+            mix = ((snap.get("drift") or {}).get("class_mix")) or {}
+            if mix.get("in_force") and (mix.get("since") or 0) >= t_detect - 5:
+                self.t_corrected = float(mix["since"])
+                why.append("the class-mix correction is in force")
+                return True
             last = (snap.get("adaptation") or {}).get("last")
             if last and (last.get("finished") or 0) >= t_detect:
                 if last.get("outcome") == "swapped":
@@ -521,16 +526,20 @@ class Scenario:
             return
         # shift scenarios
         swap_model = self._new_model()
+        corrected = getattr(self, "t_corrected", None) if swap_model is None else None  # answered on the logits
         hist = [d for d in out.get("history", []) if str(d.get("reason", "")).startswith("adaptation:")]
         swap_dep = min(hist, key=lambda d: d["at"]) if hist else None
         t_detect = None if first_any is None else first_any["at"]
         if swap_dep is not None:
             t_swap = swap_dep["at"]
+        elif corrected is not None:
+            t_swap = corrected
         else:
             t_swap = None if swap_model is None else rec.first_answer[swap_model]
         clean_acc, n_clean = rec.accuracy("clean", self.model_a)
         before_acc, n_before = rec.accuracy("shifted", self.model_a, after=t_shift)
-        after_acc, n_after = (None, 0) if swap_model is None else rec.accuracy("post", swap_model)
+        answering = swap_model if corrected is None else self.model_a
+        after_acc, n_after = (None, 0) if answering is None else rec.accuracy("post", answering)
         out["detection"] = {
             "delay_samples": None if first_any is None else detection_delay(rec.log, shift_at, first_any["at"]),
             "delay_s": None if first_any is None else first_any["at"] - t_shift,
@@ -541,6 +550,7 @@ class Scenario:
         adapt_events = [e for e in out.get("events", []) if e["kind"] == "adapt" and e["at"] >= t_shift]
         started = next((e for e in adapt_events if "started" in e["message"]), None)
         out["adaptation"] = {
+            "answer": "class-mix correction" if corrected is not None else ("swap" if swap_model else None),
             "swapped_to": swap_model,
             "swap_deployment": swap_dep,
             "detection_to_swap_s": None if t_swap is None or t_detect is None else t_swap - t_detect,
@@ -576,6 +586,9 @@ class Scenario:
                 forgetting |= {"new_clean_accuracy": acc, "clean_drop_pt": 100 * (self.setup.clean_accuracy - acc)}
             else:
                 forgetting["error"] = f"{path} not found"
+        if corrected is not None:  # no weight changed; the correction goes when the mix returns (tested)
+            forgetting |= {"new_clean_accuracy": self.setup.clean_accuracy, "clean_drop_pt": 0.0,
+                           "note": "the model did not change: a logit correction, removed when the mix returns"}  # fmt: skip
         forgetting.setdefault("clean_drop_pt", None)
         out["forgetting"] = forgetting
 
@@ -747,14 +760,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         records[name] = sc.record
         print(summary_line(name, results[name]), flush=True)
 
-    targets = build_targets(results)
+    targets = build_targets(results, labelled=args.feedback_fraction > 0)
     name = (
         "drift-quick"
         if args.quick
         else "drift"
         if args.scenarios == list(SCENARIOS)
         else "drift-" + "-".join(args.scenarios)
-    )
+    ) + ("-nolabels" if args.feedback_fraction == 0 else "")
     png_dir = WORK if args.quick else ROOT / "benchmarks" / "results"  # a smoke test's plot stays out of git
     png = None if args.no_png else plot(results, records, png_dir / f"{name}.png")
     payload = {

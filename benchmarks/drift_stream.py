@@ -139,9 +139,15 @@ def _met(value: float | None, ok: Callable[[float], bool]) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value)) and ok(value)
 
 
-def build_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets for the scenarios that ran; a missing figure (no detection, no swap) is not met."""
+def build_targets(results: dict[str, dict[str, Any]], labelled: bool = True) -> list[dict[str, Any]]:
+    """The issue's targets for the scenarios that ran; a missing figure (no detection, no swap) is not met.
+
+    With feedback labels: 80% of the lost accuracy recovered; without any: 50%, from the
+    label-free answer. The first answer (a swap or the class-mix correction) within 30 s of
+    the detection either way, and clean accuracy at most 0.5 pt below before.
+    """
     out = []
+    share = 0.8 if labelled else 0.5
     for name in SHIFTS:
         r = results.get(name)
         if r is None or "error" in r:
@@ -154,16 +160,21 @@ def build_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         if r["accuracy"]["lost"] is not None and r["accuracy"]["lost"] >= 0.01:
             f = r["accuracy"]["recovered_fraction"]
             out.append(
-                target(f"{name}: share of the lost accuracy recovered", f, ">= 0.5", _met(f, lambda v: v >= 0.5))
+                target(f"{name}: share of the lost accuracy recovered", f, f">= {share}", _met(f, lambda v: v >= share))
             )
         s = a["detection_to_swap_s"]
         out.append(
-            target(f"{name}: detection to swap (s, {os.cpu_count()} cores)", s, "<= 300", _met(s, lambda v: v <= 300))
+            target(
+                f"{name}: detection to first answer (s, {os.cpu_count()} cores)", s, "<= 30", _met(s, lambda v: v <= 30)
+            )
         )
         drop = r["forgetting"]["clean_drop_pt"]
         out.append(
             target(
-                f"{name}: clean test accuracy drop after adaptation (pt)", drop, "<= 1", _met(drop, lambda v: v <= 1)
+                f"{name}: clean test accuracy drop after adaptation (pt)",
+                drop,
+                "<= 0.5",
+                _met(drop, lambda v: v <= 0.5),
             )
         )
     r = results.get("none")

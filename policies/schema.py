@@ -259,6 +259,11 @@ class SwapRules(_Section):
         max_forgetting: Accuracy on the original data (held-out replay samples) an adapted
             model may lose against the serving one; adaptation prefers candidates within it
             and never swaps to one beyond it.
+        min_task_accuracy: Accuracy on the service's held-out images of the task (the replay
+            buffer, or the task's test set) below which a model is refused before it serves and
+            removed from the registry. 0 turns the check off; 0.2 (twice chance, the presets)
+            refuses a model of another task or with zeroed weights and still lets one adapted
+            to shifted data serve (BN statistics of a contrast shift: about 30% on clean images).
     """
 
     section: ClassVar[str] = "swap"
@@ -267,6 +272,7 @@ class SwapRules(_Section):
     rollback_accuracy_drop: float = _option(0.02, number(gt=0, lt=1))
     rollback_latency_factor: float = _option(1.5, number(gt=1))
     max_forgetting: float = _option(0.02, number(ge=0, lt=1))
+    min_task_accuracy: float = _option(0.0, number(ge=0, lt=1))
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,7 @@ from service.runtime import OrtRuntime, RuntimeSettings
 from service.sdnotify import Notifier
 from service.store import Store
 from service.swap import Swapper
+from service.task_check import task_check
 from service.watch import InboxFile, InboxWatcher, PolicyChanged, PolicyWatcher, WatchSettings
 from service.worker import WorkerSupervisor
 
@@ -293,7 +294,10 @@ class Daemon:
             self.swapper = Swapper(
                 self.store, self.registry, self.runtime, samples=self.recent_inputs.array, pause=_pause_for_tests
             )
-            serving = self.swapper.serve_current()
+            serving = self.swapper.serve_current()  # deployed before: checked then, trusted now
+            self.runtime.task = task_check(
+                s.state_dir, lambda: self.policy.swap.min_task_accuracy, lambda: self.policy.swap.rollback_accuracy_drop
+            )
             self._event("start", f"serving {serving}" if serving else "no model deployed")
             if serving is not None:
                 self.live.begin(serving)
@@ -1026,6 +1030,13 @@ class Daemon:
             line += " (policy file rejected: see lifelong status)"
         return line
 
+    def _task_status(self) -> dict[str, Any] | None:
+        task = None if self.runtime is None else self.runtime.task
+        if task is None:
+            return None
+        return {"classes": task.num_classes, "images": task.source, "floor": self.policy.swap.min_task_accuracy,
+                "serving_accuracy": self.runtime.task_accuracy() if self.runtime is not None else None}  # fmt: skip
+
     def status_extra(self) -> dict[str, Any]:
         """What ``/v1/status`` adds to the runtime's own status."""
         assert self.store is not None
@@ -1050,6 +1061,7 @@ class Daemon:
             "inbox": {"folder": str(self.settings.inbox), **self.inbox_counts},
             "latency_probe": self.last_probe,
             "canary": self._canary_status(),
+            "task_check": self._task_status(),
             "drift": None if self.drift is None else self.drift.status(),
             "live": self._live_status(),
             "precision": self._precision_status(),

@@ -389,19 +389,39 @@ class Registry:
             for record in records:
                 if record.id in keep:
                     continue
-                trash = self.models_dir / self._tmp_name(".trash-")
-                try:
-                    os.rename(self.models_dir / record.id, trash)
-                    _fsync_dir(self.models_dir)
-                except OSError as exc:
-                    raise RegistryError(f"cannot prune model {record.id} from {self.models_dir}: {exc}") from exc
-                shutil.rmtree(trash, ignore_errors=True)
+                self._remove_folder(record.id, "prune")
                 removed.append(record.id)
                 logger.info("pruned model %s (created %.0f s ago)", record.id, now - record.created)
         finally:
             if store is not None and removed:
                 store.mark_models_removed(removed)
         return removed
+
+    def discard(self, model_id: str, store: Store | None = None) -> bool:
+        """Remove a model that was refused before it ever served (a failed task check); the
+        pointer's, the link's and the store's live and rollback models are never removed.
+        True if it was removed."""
+        protected = {self.current_id(), self._link_id()}
+        if store is not None:
+            live = store.current_deployment()
+            protected |= {live.model_id if live else None, store.previous_model()}
+        if model_id in protected or model_id not in self:
+            return False
+        self._remove_folder(model_id, "discard")
+        if store is not None:
+            store.mark_models_removed([model_id])
+        logger.info("discarded model %s: refused before it served", model_id)
+        return True
+
+    def _remove_folder(self, model_id: str, why: str) -> None:
+        """Rename the model's folder to ``.trash-*`` (atomic, durable), then delete it."""
+        trash = self.models_dir / self._tmp_name(".trash-")
+        try:
+            os.rename(self.models_dir / model_id, trash)
+            _fsync_dir(self.models_dir)
+        except OSError as exc:
+            raise RegistryError(f"cannot {why} model {model_id} from {self.models_dir}: {exc}") from exc
+        shutil.rmtree(trash, ignore_errors=True)
 
     # -- agreement with the store --------------------------------------------------------
 

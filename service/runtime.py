@@ -106,6 +106,56 @@ class RuntimeSettings:
 
 
 @dataclass(frozen=True)
+class TaskCheck:
+    """What every model must show before it serves: the task's number of classes and, on
+    held-out images of the task that the service keeps, an accuracy of at least ``floor()``
+    or within ``margin()`` of the model serving (measured on the same images).
+
+    Both are read at each check (the policy's ``swap.min_task_accuracy`` and
+    ``swap.rollback_accuracy_drop``). A model of another task, or with zeroed weights, is
+    refused with the figure; a model adapted to shifted data still passes a floor set well
+    under its clean accuracy.
+    """
+
+    num_classes: int
+    images: np.ndarray | None = None  # (N, 1, 28, 28) float32 in [0, 1]
+    labels: np.ndarray | None = None  # (N,) int64
+    floor: Callable[[], float] = lambda: 0.0
+    margin: Callable[[], float] = lambda: 0.0
+    source: str = ""
+
+    def accuracy(self, model: _LoadedModel) -> float:
+        """``model``'s accuracy on the held-out images (kept on the model)."""
+        assert self.images is not None and self.labels is not None
+        if model.task_accuracy is None:
+            logits = np.concatenate([model.run(self.images[i : i + 256])[0] for i in range(0, len(self.images), 256)])
+            model.task_accuracy = float((logits.argmax(axis=1) == self.labels).mean())
+        return model.task_accuracy
+
+    def problems(self, model: _LoadedModel, num_classes: int, serving: _LoadedModel | None) -> list[str]:
+        if num_classes != self.num_classes:
+            return [f"it has {num_classes} classes; the task has {self.num_classes}"]
+        floor = self.floor()
+        if self.images is None or self.labels is None or floor <= 0:
+            return []
+        acc = self.accuracy(model)
+        if acc >= floor:
+            return []
+        what = (
+            f"its accuracy on {len(self.labels)} held-out task images ({self.source}) is {acc:.1%}, "
+            f"below the floor of {floor:.0%} (swap.min_task_accuracy)"
+        )
+        if serving is None:
+            return [what]
+        now, margin = self.accuracy(serving), self.margin()
+        if acc >= now - margin:
+            return []  # no worse than what serves: a floor is no reason to keep a worse model
+        return [
+            f"{what} and {now - acc:.1%} below the model serving ({now:.1%}; swap.rollback_accuracy_drop {margin:g})"
+        ]
+
+
+@dataclass(frozen=True)
 class Prediction:
     """The answer to one request, all of it from the model named by ``model_id``."""
 
@@ -242,6 +292,7 @@ class _LoadedModel:
     num_classes: int = 0
     in_flight: int = 0
     logit_offset: np.ndarray | None = None  # (K,) added to every logit: a class-mix correction
+    task_accuracy: float | None = None  # on the task check's held-out images, when measured
 
 
 def _probe_batch() -> np.ndarray:
@@ -269,6 +320,7 @@ class _SwappingRuntime(Runtime):
         self._counts = {"swaps": 0, "failed_swaps": 0, "predictions": 0, "samples": 0}
         self._latencies: deque[float] = deque(maxlen=self.settings.latency_window)
         self.observer: RequestObserver | None = None  # per-model live figures (service.live); must be quick
+        self.task: TaskCheck | None = None  # checked on every model before it serves
 
     @abstractmethod
     def _open(self, model_id: str, path: str | None) -> _LoadedModel:
@@ -322,6 +374,11 @@ class _SwappingRuntime(Runtime):
                     )
             model.logit_offset = offset
             return True
+
+    def task_accuracy(self) -> float | None:
+        """The serving model's accuracy on the task check's images, if it was measured when it swapped in."""
+        model = self._current
+        return None if model is None else model.task_accuracy
 
     def logit_offset(self, model_id: str) -> np.ndarray | None:
         model = self._current
@@ -412,6 +469,8 @@ class _SwappingRuntime(Runtime):
             else:
                 got = {LOGITS_OUTPUT: logits[-len(sample) :], EMBEDDING_OUTPUT: embedding[-len(sample) :]}
                 problems += self._parity(got, expected)
+        if not problems and self.task is not None:
+            problems += self.task.problems(model, int(logits.shape[1]), self._current)
         if problems:
             raise ModelLoadError(f"model {model.model_id!r} failed validation: " + "; ".join(problems))
         model.num_classes = int(logits.shape[1])

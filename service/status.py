@@ -330,6 +330,17 @@ def format_status(doc: Mapping[str, Any]) -> str:
         line += f"\n          REJECTED edit of {policy.get('file')}, the policy above stays:"
         line += "".join(f"\n            {p.strip()}" for p in str(policy["error"]).splitlines())
     lines.append(line)
+    task = doc.get("task_check") or {}
+    if task:
+        acc = task.get("serving_accuracy")
+        measured = "" if acc is None else f"; the serving model {acc:.1%}"
+        floor = task.get("floor") or 0
+        rule = (
+            f"at least {floor:.0%} on {task.get('images')}"
+            if floor
+            else "no accuracy floor (swap.min_task_accuracy = 0)"
+        )
+        lines.append(f"task:     every model checked before it serves: {task.get('classes')} classes, {rule}{measured}")
     lines += _drift_lines(doc.get("drift"), store.get("drift_24h") or {}, now)
     lines += _adaptation_lines(doc.get("adaptation"), now)
     lines += _export_lines(doc.get("export"), now)

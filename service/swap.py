@@ -150,6 +150,7 @@ class Swapper:
             sibling = path.with_name(path.name.removesuffix(".onnx") + PARITY_SUFFIX)
             if parity is None and sibling.is_file():
                 parity = load_parity(sibling)
+        known = {r.id for r in self.registry.list()}
         try:
             record = self.registry.add(source, meta)
         except RegistryError as exc:
@@ -162,7 +163,12 @@ class Swapper:
                 )
             raise ModelLoadError(f"{what}: {detail}") from exc
         self.store.record_model(record)
-        return self.deploy_model(record.id, reason=reason, parity=parity, state=state)
+        try:
+            return self.deploy_model(record.id, reason=reason, parity=parity, state=state)
+        except ModelLoadError:
+            if record.id not in known and self.registry.discard(record.id, self.store):
+                logger.warning("model %s was refused and removed from the registry", record.id)
+            raise
 
     def deploy_model(
         self,

@@ -141,13 +141,20 @@ def _shift_result(delay, recovered, swap_s, drop, lost=0.3, errors=0):
 
 def test_targets_met_and_missed():
     results = {
-        "noise": _shift_result(300, 0.6, 120.0, 0.4),
+        "noise": _shift_result(300, 0.85, 20.0, 0.4),
         "rotation": _shift_result(None, None, None, None),  # never detected, never swapped
         "class-prior": _shift_result(450, None, 90.0, 0.2, lost=0.002),  # nothing lost: no recovery target
         "none": {"samples": 20000, "false_alarms": 0, "request_errors": 0},
     }
     t = {x["name"]: x for x in D.build_targets(results)}
     assert all(v["met"] for k, v in t.items() if k.startswith("noise")), t
+    results["noise"]["accuracy"]["recovered_fraction"] = 0.6  # enough without labels, not with them
+    t = {x["name"]: x for x in D.build_targets(results)}
+    assert not t["noise: share of the lost accuracy recovered"]["met"]
+    assert {x["name"]: x for x in D.build_targets(results, labelled=False)}[
+        "noise: share of the lost accuracy recovered"
+    ]["met"]
+    results["noise"]["accuracy"]["recovered_fraction"] = 0.85
     assert not any(v["met"] for k, v in t.items() if k.startswith("rotation"))
     assert not any("class-prior: share" in k for k in t)
     assert t["false alarms (drift episodes) in 20000 clean samples"]["met"]

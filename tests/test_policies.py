@@ -288,3 +288,32 @@ def test_policies_imports_only_the_standard_library() -> None:
     code = "import sys, policies; policies.load_preset('balanced'); print(sorted({m.split('.')[0] for m in sys.modules} & {'lifelong', 'service', 'numpy'}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_service_refuses_a_linked_foreign_or_world_writable_policy_file_and_quotes_none_of_it(tmp_path) -> None:
+    import os
+
+    from service.policy_state import PolicyState
+
+    secret = tmp_path / "secret.toml"
+    secret.write_text('password = "hunter2"\n[budgets]\nlatency_ms_p95 = "hunter3"\n')
+    link = tmp_path / "policy.toml"
+    link.symlink_to(secret)
+    state = PolicyState(link)
+    assert state.reload() is None and state.policy.name == "balanced"
+    assert "is a symbolic link" in state.error and "hunter" not in state.error
+    link.unlink()
+    link.write_text(secret.read_text())
+    assert state.reload() is None
+    assert "password" not in state.error and "hunter" not in state.error, state.error
+    assert "an unknown key in the top level" in state.error and "budgets.latency_ms_p95: expected" in state.error
+    link.write_text("[budgets\nlatency = 1\n")
+    assert state.reload() is None and state.error.endswith("not valid TOML at line 1, column 9"), state.error
+    link.write_text('format_version = 1\nname = "ok"\n')
+    os.chmod(link, 0o666)
+    assert state.reload() is None and "writable by every user (mode 0666)" in state.error
+    os.chmod(link, 0o644)
+    assert state.reload() is not None and state.error is None and state.policy.name == "ok"
+    if os.geteuid() == 0:  # only root can give a file away
+        os.chown(link, 12345, 12345)
+        assert state.reload() is None and "owned by uid 12345; expected root or the service's user" in state.error

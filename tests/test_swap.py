@@ -159,3 +159,47 @@ def test_feedback_forgets_the_oldest_predictions_beyond_its_capacity(tmp_path: P
         assert sink.label([FeedbackLabel("r3", 1, 5), FeedbackLabel("r2", 0, 6)]) == 2
         rows = store.labelled_samples(5, source="feedback")
         assert sorted((s.request_id, s.label, s.predicted) for s in rows) == [("r2", 6, 1), ("r3", 5, 2)]
+
+
+# -- the task check ------------------------------------------------------------------------------
+
+
+def test_a_model_that_does_not_fit_the_task_is_refused_with_the_figure_and_removed(
+    parts, tmp_path: Path, fashion_train, fashion_test
+) -> None:
+    """Three classes, a one-class model (zeroed weights answer alike), a good model: only the
+    last serves; the refused files leave the registry at once."""
+    import onnx
+    from onnx import numpy_helper
+    from tiny_models import write_linear_fashion
+
+    from service.runtime import TaskCheck
+
+    store, registry, runtime, swapper = parts
+    held = fashion_test.head(1000)
+    floor = {"value": 0.2}
+    runtime.task = TaskCheck(10, held.as_float(), held.y, lambda: floor["value"], lambda: 0.02, "1000 test images")
+    with pytest.raises(ModelLoadError, match=r"below the floor of 20% \(swap.min_task_accuracy\)$"):
+        swapper.deploy_file(write_classifier(tmp_path / "one.onnx", favour_class=3), reason="nothing serves yet")
+    good = write_linear_fashion(tmp_path / "good.onnx", fashion_train.x[:20_000], fashion_train.y[:20_000])
+    served = swapper.deploy_file(good, reason="a real classifier")
+    assert runtime.current_id == served.model_id
+    three = write_classifier(tmp_path / "three.onnx", num_classes=3)
+    with pytest.raises(ModelLoadError, match="it has 3 classes; the task has 10"):
+        swapper.deploy_file(three, reason="another task")
+    zeroed = onnx.load(str(good))
+    for init in zeroed.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
+    onnx.save(zeroed, str(tmp_path / "zeroed.onnx"))
+    with pytest.raises(ModelLoadError, match=r"accuracy on 1000 held-out task images \(1000 test images\) is 10\.7%, below the floor of 20% .* below the model serving"):  # fmt: skip
+        swapper.deploy_file(tmp_path / "zeroed.onnx", reason="zeroed weights")
+    assert runtime.current_id == served.model_id == registry.current_id(), "the good model serves on"
+    assert [r.id for r in registry.list()] == [served.model_id], "refused models are removed at once"
+    assert [d.state for d in store.deployment_history(4)] == ["failed", "failed", "active", "failed"]
+    floor["value"] = 0.0  # the policy turns the check off: the class count is still checked
+    with pytest.raises(ModelLoadError, match="3 classes"):
+        swapper.deploy_file(three, reason="another task again")
+    zero = swapper.deploy_file(tmp_path / "zeroed.onnx", reason="no floor")
+    floor["value"] = 0.2  # a model no worse than the one serving passes whatever the floor
+    swapper.deploy_file(tmp_path / "one.onnx", reason="as poor as what serves")
+    assert runtime.current_id not in (served.model_id, zero.model_id)
