@@ -348,6 +348,7 @@ class StatusPoller(threading.Thread):
             "drifted": {k: v.get("drifted") for k, v in (drift.get("counts") or {}).items()},
             "adaptation": doc.get("adaptation"),
             "canary": (doc.get("canary") or {}).get("model_id") if doc.get("canary") else None,
+            "drift": {"class_mix": {k: v for k, v in (drift.get("class_mix") or {}).items() if k != "history"}},
         }
         with self._lock:
             self.has_adaptation = self.has_adaptation or "adaptation" in doc

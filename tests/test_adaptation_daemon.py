@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_until
-from tiny_space import TINY_SPACE
+from tiny_space import TINY_SPACE, train_tiny_supernet
 
 from lifelong.calibration import calibration_path, load_calibration
 from lifelong.checkpoint import load_checkpoint
@@ -28,7 +28,6 @@ from lifelong.front import Front
 from lifelong.space import Precision, SearchSpace
 from lifelong.supernet import Supernet, recalibrate_bn
 from lifelong.supernet_versions import adapted_in_use, current_supernet
-from lifelong.train import TrainConfig, train_supernet
 from service.status import format_status
 from service.store import Store
 
@@ -100,10 +99,7 @@ def adapt_state(fashion_train, fashion_test, tmp_path_factory: pytest.TempPathFa
     """A state dir with a briefly trained tiny supernet, and a random-weights model serving."""
     run = short_dir("llad")
     state = run / "state"
-    torch.manual_seed(0)
-    cfg = TrainConfig(epochs=1, warmup_epochs=1, int8_epochs=0, batch_size=64, max_train_samples=1200,
-                      val_fraction=0.0, checkpoint_every=1000)  # fmt: skip
-    train_supernet(fashion_train, state / "supernet" / "supernet.pt", cfg, TINY_SPACE, progress=False)
+    train_tiny_supernet(fashion_train, state / "supernet" / "supernet.pt")
     _search_inputs(state, _sha(state / "supernet" / "supernet.pt"))
     untrained = Supernet(SearchSpace(TINY_SPACE))
     sub = untrained.get_subnet(SearchSpace(TINY_SPACE).largest(Precision(32, 32)))
@@ -227,11 +223,7 @@ def label_free_state(fashion_train, fashion_test):
     """The tiny supernet trained briefly; its largest subnet (clean BN) serves."""
     run = short_dir("llbn")
     state = run / "state"
-    torch.manual_seed(0)
-    cfg = TrainConfig(epochs=2, warmup_epochs=2, int8_epochs=0, batch_size=64, max_train_samples=3000,
-                      val_fraction=0.0, checkpoint_every=1000)  # fmt: skip
-    ckpt = state / "supernet" / "supernet.pt"
-    train_supernet(fashion_train, ckpt, cfg, TINY_SPACE, progress=False)
+    ckpt = train_tiny_supernet(fashion_train, state / "supernet" / "supernet.pt", epochs=2, samples=3000)
     model = load_checkpoint(ckpt).build()
     space = SearchSpace(TINY_SPACE)
     sub = model.get_subnet(space.largest(Precision(32, 32)))

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_until
-from tiny_space import TINY_SPACE
+from tiny_space import TINY_SPACE, train_tiny_supernet
 
 from lifelong.calibration import calibration_path, load_calibration, save_calibration
 from lifelong.errors import DataError, FormatVersionError, SpaceError
@@ -27,7 +26,6 @@ from lifelong.export_request import ExportRequest
 from lifelong.front import Front, FrontPoint
 from lifelong.space import Precision, SearchSpace
 from lifelong.supernet_versions import adapted_path, set_current
-from lifelong.train import TrainConfig, train_supernet
 from policies import Policy
 from service.front_export import FrontExport
 from service.status import format_status
@@ -141,11 +139,7 @@ def export_state(fashion_train, fashion_test):
     """A tiny supernet, a front of two of its subnets, the accurate one exported and serving."""
     run = short_dir("llfx")
     state = run / "state"
-    torch.manual_seed(0)
-    cfg = TrainConfig(epochs=1, warmup_epochs=1, int8_epochs=0, batch_size=64, max_train_samples=1200,
-                      val_fraction=0.0, checkpoint_every=1000)  # fmt: skip
-    ckpt = state / "supernet" / "supernet.pt"
-    train_supernet(fashion_train, ckpt, cfg, TINY_SPACE, progress=False)
+    ckpt = train_tiny_supernet(fashion_train, state / "supernet" / "supernet.pt")
     space = SearchSpace(TINY_SPACE)
     big, small = space.largest(Precision(8, 8)), space.smallest(Precision(8, 8))
     report = export_from_checkpoint(

@@ -7,9 +7,12 @@ downsampling, pools, hidden widths, precisions) is present.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from lifelong.data import ArrayDataset
 from lifelong.space import SpaceConfig, StageSpec
 
-__all__ = ["SMALL_SPACE", "TINY_SPACE"]
+__all__ = ["SMALL_SPACE", "TINY_SPACE", "train_tiny_supernet"]
 
 TINY_SPACE = SpaceConfig(
     stages=(StageSpec((8, 16), (1, 2)), StageSpec((16, 24), (1, 2))),
@@ -23,3 +26,16 @@ SMALL_SPACE = SpaceConfig(
 )
 """A space holding the tutorial CNN (``c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8``) and every
 kind of choice, whose largest subnet has a sixth of the default one's MACs: the export tests."""
+
+
+def train_tiny_supernet(train: ArrayDataset, out: Path, *, epochs: int = 1, samples: int = 1200) -> Path:
+    """A briefly trained supernet of :data:`TINY_SPACE` at ``out`` (seconds; full precision only)."""
+    import torch
+
+    from lifelong.train import TrainConfig, train_supernet
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=epochs, warmup_epochs=epochs, int8_epochs=0, batch_size=64, max_train_samples=samples,
+                      val_fraction=0.0, checkpoint_every=1000)  # fmt: skip
+    train_supernet(train, out, cfg, TINY_SPACE, progress=False)
+    return out
