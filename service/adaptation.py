@@ -123,6 +123,10 @@ def _over_budget(cand: Mapping[str, Any], policy: Policy) -> SwapDecision | None
 LABEL_FREE_MARGIN = 0.05
 """How much closer (total variation) to the reference class mix a label-free candidate's
 answers must be than the serving model's."""
+LABEL_FREE_SLOWER = 1.25
+"""A label-free candidate (the serving subnet with other BN statistics) slower than this factor
+times the serving model, both timed in the same job, is refused; within it, the latency budget
+is not checked again (the serving model passed it; timings on a busy device are not)."""
 COLLAPSE_SHARE = 0.5
 """A label-free candidate that puts more than this share of local images in one class has collapsed."""
 
@@ -145,9 +149,19 @@ def decide_label_free(result: Mapping[str, Any], policy: Policy) -> SwapDecision
     cand, serving = result.get("candidate"), result.get("serving") or {}
     if not cand:
         return SwapDecision(False, "the label-free adaptation produced no candidate")
-    over = _over_budget(cand, policy)
-    if over is not None:
-        return over
+    batch, b = str(policy.target.batch), policy.budgets
+    if b.model_bytes is not None and cand.get("bytes", 0) > b.model_bytes:
+        return SwapDecision(False, f"the candidate has {cand['bytes']} bytes, over the budget of {b.model_bytes}")
+    ours, theirs = (cand.get("latency_ms") or {}).get(batch), (serving.get("latency_ms") or {}).get(batch)
+    if ours is not None and theirs is not None:
+        # the serving subnet with other statistics, timed beside it: judged against it, not against
+        # the budget (a busy device makes both slow; the serving model's budget is the drift monitor's)
+        if ours > LABEL_FREE_SLOWER * theirs:
+            return SwapDecision(False, f"label-free candidate takes {ours:.3f} ms at batch {batch}, over {LABEL_FREE_SLOWER:g}x the serving model's {theirs:.3f} ms measured beside it")  # fmt: skip
+    else:
+        over = _over_budget(cand, policy)
+        if over is not None:
+            return over
     n = (result.get("samples") or {}).get("unlabelled")
     ref = result.get("reference_mix")
     cap = max(COLLAPSE_SHARE, max(ref) if ref else 0.0)

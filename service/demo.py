@@ -463,7 +463,8 @@ class _Demo:
         supported = bool(self.last_status and "adaptation" in self.last_status)
         limit = s.timeout if supported else min(s.timeout, NO_ADAPTATION_WAIT_S)
         with self.runner.step(
-            f"wait for the adaptation: fine-tune, re-search, validate, swap (at most {limit:.0f} s)"
+            f"wait for the first answer: BN statistics of the new data (no labels needed), or fine-tune, "
+            f"re-search, validate, swap once labels are in (at most {limit:.0f} s)"
         ) as note:
             t0 = time.monotonic()
             known = set(self.names)

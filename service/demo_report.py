@@ -35,7 +35,7 @@ PHASES = (
     ("shifted", "after the shift, before adaptation"),
     ("adapted", "after adaptation"),
     ("preference", "after the preference change"),
-    ("re-exported", "after the budget was relaxed again (a model exported from the adapted supernet)"),
+    ("re-exported", "after the budget was relaxed again (a model exported from the supernet in use)"),
 )
 """The demo's phases, in order, with the words the report uses for them."""
 
@@ -344,7 +344,7 @@ def format_summary(doc: Mapping[str, Any]) -> list[str]:
         lines.append(f"  preference change answered by a swap in {ms['preference_swap_s']} s")
     if "export_swap_s" in ms:
         lines.append(
-            f"  budget relaxed after the adaptation: exported from the adapted supernet and swapped in {ms['export_swap_s']} s"
+            f"  budget relaxed after the adaptation: exported from the supernet in use and swapped in {ms['export_swap_s']} s"
         )
     lines += [f"  note: {n}" for n in doc.get("notes") or []]
     return lines

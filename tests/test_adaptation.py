@@ -162,6 +162,33 @@ def test_the_swap_decision_follows_the_policy() -> None:
     assert not decide_swap({"candidate": None}, policy).swap
 
 
+def _label_free(cand_mix: list[float], serving_mix: list[float], cand_ms: float = 0.5, serving_ms: float = 0.5) -> dict:
+    def figures(mix: list[float], ms: float) -> dict:
+        return {"subnet": "s", "mix": mix, "largest_share": max(mix), "bytes": 1000, "latency_ms": {"1": ms}}
+
+    ref = [0.1] * 10
+    return {"mode": "bn", "samples": {"unlabelled": 500}, "reference_mix": ref,
+            "candidate": figures(cand_mix, cand_ms), "serving": figures(serving_mix, serving_ms)}  # fmt: skip
+
+
+def test_the_label_free_decision_wants_answers_spread_like_the_reference_and_no_slower_than_serving() -> None:
+    policy = Policy(budgets=Budgets(latency_ms_p95=0.1, model_bytes=5000))
+    collapsed = [0.55] + [0.05] * 9
+    spread = [0.12, 0.08] * 5
+    good = decide_swap(_label_free(spread, collapsed, cand_ms=0.2, serving_ms=0.19), policy)
+    assert good.swap and good.reason.startswith("label-free: BN statistics re-estimated on 500 local images"), good
+    assert "class mix 0.10 from the reference vs 0.45 serving" in good.reason
+    # over the 0.1 ms budget as timed on a busy device, like the serving model beside it: not the candidate's fault
+    slow = decide_swap(_label_free(spread, collapsed, cand_ms=0.3, serving_ms=0.19), policy)
+    assert not slow.swap and "over 1.25x the serving model's 0.190 ms" in slow.reason
+    worse = decide_swap(_label_free(collapsed, spread), Policy())
+    assert not worse.swap and "collapsed" in worse.reason
+    same = decide_swap(_label_free(spread, [0.08, 0.12] * 5), Policy())
+    assert not same.swap and "not closer by 0.05" in same.reason
+    big = decide_swap(_label_free(spread, collapsed) | {"candidate": _label_free(spread, collapsed)["candidate"] | {"bytes": 9000}}, policy)  # fmt: skip
+    assert not big.swap and "over the budget of 5000" in big.reason
+
+
 # -- fine-tuning ---------------------------------------------------------------------------------
 
 

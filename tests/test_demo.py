@@ -281,9 +281,9 @@ def test_report_has_the_accuracy_of_every_phase_the_timeline_and_what_did_not_ha
         "  accuracy after the shift, before adaptation: 61.0% on 1000 samples",
         "  accuracy after adaptation: -",
         "  accuracy after the preference change: -",
-        "  accuracy after the budget was relaxed again (a model exported from the adapted supernet): -",
+        "  accuracy after the budget was relaxed again (a model exported from the supernet in use): -",
         "  drift detected 4.0 s after the shift",
-        "  budget relaxed after the adaptation: exported from the adapted supernet and swapped in 7.5 s",
+        "  budget relaxed after the adaptation: exported from the supernet in use and swapped in 7.5 s",
         "  note: no adaptation within 30 s",
     ]
     js, mdp = write_report(doc, tmp_path / "demo")
