@@ -175,6 +175,7 @@ def run_bn_adaptation(request: AdaptRequest, policy: Policy, progress: Progress 
         "mode": "bn",
         "trigger": req.trigger,
         "samples": {"unlabelled": int(len(x))},
+        "unlabelled": req.unlabelled,
         "reference_mix": None if req.reference_mix is None else list(req.reference_mix),
         "serving": serving_figures,
         "candidate": candidate,

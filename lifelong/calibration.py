@@ -25,6 +25,18 @@ CALIBRATION_FORMAT = 1
 _KIND = "lifelong-calibration"
 
 
+DOMAIN_CALIBRATION = "domain.calib.npz"
+"""In the supernet folder: the images of the data served now, kept by a label-free answer
+(BN statistics re-estimated on them). Exports calibrate on them while they are there, so a
+model exported later carries the statistics of the data it will serve, not of the training
+data; a labelled adaptation (which brings its own) removes them."""
+
+
+def domain_calibration(folder: str | os.PathLike[str]) -> Path:
+    """Where the served data's calibration images are kept in the supernet folder ``folder``."""
+    return Path(folder) / DOMAIN_CALIBRATION
+
+
 def calibration_path(version: str | os.PathLike[str]) -> Path:
     """Where the calibration images of the supernet version file ``version`` are kept."""
     version = Path(version)

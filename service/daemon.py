@@ -91,6 +91,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from lifelong.calibration import domain_calibration, save_calibration
 from lifelong.drift import DriftDecision
 from lifelong.drift_signals import preference_drift
 from lifelong.errors import LifelongError
@@ -722,7 +725,15 @@ class Daemon:
         return answer_preference(
             self.fronts.get(), policy, store=self.store, registry=self.registry,
             serving=self.runtime.current_id, front_error=self.fronts.error, adapted_sha=self._adapted_sha(),
+            domain_since=self._domain_since(),
         )  # fmt: skip
+
+    def _domain_since(self) -> float | None:
+        """When a label-free answer kept the served data's images for exports, or None."""
+        try:
+            return domain_calibration(self.settings.state_dir / "supernet").stat().st_mtime
+        except OSError:
+            return None
 
     def _adapted_sha(self) -> str | None:
         """The adapted supernet in use (its content hash), or None while the original is."""
@@ -771,12 +782,26 @@ class Daemon:
             else:
                 outcome = "swapped"
                 if cand.get("checkpoint"):  # a label-free answer has none: the supernet did not change
+                    domain_calibration(self.adaptation.supernet_dir()).unlink(missing_ok=True)
                     self._use_adapted_supernet(cand["checkpoint"], reason, result)
+                else:
+                    self._keep_domain_images(result)
                 for kind in ("data", "label", "accuracy"):
                     self.drift.clear_needed(kind)
         self.adaptation.record_outcome(outcome, reason, result)
         serving = "" if self.runtime is None else f"; {self.runtime.current_id} serves"
         self._event("adapt", f"adaptation {outcome}: {reason}{serving}")
+
+    def _keep_domain_images(self, result: dict[str, Any]) -> None:
+        """A label-free answer swapped: later exports calibrate on the images it was made from."""
+        assert self.adaptation is not None
+        path = result.get("unlabelled")
+        try:
+            with np.load(str(path), allow_pickle=False) as z:
+                x = z["x"][:, None].astype(np.float32) / np.float32(255.0)
+            save_calibration(domain_calibration(self.adaptation.supernet_dir()), x, source=f"label-free answer: {path}")
+        except (OSError, KeyError, ValueError, LifelongError) as exc:
+            self._event("adapt", f"the label-free answer's images could not be kept for later exports: {exc}")
 
     def _use_adapted_supernet(self, checkpoint: str, reason: str, result: dict[str, Any]) -> None:
         """The adapted supernet is the one the service uses from now on, with its front."""

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lifelong.calibration import calibration_path
+from lifelong.calibration import calibration_path, domain_calibration
 from lifelong.errors import DataError, LifelongError
 from lifelong.export_request import ExportRequest
 from lifelong.supernet_versions import adapted_in_use, current_supernet
@@ -191,7 +191,9 @@ class FrontExport:
         if not checkpoint.is_file():
             return self._refuse(wish, f"no supernet at {checkpoint} to export from: train one (`lifelong train`)")
         calibration = None
-        if version is not None:
+        if domain_calibration(folder).is_file():  # a label-free answer: the statistics of the data served now
+            calibration = domain_calibration(folder)
+        elif version is not None:
             calibration = calibration_path(checkpoint)
             if not calibration.is_file():
                 return self._refuse(

@@ -117,11 +117,22 @@ def _front_checkpoint(front: Front) -> str | None:
 
 
 def find_exported(
-    store: Store, registry: Registry, subnet: str, checkpoint_sha: str | None = None, *, strict: bool = False
+    store: Store,
+    registry: Registry,
+    subnet: str,
+    checkpoint_sha: str | None = None,
+    *,
+    strict: bool = False,
+    since: float | None = None,
 ) -> str | None:
     """The id of a registered model of ``subnet``, newest first: from ``checkpoint_sha`` if there
-    is one, else (unless ``strict``) from any checkpoint."""
-    found = [m for m in store.list_models() if m.subnet == subnet and m.id in registry]
+    is one, else (unless ``strict``) from any checkpoint; only models registered after ``since``
+    when given."""
+    found = [
+        m
+        for m in store.list_models()
+        if m.subnet == subnet and m.id in registry and (since is None or m.created > since)
+    ]
     same = [m for m in found if checkpoint_sha is not None and m.checkpoint_sha == checkpoint_sha]
     if strict:
         return same[0].id if same else None
@@ -147,12 +158,16 @@ def answer_preference(
     serving: str | None,
     front_error: str | None = None,
     adapted_sha: str | None = None,
+    domain_since: float | None = None,
 ) -> PreferenceAnswer:
     """Choose from ``front`` for ``policy`` and say whether that choice can be deployed now.
 
     ``adapted_sha``: the adapted supernet in use, if the service adapted: only a model
     exported from it may be deployed; one from the original supernet would throw away what
-    the adaptation learnt, so the choice is then "export needed".
+    the adaptation learnt, so the choice is then "export needed". ``domain_since``: when a
+    label-free answer kept the served data's images for exports
+    (:data:`~lifelong.calibration.DOMAIN_CALIBRATION`): only models registered after it carry
+    that data's BN statistics.
     """
     if front is None:
         return PreferenceAnswer("no-front", f"{front_error or 'no cached front'}; a search is needed")
@@ -170,11 +185,13 @@ def answer_preference(
     if record is not None and record.subnet == point.subnet:
         return PreferenceAnswer("serving", f"{desc}: it serves already ({serving})", point.subnet, serving, figures)
     if adapted_sha is not None:
-        model_id = find_exported(store, registry, point.subnet, adapted_sha, strict=True)
+        model_id = find_exported(store, registry, point.subnet, adapted_sha, strict=True, since=domain_since)
         never = "it was never exported from the adapted supernet in use"
     else:
-        model_id = find_exported(store, registry, point.subnet, _front_checkpoint(front))
+        model_id = find_exported(store, registry, point.subnet, _front_checkpoint(front), since=domain_since)
         never = "it was never exported"
+    if domain_since is not None:
+        never += " with the BN statistics of the data served now (a label-free answer changed them)"
     if model_id is None:
         return PreferenceAnswer(
             "export-needed", f"{desc}: {never}; export (or re-search) needed", point.subnet, None, figures

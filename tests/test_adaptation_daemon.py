@@ -269,6 +269,8 @@ def test_data_drift_gets_a_label_free_answer_from_unlabelled_samples_within_seco
             time.sleep(0.005)
         status = c.status()
         adapted = status["model"]
+        domain = load_calibration(state / "supernet" / "domain.calib.npz")  # what later exports calibrate on
+        assert domain.shape == (200, 1, 28, 28) and abs(float(domain.mean()) - float(shifted_x.mean()) / 255) < 0.05
         # the data goes back: the adapted model's own reference is shifted data, so clean data
         # is a drift too, and the same answer brings clean statistics back
         back_x = fashion_test.x[order[3200:4400]]

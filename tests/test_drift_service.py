@@ -333,6 +333,9 @@ def test_environment_drift_is_answered_from_the_front_with_the_budget_tightened_
         assert same.action == "serving", "a slowdown the budget absorbs changes nothing"
         answer = answer_preference(front, tight, store=store, registry=registry, serving=accurate)
         assert (answer.action, answer.model_id) == ("deploy", fast)
+        # after a label-free answer kept the served data's images, an older export lacks their statistics
+        later = answer_preference(front, tight, store=store, registry=registry, serving=accurate, domain_since=time.time())  # fmt: skip
+        assert later.action == "export-needed" and "BN statistics of the data served now" in later.reason
     finally:
         store.close()
 
