@@ -331,6 +331,7 @@ class Adaptation:
         *,
         served: int = 0,
         recent_images: Callable[[int], Any] | None = None,
+        recall: Callable[[Any], str | None] | None = None,
     ) -> str | None:
         """Start the pending adaptation if enough labels arrived, or its label-free answer once
         enough samples were served (on the loop); returns an event message.
@@ -338,6 +339,8 @@ class Adaptation:
         Args:
             served: Samples served so far (the drift feed's count).
             recent_images: The newest ``n`` served images, uint8 ``(n, 28, 28)`` (or fewer, or None).
+            recall: Given those images, deploys a model that served data like them before and
+                says so (the daemon's domain memory), or returns None; tried before a worker.
         """
         p = self.pending
         if p is None or self.running:
@@ -351,6 +354,9 @@ class Adaptation:
             if images is None or len(images) < lf.samples // 2:
                 return f"label-free answer dropped: only {0 if images is None else len(images)} recent images kept"
             self._label_free_tried.add(lf.model_id)
+            recalled = None if recall is None else recall(images)
+            if recalled is not None:
+                return recalled
             return self._start_label_free(policy, p.trigger, images, lf, serving, serving_path)
         a = policy.adaptation
         have = self.store.count_labelled(since=p.since)

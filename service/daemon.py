@@ -151,6 +151,11 @@ __all__ = ["CANARY_CHECK_JOB", "CANARY_CHECK_S", "DRIFT_CHECK_JOB", "Daemon", "D
 
 logger = logging.getLogger(__name__)
 
+RECALL_MODELS = 3
+"""Earlier models the domain memory compares the served data with (the newest deployed)."""
+RECALL_LEVEL = 0.01
+"""KS (Simes) p-value at or above which the served data matches an earlier model's reference."""
+
 CANARY_CHECK_JOB = "canary-check"
 ADAPT_JOB = "adaptation"
 CANARY_CHECK_S = 0.5
@@ -761,6 +766,7 @@ class Daemon:
             path,
             served=self.drift_feed.counts["samples"],
             recent_images=None if feedback is None else lambda n: feedback.recent_images(n, serving_id),
+            recall=self._recall,
         )
         if message is not None:
             self._event("adapt", message)
@@ -791,6 +797,41 @@ class Daemon:
         self.adaptation.record_outcome(outcome, reason, result)
         serving = "" if self.runtime is None else f"; {self.runtime.current_id} serves"
         self._event("adapt", f"adaptation {outcome}: {reason}{serving}")
+
+    def _recall(self, images: np.ndarray) -> str | None:
+        """Domain memory: deploy the newest earlier model whose kept drift reference the served
+        images match (its own embeddings of them, per-dimension KS with Simes, p >= 0.01): the
+        data went back to what it served. A message if one was deployed, else None."""
+        assert self.store is not None and self.registry is not None and self.runtime is not None
+        assert self.drift is not None
+        serving = self.runtime.current_id
+        seen: set[str] = {serving} if serving else set()
+        for dep in self.store.deployment_history(30):
+            mid = dep.model_id
+            if mid in seen or len(seen) > RECALL_MODELS:
+                continue
+            seen.add(mid)
+            kept = self.drift.references.load(mid, 2) if mid in self.registry else None
+            if kept is None:
+                continue
+            try:
+                p = self.runtime.embedding_match(self.registry.path(mid), images, kept[0])
+            except LifelongError as exc:
+                logger.warning("domain memory: %s cannot be compared: %s", mid, exc)
+                continue
+            if p < RECALL_LEVEL:
+                continue
+            reason = (
+                f"domain memory: the {len(images)} samples served since the drift look like the data {mid} "
+                f"served (KS on its embeddings, p {p:.2g})"
+            )
+            try:
+                self._deploy(model=mid, reason=reason, judge="errors")
+            except LifelongError as exc:
+                return f"{reason}; its deploy was refused: {exc}"
+            domain_calibration(self.settings.state_dir / "supernet").unlink(missing_ok=True)
+            return f"{reason}: it serves again"
+        return None
 
     def _keep_domain_images(self, result: dict[str, Any]) -> None:
         """A label-free answer swapped: later exports calibrate on the images it was made from."""

@@ -375,6 +375,21 @@ class _SwappingRuntime(Runtime):
             model.logit_offset = offset
             return True
 
+    def embedding_match(self, path: str | PathLike[str], images: np.ndarray, reference: np.ndarray) -> float:
+        """How well ``images`` (uint8 ``(N, 28, 28)``) look like ``reference``, the kept drift
+        reference of the model at ``path``: that model's embeddings of them against it, per
+        dimension KS combined by Simes; the p-value. The model is opened for this call only."""
+        from lifelong.drift_stats import ks_2samp, simes_p
+
+        model = self._open(Path(path).parent.name, str(path))
+        x = as_model_input(images)
+        emb = np.concatenate([model.run(x[i : i + 256])[1] for i in range(0, len(x), 256)])
+        if emb.ndim != 2 or emb.shape[1] != reference.shape[1]:
+            raise ModelLoadError(
+                f"embeddings of width {emb.shape[1:]} against a reference of width {reference.shape[1]}"
+            )
+        return simes_p(ks_2samp(reference, emb)[1])
+
     def task_accuracy(self) -> float | None:
         """The serving model's accuracy on the task check's images, if it was measured when it swapped in."""
         model = self._current

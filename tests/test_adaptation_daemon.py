@@ -302,7 +302,7 @@ def test_data_drift_gets_a_label_free_answer_from_unlabelled_samples_within_seco
     assert status["model"] != serving and failures == [], failures[:5]
     assert detected_at is not None and swapped_at - detected_at < 60, "detection to swap"
     # the label-free model is right more often on the shifted data, though no label was used
-    bn_dir, back_dir = sorted((state / "adapt").glob("adapt-bn-*"))  # the answer to the shift, and the way back
+    (bn_dir,) = sorted((state / "adapt").glob("adapt-bn-*"))  # the answer to the shift; the way back needs none
     acc = {}
     for name, path in (("serving", serving_path), ("candidate", bn_dir / "candidate.onnx")):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -311,15 +311,19 @@ def test_data_drift_gets_a_label_free_answer_from_unlabelled_samples_within_seco
     assert acc["candidate"] >= acc["serving"] + 0.05, acc
     assert status["adaptation"]["pending"] is not None, "the labelled answer still waits for labels"
     assert "labelled local samples" in status["adaptation"]["pending"]["waiting_for"]
-    # the way back: a third model, with the clean data's statistics, about as good on clean data as the original
-    assert back["model"] not in (adapted, serving), [e["message"] for e in back["events"]][:12]
+    # the way back: the domain memory finds that the clean data looks like what the original
+    # model served (its kept drift reference) and deploys it again, without a worker
+    back_events = [e["message"] for e in back["events"]]
+    assert back["model"] == serving, back_events[:12]
+    assert any("domain memory: the 200 samples served since the drift look like the data" in m for m in back_events), back_events[:12]  # fmt: skip
+    assert not (state / "supernet" / "domain.calib.npz").exists(), "exports calibrate on the training data again"
     clean_x, clean_y = fashion_test.x[order[4400:6400]], fashion_test.y[order[4400:6400]]
-    for name, path in (("original", serving_path), ("shifted", bn_dir / "candidate.onnx"), ("back", back_dir / "candidate.onnx")):  # fmt: skip
+    for name, path in (("original", serving_path), ("shifted", bn_dir / "candidate.onnx")):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         logits = session.run(["logits"], {"image": clean_x[:, None].astype(np.float32) / 255})[0]
         acc[f"clean_{name}"] = float((logits.argmax(1) == clean_y).mean())
     print(f"label-free accuracies: {acc}")
-    assert acc["clean_back"] >= acc["clean_original"] - 0.03 and acc["clean_back"] > acc["clean_shifted"], acc
+    assert acc["clean_original"] > acc["clean_shifted"] + 0.2, acc
     text = format_status(status)
     assert "adapt:    pending since" in text and "waiting for labelled local samples" in text, text
     assert "last swapped" in text and "label-free: BN statistics re-estimated" in text, text
