@@ -23,8 +23,11 @@ The three rules, each conservative so that noise does not roll a good model back
   use distribution-free confidence bounds from order statistics: the rule fires when the
   canary's 95% *lower* bound of its p95 exceeds the factor times the baseline's 95% *upper*
   bound of its p95. A live baseline therefore needs at least 59 requests at that batch size
-  (:data:`MIN_BASELINE_REQUESTS`; fewer cannot bound a p95 at 95%); when it has fewer, the
-  latest latency probe's p95 from the store stands in, taken as is.
+  (:data:`MIN_BASELINE_REQUESTS`; fewer cannot bound a p95 at 95%). When it has fewer, the
+  replaced model is timed beside the new one right after the swap, interleaved, under the
+  traffic of that moment (:func:`paired_baseline`): an idle probe once stood in and rolled a
+  good model back, its p95 taken on a quiet machine and compared with one under load. Only
+  where that timing fails does the latest probe's p95 from the store stand in.
 - *Accuracy*: canary accuracy on feedback labels < baseline accuracy -
   ``rollback_accuracy_drop``, once both have at least :data:`MIN_LABELS` labels (10), and
   only if the drop is significant: a one-sided two-proportion z-test against that margin at
@@ -46,7 +49,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -74,6 +77,7 @@ __all__ = [
     "make_baseline",
     "quantile_bounds",
     "store_accuracy",
+    "paired_baseline",
     "store_probe_p95",
 ]
 
@@ -159,7 +163,7 @@ class LatencyRef:
         upper_ms: What the canary is held against: the 95% upper bound of that p95 for a
             live window, the p95 itself for a latency probe read from the store.
         requests: Requests the figure rests on (0 for a probe).
-        source: ``"live"`` or ``"probe"``.
+        source: ``"live"``, ``"paired"`` (timed beside the new model after the swap) or ``"probe"``.
     """
 
     p95_ms: float
@@ -283,6 +287,19 @@ def make_baseline(
     )
 
 
+def paired_baseline(baseline: Baseline, batch: int, old_ms: Sequence[float]) -> Baseline:
+    """``baseline`` with its latency at ``batch`` replaced by the replaced model's timings taken
+    beside the new one (``old_ms``), where it had no live figure there; unchanged otherwise."""
+    ref = baseline.latency.get(batch)
+    if (ref is not None and ref.source == "live") or len(old_ms) < MIN_BASELINE_REQUESTS:
+        return baseline
+    _, upper = quantile_bounds(old_ms)
+    if upper is None:
+        return baseline
+    paired = LatencyRef(float(np.percentile(old_ms, 95)), float(upper), len(old_ms), "paired")
+    return replace(baseline, latency={**baseline.latency, batch: paired})
+
+
 def store_accuracy(store: Store, model_id: str, limit: int) -> tuple[int, int]:
     """``(labelled, correct)`` over the model's last ``limit`` feedback labels in the store."""
     rows = [s for s in store.labelled_samples(limit, source="feedback", model_id=model_id) if s.predicted is not None]
@@ -336,7 +353,9 @@ def _latency(rules: SwapRules, baseline: Baseline, canary: LiveFigures) -> Check
     lower, _ = quantile_bounds(values)
     assert lower is not None, "a lower bound of the p95 exists from one value on"
     base = f"baseline p95 {ref.p95_ms:.3g} ms" + (
-        f", bound {ref.upper_ms:.3g} ms" if ref.source == "live" else " (probe)"
+        f", bound {ref.upper_ms:.3g} ms" + ("" if ref.source == "live" else f" ({ref.source})")
+        if ref.source != "probe"
+        else " (probe)"
     )
     if lower > threshold:
         return Check(

@@ -121,6 +121,7 @@ from service.canary import (
     CanaryWatch,
     decide,
     make_baseline,
+    paired_baseline,
     store_accuracy,
     store_probe_p95,
 )
@@ -438,6 +439,7 @@ class Daemon:
             self.canary = None
             watched = ""
             if baseline is not None and result.deployment is not None and result.deployment.state == "canary":
+                baseline = self._paired(baseline) if judge == "all" else baseline
                 self.canary = CanaryWatch(result.deployment.id, result.model_id, baseline)
                 window = self.policy.swap.canary_window
                 out["canary"] = {"window": window, "baseline": baseline.model_id}
@@ -445,6 +447,31 @@ class Daemon:
             self._event("deploy", f"{result.model_id} serves (was {result.previous_id}): {reason}{watched}")
             self.notifier.status(self.status_line())
         return out
+
+    def _paired(self, baseline: Baseline) -> Baseline:
+        """The replaced model timed beside the new one now, where it had no live latency figure."""
+        assert self.runtime is not None and self.registry is not None
+        batch = self.policy.target.batch
+        ref = baseline.latency.get(batch)
+        if (
+            baseline.model_id is None
+            or (ref is not None and ref.source == "live")
+            or baseline.model_id not in self.registry
+        ):
+            return baseline
+        recent = self.recent_inputs.array()
+        x = recent[-batch:] if recent is not None and len(recent) >= batch else np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)  # fmt: skip
+        try:
+            old_ms, new_ms = self.runtime.paired_latency(self.registry.path(baseline.model_id), x)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own errors: the store's probe stands in
+            logger.warning("the replaced model could not be timed beside the new one: %s", exc)
+            return baseline
+        logger.info(
+            "canary baseline: %s p95 %.3g ms beside %s p95 %.3g ms (batch %d, %d rounds, same load)",
+            baseline.model_id, float(np.percentile(old_ms, 95)), self.runtime.current_id,
+            float(np.percentile(new_ms, 95)), batch, len(old_ms),
+        )  # fmt: skip
+        return paired_baseline(baseline, batch, old_ms)
 
     def _rollback(self, reason: str | None = None) -> dict[str, Any]:
         return self._roll_back(reason or "rollback by command", kind="rollback")

@@ -375,6 +375,26 @@ class _SwappingRuntime(Runtime):
             model.logit_offset = offset
             return True
 
+    def paired_latency(
+        self, path: str | PathLike[str], batch: np.ndarray, rounds: int = 60
+    ) -> tuple[list[float], list[float]]:
+        """Milliseconds of ``rounds`` runs of ``batch`` on the model at ``path`` and on the model
+        serving, interleaved (one of each per round): both under the same load. The other model
+        is opened for this call only; requests keep being served meanwhile."""
+        other = self._open(Path(path).parent.name, str(path))
+        serving = self._current
+        if serving is None:
+            raise NoModelError("no model serves to time beside the other one")
+        x = as_model_input(batch)
+        other.run(x), serving.run(x)  # first runs allocate
+        theirs, ours = [], []
+        for _ in range(rounds):
+            for model, out in ((other, theirs), (serving, ours)):
+                t = time.perf_counter()
+                model.run(x)
+                out.append((time.perf_counter() - t) * 1e3)
+        return theirs, ours
+
     def embedding_match(self, path: str | PathLike[str], images: np.ndarray, reference: np.ndarray) -> float:
         """How well ``images`` (uint8 ``(N, 28, 28)``) look like ``reference``, the kept drift
         reference of the model at ``path``: that model's embeddings of them against it, per

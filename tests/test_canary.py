@@ -25,6 +25,7 @@ from service.canary import (
     binom_cdf,
     decide,
     make_baseline,
+    paired_baseline,
     quantile_bounds,
 )
 from service.errors import InferenceError
@@ -383,3 +384,31 @@ def test_a_canary_left_by_a_stop_is_watched_again_at_start(daemon, models) -> No
         assert event(again, "canary-promoted")["message"].startswith(f"{new} is active")
     finally:
         again.close()
+
+
+def test_a_replaced_model_without_live_figures_is_timed_beside_the_new_one_not_taken_from_an_idle_probe(
+    tmp_path,
+) -> None:
+    """The idle probe said 0.2 ms; under load both models are slower: the paired timing is the baseline."""
+    from service.registry import Registry
+    from service.runtime import OrtRuntime
+
+    registry = Registry(tmp_path)
+    slow = registry.add(write_classifier(tmp_path / "slow.onnx", slow_matmuls=4, slow_size=128)).id
+    fast = registry.add(write_classifier(tmp_path / "fast.onnx")).id
+    runtime = OrtRuntime(RuntimeSettings(warmup_runs=0, intra_op_threads=1))
+    runtime.swap(fast, registry.path(fast))
+    x = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    old_ms, new_ms = runtime.paired_latency(registry.path(slow), x, rounds=60)
+    assert len(old_ms) == len(new_ms) == 60 and np.median(old_ms) > np.median(new_ms), (
+        np.median(old_ms),
+        np.median(new_ms),
+    )
+    probe_only = make_baseline(slow, probes={1: 0.2})
+    assert probe_only.latency[1].source == "probe"
+    paired = paired_baseline(probe_only, 1, old_ms)
+    assert paired.latency[1].source == "paired" and paired.latency[1].requests == 60
+    assert paired.latency[1].p95_ms == pytest.approx(float(np.percentile(old_ms, 95)))
+    assert paired_baseline(probe_only, 1, old_ms[:10]) is probe_only, "too few rounds to bound a p95"
+    live = make_baseline(slow, LiveFigures(slow, 0.0, 80, 0, None, {1: tuple([0.5] * 80)}))
+    assert paired_baseline(live, 1, old_ms) is live, "a live figure of its own traffic is kept"
