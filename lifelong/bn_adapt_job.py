@@ -48,6 +48,7 @@ from lifelong.checkpoint import file_sha256, load_checkpoint
 from lifelong.errors import DataError, SpaceError
 from lifelong.evaluate import predict_logits
 from lifelong.export import export_subnet, onnx_session, run_onnx
+from lifelong.priors import softmax
 from lifelong.supernet import recalibrate_bn
 from lifelong.versioned import write_json_atomic
 from policies import Policy
@@ -66,9 +67,7 @@ Progress = Callable[[float, str, str], None]
 def class_mix_figures(logits: np.ndarray) -> dict[str, Any]:
     """What a model's answers on unlabelled images say: predicted-class shares, the largest
     share, mean top-1 probability and mean entropy."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
+    p = softmax(logits)
     mix = np.bincount(logits.argmax(axis=1), minlength=logits.shape[1]) / len(logits)
     entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1)
     return {

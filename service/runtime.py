@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from lifelong.model_format import (
 )
 from lifelong.model_format import MODEL_FORMAT as SUPPORTED_MODEL_FORMAT  # reads better beside a model's own
 from service.errors import InferenceError, ModelLoadError, NoModelError, RequestError
+
+if TYPE_CHECKING:
+    from service.task_check import TaskCheck
 
 __all__ = [
     "MemoryRuntime",
@@ -103,56 +106,6 @@ class RuntimeSettings:
         for name in ("parity_atol", "parity_rtol"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"RuntimeSettings.{name}={getattr(self, name)!r}; expected a number >= 0")
-
-
-@dataclass(frozen=True)
-class TaskCheck:
-    """What every model must show before it serves: the task's number of classes and, on
-    held-out images of the task that the service keeps, an accuracy of at least ``floor()``
-    or within ``margin()`` of the model serving (measured on the same images).
-
-    Both are read at each check (the policy's ``swap.min_task_accuracy`` and
-    ``swap.rollback_accuracy_drop``). A model of another task, or with zeroed weights, is
-    refused with the figure; a model adapted to shifted data still passes a floor set well
-    under its clean accuracy.
-    """
-
-    num_classes: int
-    images: np.ndarray | None = None  # (N, 1, 28, 28) float32 in [0, 1]
-    labels: np.ndarray | None = None  # (N,) int64
-    floor: Callable[[], float] = lambda: 0.0
-    margin: Callable[[], float] = lambda: 0.0
-    source: str = ""
-
-    def accuracy(self, model: _LoadedModel) -> float:
-        """``model``'s accuracy on the held-out images (kept on the model)."""
-        assert self.images is not None and self.labels is not None
-        if model.task_accuracy is None:
-            logits = np.concatenate([model.run(self.images[i : i + 256])[0] for i in range(0, len(self.images), 256)])
-            model.task_accuracy = float((logits.argmax(axis=1) == self.labels).mean())
-        return model.task_accuracy
-
-    def problems(self, model: _LoadedModel, num_classes: int, serving: _LoadedModel | None) -> list[str]:
-        if num_classes != self.num_classes:
-            return [f"it has {num_classes} classes; the task has {self.num_classes}"]
-        floor = self.floor()
-        if self.images is None or self.labels is None or floor <= 0:
-            return []
-        acc = self.accuracy(model)
-        if acc >= floor:
-            return []
-        what = (
-            f"its accuracy on {len(self.labels)} held-out task images ({self.source}) is {acc:.1%}, "
-            f"below the floor of {floor:.0%} (swap.min_task_accuracy)"
-        )
-        if serving is None:
-            return [what]
-        now, margin = self.accuracy(serving), self.margin()
-        if acc >= now - margin:
-            return []  # no worse than what serves: a floor is no reason to keep a worse model
-        return [
-            f"{what} and {now - acc:.1%} below the model serving ({now:.1%}; swap.rollback_accuracy_drop {margin:g})"
-        ]
 
 
 @dataclass(frozen=True)

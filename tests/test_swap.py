@@ -173,7 +173,7 @@ def test_a_model_that_does_not_fit_the_task_is_refused_with_the_figure_and_remov
     from onnx import numpy_helper
     from tiny_models import write_linear_fashion
 
-    from service.runtime import TaskCheck
+    from service.task_check import TaskCheck
 
     store, registry, runtime, swapper = parts
     held = fashion_test.head(1000)

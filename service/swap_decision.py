@@ -1,0 +1,141 @@
+"""Whether an adaptation's candidate replaces the serving model: pure functions of the job's
+result and the policy, run on the daemon's loop when the worker ends.
+
+- :func:`decide_swap`, a labelled adaptation: swap only when the candidate meets the budgets,
+  beats the serving model on held-out local samples by ``swap.min_improvement`` and does not
+  forget the original data by more than ``swap.max_forgetting`` (held-out replay samples). A
+  candidate slower than the serving model but within the latency budget is accepted: the
+  policy's objective already traded its latency against its accuracy when the worker chose it.
+- :func:`decide_label_free`, the label-free answer (``"bn"`` mode, no label to measure
+  accuracy with): judged by what the two models' answers on the local images look like.
+
+No torch, numpy or I/O: this runs in the serving process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from policies import Policy
+
+__all__ = [
+    "COLLAPSE_SHARE",
+    "LABEL_FREE_MARGIN",
+    "LABEL_FREE_SLOWER",
+    "SwapDecision",
+    "decide_label_free",
+    "decide_swap",
+]
+
+
+@dataclass(frozen=True)
+class SwapDecision:
+    swap: bool
+    reason: str
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _over_budget(cand: Mapping[str, Any], policy: Policy) -> SwapDecision | None:
+    b, batch = policy.budgets, policy.target.batch
+    latency = (cand.get("latency_ms") or {}).get(str(batch))
+    if b.latency_ms_p95 is not None and latency is not None and latency > b.latency_ms_p95:
+        return SwapDecision(False, f"the candidate takes {latency:.2f} ms at batch {batch}, over the budget of {b.latency_ms_p95} ms")  # fmt: skip
+    if b.model_bytes is not None and cand.get("bytes", 0) > b.model_bytes:
+        return SwapDecision(False, f"the candidate has {cand['bytes']} bytes, over the budget of {b.model_bytes}")
+    return None
+
+
+LABEL_FREE_MARGIN = 0.05
+"""How much closer (total variation) to the reference class mix a label-free candidate's
+answers must be than the serving model's."""
+LABEL_FREE_SLOWER = 1.25
+"""A label-free candidate (the serving subnet with other BN statistics) slower than this factor
+times the serving model, both timed in the same job, is refused; within it, the latency budget
+is not checked again (the serving model passed it; timings on a busy device are not)."""
+COLLAPSE_SHARE = 0.5
+"""A label-free candidate that puts more than this share of local images in one class has collapsed."""
+
+
+def _tv(a: Any, b: Any) -> float:
+    return 0.5 * sum(abs(float(x) - float(y)) for x, y in zip(a, b, strict=True))
+
+
+def decide_label_free(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
+    """Whether a label-free candidate (``"bn"`` mode) should replace the serving model.
+
+    No label says how accurate either model is on the new data, so the judge is what their
+    answers look like on it: a shift collapses the serving model onto a few classes; the
+    candidate must not have collapsed (largest class share at most :data:`COLLAPSE_SHARE`,
+    unless the reference's own largest share is higher) and must answer with a class mix
+    closer to the one the serving model predicted on its deployment data (the drift
+    reference) by :data:`LABEL_FREE_MARGIN`. Entropy is not used: the unadapted model is
+    confidently wrong under contrast (see :mod:`lifelong.bn_adapt_job`).
+    """
+    cand, serving = result.get("candidate"), result.get("serving") or {}
+    if not cand:
+        return SwapDecision(False, "the label-free adaptation produced no candidate")
+    batch, b = str(policy.target.batch), policy.budgets
+    if b.model_bytes is not None and cand.get("bytes", 0) > b.model_bytes:
+        return SwapDecision(False, f"the candidate has {cand['bytes']} bytes, over the budget of {b.model_bytes}")
+    ours, theirs = (cand.get("latency_ms") or {}).get(batch), (serving.get("latency_ms") or {}).get(batch)
+    if ours is not None and theirs is not None:
+        # the serving subnet with other statistics, timed beside it: judged against it, not against
+        # the budget (a busy device makes both slow; the serving model's budget is the drift monitor's)
+        if ours > LABEL_FREE_SLOWER * theirs:
+            return SwapDecision(False, f"label-free candidate takes {ours:.3f} ms at batch {batch}, over {LABEL_FREE_SLOWER:g}x the serving model's {theirs:.3f} ms measured beside it")  # fmt: skip
+    else:
+        over = _over_budget(cand, policy)
+        if over is not None:
+            return over
+    n = (result.get("samples") or {}).get("unlabelled")
+    ref = result.get("reference_mix")
+    cap = max(COLLAPSE_SHARE, max(ref) if ref else 0.0)
+    if cand["largest_share"] > cap:
+        return SwapDecision(False, f"label-free candidate puts {cand['largest_share']:.0%} of {n} local images in one class (collapsed; at most {cap:.0%})")  # fmt: skip
+    if not ref or not serving.get("mix"):
+        return SwapDecision(False, "no reference class mix to judge the label-free candidate against")
+    d_cand, d_serving = _tv(cand["mix"], ref), _tv(serving["mix"], ref)
+    what = (
+        f"label-free: BN statistics re-estimated on {n} local images; class mix {d_cand:.2f} from the "
+        f"reference vs {d_serving:.2f} serving, largest class {cand['largest_share']:.0%} vs {serving.get('largest_share', 0):.0%}"
+    )
+    if d_cand > d_serving - LABEL_FREE_MARGIN:
+        return SwapDecision(False, f"{what}: not closer by {LABEL_FREE_MARGIN}")
+    return SwapDecision(True, what)
+
+
+def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
+    """Whether the candidate of an adaptation ``result`` should replace the serving model."""
+    if result.get("mode") == "bn":
+        return decide_label_free(result, policy)
+    cand = result.get("candidate")
+    if not cand:
+        return SwapDecision(False, "the adaptation produced no candidate")
+    over = _over_budget(cand, policy)
+    if over is not None:
+        return over
+    serving = result.get("serving")
+    desc = f"candidate {cand['subnet']} {_pct(cand['local_accuracy'])} on held-out local samples"
+    if not serving or serving.get("local_accuracy") is None:
+        return SwapDecision(True, f"{desc}; the serving model could not be measured")
+    gain = cand["local_accuracy"] - serving["local_accuracy"]
+    vs = f"{desc} vs {_pct(serving['local_accuracy'])} serving ({gain * 100:+.2f} pt)"
+    if gain < policy.swap.min_improvement:
+        return SwapDecision(False, f"{vs}: below the minimum improvement of {policy.swap.min_improvement * 100:.2f} pt")
+    forget = None
+    if cand.get("replay_accuracy") is not None and serving.get("replay_accuracy") is not None:
+        forget = serving["replay_accuracy"] - cand["replay_accuracy"]
+        if forget > policy.swap.max_forgetting:
+            return SwapDecision(
+                False,
+                f"{vs}, but it loses {forget * 100:.2f} pt on the original data (replay "
+                f"{_pct(cand['replay_accuracy'])} vs {_pct(serving['replay_accuracy'])}; at most "
+                f"{policy.swap.max_forgetting * 100:.2f} pt allowed by swap.max_forgetting)",
+            )
+    kept = "" if forget is None else f"; original data {forget * -100:+.2f} pt"
+    return SwapDecision(True, f"{vs}{kept}")
