@@ -32,6 +32,10 @@ the work folder):
    front point at most as slow and at least 0.5 pt more accurate; a measured front point at
    least as accurate and at least 1.5x faster. The FP32 baselines and batch 32 are compared
    too (in ``comparisons``), without targets;
+   With ``--finetune-seconds`` (default the policy's ``export.finetune_seconds``), each point
+   picked for a baseline is first exported as is (``supernet_top1``), then fine-tuned alone
+   (:mod:`lifelong.finetune`) and exported again: the targets use what the service would
+   deploy, and ``finetune.comparisons_before`` keeps the comparisons on supernet weights;
 6. the predictor's error on the exported points (accuracy and latency), and the front with
    the measured figures (``Front.with_measurement``) in the work folder.
 
@@ -45,6 +49,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +65,7 @@ from lifelong.cost import subnet_cost  # noqa: E402
 from lifelong.data import load_fashion_mnist  # noqa: E402
 from lifelong.errors import LifelongError, ParityError  # noqa: E402
 from lifelong.export import export_subnet, kernel_counts  # noqa: E402
+from lifelong.finetune import FinetuneConfig, finetune_subnet  # noqa: E402
 from lifelong.front import Front, FrontPoint, plot_front  # noqa: E402
 from lifelong.front_search import SearchSettings, input_record, measured_accuracies, search_front  # noqa: E402
 from lifelong.predictor import kendall_tau  # noqa: E402
@@ -67,7 +73,7 @@ from lifelong.predictor_data import PredictorData, calibration_images  # noqa: E
 from lifelong.profile import DeviceProfile, PairedTimer, device_fingerprint  # noqa: E402
 from lifelong.space import Precision, SearchSpace  # noqa: E402
 from lifelong.supernet import recalibrate_bn  # noqa: E402
-from lifelong.train import TrainConfig  # noqa: E402
+from lifelong.train import TrainConfig, training_tensors  # noqa: E402
 from service.paths import (  # noqa: E402
     default_checkpoint,
     default_predictor,
@@ -157,9 +163,23 @@ def time_side_by_side(timer: PairedTimer, models: dict[str, bytes], passes: int)
     }
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """Fine-tuning of a picked point before its export, as the service does with the policy's
+    ``export.finetune_seconds`` (:mod:`lifelong.finetune`): the config and the training split."""
+
+    config: FinetuneConfig
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+
+
 def export_point(model: Any, space: SearchSpace, subnet: str, path: Path, calib: np.ndarray, x: np.ndarray,
-                 y: np.ndarray, sha: str) -> tuple[dict[str, Any], bytes | None]:  # fmt: skip
-    """Our export of ``subnet`` (BN re-calibrated) behind the parity gate: its figures and bytes."""
+                 y: np.ndarray, sha: str, tuning: Tuning | None = None) -> tuple[dict[str, Any], bytes | None]:  # fmt: skip
+    """Our export of ``subnet`` (BN re-calibrated) behind the parity gate: its figures and bytes.
+
+    With ``tuning`` the supernet-weights export is measured first (``supernet_top1``), then the
+    subnet is fine-tuned alone and exported again: ``top1`` and the bytes are the fine-tuned
+    model's, what the service would deploy."""
     cfg = space.parse(subnet)
     sub = model.get_subnet(cfg)
     recalibrate_bn(sub, torch.from_numpy(calib))
@@ -168,6 +188,12 @@ def export_point(model: Any, space: SearchSpace, subnet: str, path: Path, calib:
     row: dict[str, Any] = {"subnet": subnet, "macs": cost.macs, "params": cost.params}
     try:
         rep = export_subnet(sub, path, x, y, checkpoint_sha256=sha, calibration=calib)
+        row["supernet_top1"] = rep.parity.onnx_top1
+        if tuning is not None:
+            tuned = finetune_subnet(sub, tuning.x_train, tuning.y_train, calib, tuning.config, progress=False)
+            row["finetune"] = {**tuned.to_dict(), "lr": tuning.config.lr}
+            logger.info("%s fine-tuned %d steps in %.0f s", subnet, tuned.steps, tuned.seconds)
+            rep = export_subnet(sub, path, x, y, checkpoint_sha256=sha, calibration=calib)
     except ParityError as exc:
         logger.warning("export of %s failed the parity gate: %s", subnet, exc)
         row["export_error"] = str(exc)
@@ -186,18 +212,21 @@ def export_point(model: Any, space: SearchSpace, subnet: str, path: Path, calib:
 
 
 # -- comparing ------------------------------------------------------------------------------------
-def compare(points: list[dict[str, Any]], base_top1: float, base_ms: float, batch: int) -> dict[str, Any]:
-    """The best measured front point at the baseline's latency, and the fastest at its accuracy."""
+def compare(
+    points: list[dict[str, Any]], base_top1: float, base_ms: float, batch: int, key: str = "top1"
+) -> dict[str, Any]:
+    """The best measured front point at the baseline's latency, and the fastest at its accuracy
+    (``key``: ``top1`` as deployed, or ``supernet_top1`` before any fine-tuning)."""
     b = str(batch)
     faster = [p for p in points if p["measured_ms"][b] <= base_ms]
-    as_good = [p for p in points if p["top1"] >= base_top1]
-    best = max(faster, key=lambda p: (p["top1"], -p["measured_ms"][b]), default=None)
-    quickest = min(as_good, key=lambda p: (p["measured_ms"][b], -p["top1"]), default=None)
+    as_good = [p for p in points if p[key] >= base_top1]
+    best = max(faster, key=lambda p: (p[key], -p["measured_ms"][b]), default=None)
+    quickest = min(as_good, key=lambda p: (p["measured_ms"][b], -p[key]), default=None)
     return {
         "batch": batch,
         "baseline_top1": base_top1,
         "baseline_ms": base_ms,
-        "gain_at_latency_pt": None if best is None else 100 * (best["top1"] - base_top1),
+        "gain_at_latency_pt": None if best is None else 100 * (best[key] - base_top1),
         "gain_point": None if best is None else best["subnet"],
         "speedup_at_accuracy": None if quickest is None else base_ms / quickest["measured_ms"][b],
         "speedup_point": None if quickest is None else quickest["subnet"],
@@ -231,6 +260,14 @@ def predictor_error(points: list[dict[str, Any]], batches: tuple[int, ...]) -> d
     return out
 
 
+def tuned_label(point: dict[str, Any]) -> str:
+    """`` (fine-tuned N s, X% before)`` for a fine-tuned point, else nothing."""
+    ft = point.get("finetune")
+    if not ft:
+        return ""
+    return f" (fine-tuned {ft['seconds']:.0f} s; {100 * point['supernet_top1']:.2f}% before)"
+
+
 def markdown_table(baselines: dict[str, dict[str, Any]], points: list[dict[str, Any]], batch: int) -> str:
     """Baselines and measured front points: top-1, latency at batch 1 and 32, bytes."""
     lines = ["| model | top-1 (%) | ms @1 | ms @32 | bytes |", "|---|---|---|---|---|"]
@@ -240,7 +277,8 @@ def markdown_table(baselines: dict[str, dict[str, Any]], points: list[dict[str, 
     for p in sorted(points, key=lambda p: p["measured_ms"][str(batch)]):
         ms = p["measured_ms"]
         lines.append(
-            f"| front `{p['subnet']}` | {100 * p['top1']:.2f} | {ms['1']:.3f} | {ms['32']:.2f} | {p['bytes']:,} |"
+            f"| front `{p['subnet']}`{tuned_label(p)} | {100 * p['top1']:.2f} | {ms['1']:.3f} | {ms['32']:.2f} "
+            f"| {p['bytes']:,} |"
         )
     return "\n".join(lines)
 
@@ -265,6 +303,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="1 epoch of baselines on 4k images, 2k test images, K=3")
     ap.add_argument("--work", type=Path, default=None, help=f"[{WORK}; quick: {WORK / 'quick'}]")
     ap.add_argument("--out", type=Path, default=None, help="[benchmarks/results/search.json]")
+    ap.add_argument("--finetune-seconds", type=float, default=None,
+                    help="fine-tune each point picked for a baseline alone this long before its export, as the "
+                         "service does [the policy's export.finetune_seconds]; 0: none")  # fmt: skip
     args = ap.parse_args(argv)
     args.points = args.points or (3 if args.quick else 8)
     args.budget = args.budget or (2000 if args.quick else 20_000)
@@ -359,10 +400,18 @@ def main(argv: list[str] | None = None) -> Path:
     picked = pick_points(front, args.points, batch, aims)
     logger.info("front of %d points; exporting %d", len(front), len(picked))
 
-    # 4. exports of the picked front points
+    # 4. exports of the picked front points; those picked for a baseline fine-tuned first where
+    #    the policy (or --finetune-seconds) asks for it, as the service would deploy them
+    seconds = policy.export.finetune_seconds if args.finetune_seconds is None else args.finetune_seconds
+    tuning = None
+    if seconds > 0:
+        x_tr, y_tr = training_tensors(train, replace(recipe, max_train_samples=None))
+        tuning = Tuning(FinetuneConfig(seconds=seconds), x_tr, y_tr)
     points, failed = [], []
     for i, (p, why) in enumerate(picked):
-        row, data = export_point(model, space, p.subnet, args.work / f"front-{i:02d}.onnx", calib, x_test, y_test, sha)
+        aimed = any(w != "spread" for w in why)
+        row, data = export_point(model, space, p.subnet, args.work / f"front-{i:02d}.onnx", calib, x_test, y_test,
+                                 sha, tuning if aimed else None)  # fmt: skip
         row["picked_for"] = why
         row["predicted"] = {
             "accuracy": p.accuracy,
@@ -395,11 +444,14 @@ def main(argv: list[str] | None = None) -> Path:
     baselines["largest subnet W8A8"] = {**largest_row, "measured_ms": ms["largest_w8a8"]}
 
     # 6. comparisons and targets
-    comparisons, targets = [], []
+    comparisons, comparisons_supernet, targets = [], [], []
     for label, b in baselines.items():
         for bb in sorted({batch, 32}):
             c = {"baseline": label, **compare(points, b["top1"], b["measured_ms"][str(bb)], bb)}
             comparisons.append(c)
+            if tuning is not None:
+                before = compare(points, b["top1"], b["measured_ms"][str(bb)], bb, key="supernet_top1")
+                comparisons_supernet.append({"baseline": label, **before})
             if bb != batch or label.endswith("FP32"):
                 continue
             gain, speed = c["gain_at_latency_pt"], c["speedup_at_accuracy"]
@@ -433,6 +485,10 @@ def main(argv: list[str] | None = None) -> Path:
                    title=f"Fashion-MNIST test top-1 vs onnxruntime latency, batch {bb} ({len(points)} measured)")  # fmt: skip
         pngs.append(str(png))
     table = markdown_table(baselines, points, batch)
+    finetune_record = None
+    if tuning is not None:
+        finetune_record = {"seconds": seconds, "lr": tuning.config.lr, "which": "points picked for a baseline",
+                           "comparisons_before": comparisons_supernet}  # fmt: skip
     out = write_results(
         name,
         {
@@ -456,6 +512,7 @@ def main(argv: list[str] | None = None) -> Path:
             "failed_exports": failed,
             "baselines": baselines,
             "baseline_training": {k: b.to_dict() for k, b in base.items()},
+            "finetune": finetune_record,
             "comparisons": comparisons,
             "predictor_error": predictor_error(points, profile.batches),
             "measured_front": str(args.work / "front-measured.json"),

@@ -67,3 +67,20 @@ def test_compare_finds_the_gain_at_latency_and_the_speedup_at_accuracy() -> None
     assert none["gain_at_latency_pt"] is None and none["speedup_at_accuracy"] is None
     b32 = S.compare(points, base_top1=0.915, base_ms=4.0, batch=32)  # the batch-32 figures are used
     assert b32["gain_point"] == "mid" and b32["speedup_at_accuracy"] == pytest.approx(1.0)
+
+
+def test_compare_can_use_the_figures_before_fine_tuning() -> None:
+    points = [_row("fast", 0.90, 0.10), _row("mid", 0.92, 0.20)]
+    points[1]["supernet_top1"], points[0]["supernet_top1"] = 0.89, 0.90  # mid gained 3 pt from fine-tuning
+    after = S.compare(points, base_top1=0.915, base_ms=0.30, batch=1)
+    before = S.compare(points, base_top1=0.915, base_ms=0.30, batch=1, key="supernet_top1")
+    assert after["gain_point"] == "mid" and after["gain_at_latency_pt"] == pytest.approx(0.5)
+    assert before["gain_point"] == "fast" and before["gain_at_latency_pt"] == pytest.approx(-1.5)
+    assert before["speedup_at_accuracy"] is None  # nothing reached 91.5% on supernet weights
+
+
+def test_a_fine_tuned_point_says_so_in_the_table() -> None:
+    row = {**_row("mid", 0.92, 0.2), "bytes": 1000, "supernet_top1": 0.8927, "finetune": {"seconds": 300.0}}
+    table = S.markdown_table({}, [row, {**_row("fast", 0.9, 0.1), "bytes": 10}], 1)
+    assert "front `mid` (fine-tuned 300 s; 89.27% before) | 92.00" in table
+    assert "front `fast` | 90.00" in table
