@@ -1,10 +1,14 @@
-"""The daemon's admin endpoints, added to the API app: deploy, rollback, history.
+"""The daemon's admin endpoints: deploy, rollback, history.
 
-They live on the same socket as predict, so they are exactly as protected: by the socket's
-file mode (0660, the service's user and group) and, over TCP, by listening on loopback only.
+They are served on their own Unix socket (``lifelong-admin.sock``, mode 0600: the service's
+user, and root), never on the API socket that applications predict through (mode 0660, the
+service's group), which answers them 403 naming the admin socket. An application allowed to
+predict cannot roll the service back or deploy a model of its own.
 
 - ``POST /v1/deploy``: JSON ``{"model": ID}`` (a model in the registry) or ``{"path": FILE}``
-  (a file the daemon can read; its ``NAME.parity.npz`` sibling is checked as the parity
+  (an absolute path in ``STATE/inbox`` or a folder given with ``lifelong serve --deploy-dir``;
+  anything else is refused 403 before the file is looked at, so the answer is the same
+  whether or not it exists; its ``NAME.parity.npz`` sibling is checked as the parity
   sample), optional ``"reason"``; or the ONNX bytes themselves (``application/octet-stream``,
   ``?name=FILE.onnx&reason=...``), which is what ``lifelong deploy FILE`` sends, since the daemon's
   sandbox may not see the caller's files. Answers the :class:`~service.swap.SwapResult`;
@@ -22,17 +26,19 @@ rollbacks are serialised with every other change.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from lifelong.errors import SpaceError
 from lifelong.space import SubnetConfig
 from service.api import JSON, ApiApp
-from service.errors import RequestError
+from service.errors import Forbidden, RequestError
 
-__all__ = ["CommandSink", "install_admin_routes"]
+__all__ = ["CommandSink", "allowed_model_path", "install_admin_routes"]
 
 MODEL_ID = re.compile(r"[0-9a-f]{16}")
 NAMED_EXTREME = re.compile(r"(largest|smallest)(:w\d+a\d+)?")
@@ -66,20 +72,46 @@ def _reason(doc: dict[str, Any]) -> str | None:
     return reason
 
 
+def allowed_model_path(value: str, roots: Sequence[Path]) -> str:
+    """``value`` with its links resolved, if it lies in one of ``roots``.
+
+    Decided on the path alone (``realpath`` does not need the file to exist), so a refusal
+    says nothing about whether the file exists or can be read.
+
+    Raises:
+        RequestError: a relative path.
+        Forbidden: a path outside every root.
+    """
+    if not os.path.isabs(value):
+        raise RequestError(f"path {value!r} is relative; expected an absolute path the daemon reads")
+    real = os.path.realpath(value)
+    for root in roots:
+        top = os.path.realpath(root)
+        if real != top and os.path.commonpath([real, top]) == top:
+            return real
+    folders = ", ".join(str(r) for r in roots)
+    raise Forbidden(
+        f"deploy by path reads models only from {folders}; copy the model there (or add a folder with "
+        "`lifelong serve --deploy-dir`), or send its bytes: `lifelong deploy FILE` does"
+    )
+
+
 def install_admin_routes(
     app: ApiApp,
     commands: CommandSink,
     *,
     history: Callable[[int], dict[str, Any]],
     max_upload_bytes: int,
+    deploy_roots: Sequence[Path] = (),
 ) -> None:
-    """Add the admin endpoints to ``app``.
+    """Add the admin endpoints to ``app`` (the admin socket's).
 
     Args:
-        app: The API application.
+        app: The admin application.
         commands: Where deploy and rollback run (``submit("deploy", {...})``).
         history: Reads the deployment history (on the request's thread: it changes nothing).
         max_upload_bytes: The largest model upload read.
+        deploy_roots: The folders a deploy by path may read from (none: no deploy by path).
     """
 
     def deploy_route(environ: dict[str, Any]) -> tuple[int, Any]:
@@ -113,6 +145,8 @@ def install_admin_routes(
                     "shows, or largest[:wXaY] / smallest[:wXaY]"
                 )
             return 202, commands.submit("export", {"subnet": value, "reason": _reason(doc)})
+        if key == "path":
+            value = allowed_model_path(value, deploy_roots)
         return 200, commands.submit("deploy", {key: value, "reason": _reason(doc)})
 
     def rollback_route(environ: dict[str, Any]) -> tuple[int, Any]:

@@ -20,9 +20,10 @@ Endpoints (JSON answers; errors are ``{"error": message}`` with a 4xx/5xx status
   (Prometheus text format).
 
 The app owns nothing but its metrics: the runtime, the feedback sink and the status
-provider are injected, so it is tested without the store or the daemon. The daemon adds
-its admin endpoints (deploy, rollback, history) with :meth:`ApiApp.add_route`; they are as
-protected as the rest, by the socket's file permissions.
+provider are injected, so it is tested without the store or the daemon. The daemon serves
+its admin endpoints (deploy, rollback, history; :mod:`service.admin`) with a second app on
+a second, owner-only socket (``public=False``: status and health besides what is added with
+:meth:`ApiApp.add_route`); the API socket answers them 403 and names the admin socket.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import numpy as np
 
 from service.errors import (
     AddressInUse,
+    Forbidden,
     NoModelError,
     PayloadTooLarge,
     RecordNotFound,
@@ -66,6 +68,7 @@ __all__ = ["ApiApp", "ApiServer", "ApiSettings", "FeedbackLabel", "FeedbackSink"
 logger = logging.getLogger(__name__)
 
 NPY, NPZ, JSON = "application/x-npy", "application/x-npz", "application/json"
+ADMIN_PATHS = ("/v1/deploy", "/v1/rollback", "/v1/history")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -247,6 +250,9 @@ class ApiApp:
             that later labels can name them); None answers 503 on ``/v1/feedback``.
         status: Extra fields for ``/v1/status`` (the daemon's drift, jobs, store...).
         max_body_bytes: Larger bodies are answered 413 before they are parsed.
+        public: Serve predict, feedback and metrics (the API socket); False: only status,
+            health and the added routes (the admin socket).
+        admin_socket: Named in the 403 answering an admin path here (None: a plain 404).
     """
 
     def __init__(
@@ -256,18 +262,23 @@ class ApiApp:
         status: Callable[[], Mapping[str, Any]] | None = None,
         *,
         max_body_bytes: int = 8 * 2**20,
+        public: bool = True,
+        admin_socket: str | None = None,
     ) -> None:
         self.runtime, self.feedback, self.status_provider = runtime, feedback, status
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes, self.admin_socket = max_body_bytes, admin_socket
         self.metrics = _Metrics()
         self.metric_sources: list[Callable[[], str]] = []  # more families for /metrics (the daemon's drift)
         self._routes: dict[str, dict[str, Handler]] = {
-            "/v1/predict": {"POST": self._predict},
-            "/v1/feedback": {"POST": self._feedback},
             "/v1/status": {"GET": self._status},
             "/v1/health": {"GET": self._health},
-            "/metrics": {"GET": self._metrics},
         }
+        if public:
+            self._routes |= {
+                "/v1/predict": {"POST": self._predict},
+                "/v1/feedback": {"POST": self._feedback},
+                "/metrics": {"GET": self._metrics},
+            }
 
     def add_route(self, path: str, method: str, handler: Handler) -> None:
         """Answer ``method path`` with ``handler``; its ServiceErrors become HTTP errors as for the built-in routes."""
@@ -290,6 +301,11 @@ class ApiApp:
         route, headers = self._routes.get(path), []
         self.metrics.track(1)
         try:
+            if route is None and path in ADMIN_PATHS and self.admin_socket:
+                raise Forbidden(
+                    f"{path} is an admin command: it is served on the admin socket {self.admin_socket} "
+                    "(the service's user and root) only; this socket serves predict, feedback, status and metrics"
+                )
             if route is None:
                 status, payload = 404, {"error": f"no route {path!r}; routes are {', '.join(self._routes)}"}
             elif method not in route:
@@ -410,6 +426,7 @@ _REASONS = {
     200: "OK",
     202: "Accepted",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     413: "Payload Too Large",

@@ -487,6 +487,20 @@ def space(sample: int, seed: int, as_json: bool) -> None:
     default=None,
     help="API Unix socket [$RUNTIME_DIRECTORY/lifelong.sock, else STATE/lifelong.sock].",
 )
+@click.option(
+    "--admin-socket",
+    "admin_socket_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Admin Unix socket (deploy, rollback, history), mode 0600 [beside --socket: NAME-admin.sock].",
+)
+@click.option(
+    "--deploy-dir",
+    "deploy_dirs",
+    type=click.Path(path_type=Path, file_okay=False),
+    multiple=True,
+    help='A folder `/v1/deploy {"path": FILE}` may read models from, besides STATE/inbox (repeatable).',
+)
 @click.option("--tcp", "tcp_port", type=click.IntRange(0, 65535), default=None, help="Also listen on 127.0.0.1:PORT.")
 @click.option(
     "--policy",
@@ -525,6 +539,8 @@ def space(sample: int, seed: int, as_json: bool) -> None:
 def serve(
     state_dir: Path | None,
     socket_path: Path | None,
+    admin_socket_path: Path | None,
+    deploy_dirs: tuple[Path, ...],
     tcp_port: int | None,
     policy_path: Path | None,
     threads: int | None,
@@ -549,6 +565,8 @@ def serve(
         state_dir=state_dir,
         socket_path=socket_path,
         policy_path=policy_path,
+        admin_socket_path=admin_socket_path,
+        deploy_dirs=tuple(d.resolve() for d in deploy_dirs),
         tcp_port=tcp_port,
         threads=threads,
         api_threads=api_threads,
@@ -577,10 +595,11 @@ def _client_options(fn: Any) -> Any:
 
 def _client(socket_path: Path | None, tcp_port: int | None, state_dir: Path | None, timeout: float = 30.0) -> Any:
     from service.client import Client
-    from service.paths import default_socket
+    from service.paths import admin_socket_for, default_socket
 
-    if tcp_port is not None:
-        return Client(port=tcp_port, timeout=timeout)
+    if tcp_port is not None:  # the admin socket is where a TCP-only daemon puts it: STATE/lifelong-admin.sock
+        admin = admin_socket_for(default_socket(resolve_state_dir(state_dir)))
+        return Client(port=tcp_port, timeout=timeout, admin_socket_path=admin)
     return Client(socket_path or default_socket(resolve_state_dir(state_dir), client=True), timeout=timeout)
 
 

@@ -28,6 +28,7 @@ from service import errors
 from service.errors import (
     ApiError,
     DaemonUnreachable,
+    Forbidden,
     ModelLoadError,
     NoModelError,
     PayloadTooLarge,
@@ -35,11 +36,13 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
+from service.paths import admin_socket_for
 
 __all__ = ["Client", "ClientPrediction"]
 
 _ERRORS: dict[int, type[ServiceError]] = {
     400: RequestError,
+    403: Forbidden,
     413: PayloadTooLarge,
     415: UnsupportedMediaType,
     422: ModelLoadError,
@@ -85,6 +88,9 @@ class Client:
         host: Loopback host, when talking TCP instead (with ``port``).
         port: TCP port.
         timeout: Seconds to wait for a connection or an answer.
+        admin_socket_path: Where :meth:`deploy`, :meth:`rollback` and :meth:`history` go: the
+            daemon's owner-only admin socket [beside ``socket_path``: ``NAME-admin.sock``;
+            none over TCP unless given].
 
     Example::
 
@@ -100,13 +106,18 @@ class Client:
         host: str | None = None,
         port: int | None = None,
         timeout: float = 30.0,
+        admin_socket_path: str | PathLike[str] | None = None,
     ) -> None:
         if (socket_path is None) == (port is None):
             raise ValueError("Client needs exactly one of socket_path or port")
         self.socket_path = None if socket_path is None else str(socket_path)
         self.host, self.port, self.timeout = host or "127.0.0.1", port, timeout
+        if admin_socket_path is None and socket_path is not None:
+            admin_socket_path = admin_socket_for(socket_path)
+        self.admin_socket_path = None if admin_socket_path is None else str(admin_socket_path)
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
+        self._admin: Client | None = None
 
     @property
     def address(self) -> str:
@@ -167,11 +178,11 @@ class Client:
             raise ValueError("deploy needs exactly one of model, path or data")
         if data is not None:
             query = f"name={quote(name)}" + (f"&reason={quote(reason)}" if reason is not None else "")
-            return self._call("POST", f"/v1/deploy?{query}", bytes(data), "application/octet-stream")
+            return self._admin_call("POST", f"/v1/deploy?{query}", bytes(data), "application/octet-stream")
         doc: dict[str, Any] = {"model": model} if model is not None else {"path": str(path)}
         if reason is not None:
             doc["reason"] = reason
-        return self._call("POST", "/v1/deploy", json.dumps(doc).encode(), "application/json")
+        return self._admin_call("POST", "/v1/deploy", json.dumps(doc).encode(), "application/json")
 
     def export_deploy(self, subnet: str, reason: str | None = None) -> dict[str, Any]:
         """Ask the daemon to export ``subnet`` of the supernet in use and deploy it when done.
@@ -180,16 +191,16 @@ class Client:
         export's end and the swap show in :meth:`status` (``export.last``).
         """
         doc: dict[str, Any] = {"subnet": subnet} | ({"reason": reason} if reason is not None else {})
-        return self._call("POST", "/v1/deploy", json.dumps(doc).encode(), "application/json")
+        return self._admin_call("POST", "/v1/deploy", json.dumps(doc).encode(), "application/json")
 
     def rollback(self, reason: str | None = None) -> dict[str, Any]:
         """Go back to the previous model; raises RecordNotFound when there is none."""
         body = json.dumps({"reason": reason}).encode() if reason else None
-        return self._call("POST", "/v1/rollback", body, "application/json" if body else None)
+        return self._admin_call("POST", "/v1/rollback", body, "application/json" if body else None)
 
     def history(self, limit: int = 20) -> dict[str, Any]:
         """Deployments, newest first, with the current model and the rollback target."""
-        return self._call("GET", f"/v1/history?limit={int(limit)}")
+        return self._admin_call("GET", f"/v1/history?limit={int(limit)}")
 
     def metrics(self) -> str:
         """The Prometheus text exposition."""
@@ -197,6 +208,22 @@ class Client:
         if status >= 400:
             raise _error(status, data)
         return data.decode()
+
+    def _admin_call(
+        self, method: str, path: str, body: bytes | None = None, ctype: str | None = None
+    ) -> dict[str, Any]:
+        """A call on the admin socket (a second client, made on first use)."""
+        if self.admin_socket_path is None:
+            raise DaemonUnreachable(
+                f"{path} is an admin command, served on the daemon's admin Unix socket only; "
+                "give its path (admin_socket_path, or --socket NAME.sock to find NAME-admin.sock beside it)"
+            )
+        with self._lock:
+            if self._admin is None:
+                self._admin = Client(
+                    self.admin_socket_path, timeout=self.timeout, admin_socket_path=self.admin_socket_path
+                )
+        return self._admin._call(method, path, body, ctype)
 
     def _call(self, method: str, path: str, body: bytes | None = None, ctype: str | None = None) -> dict[str, Any]:
         status, data = self.request(method, path, body, ctype)
@@ -253,6 +280,8 @@ class Client:
         if isinstance(exc, ConnectionRefusedError):
             return f"nothing listens at {where} (a stale socket left by a stopped daemon?): start the service"
         if isinstance(exc, PermissionError):
+            if self.socket_path is not None and self.socket_path == self.admin_socket_path:
+                return f"permission denied on the admin socket {where}: run as the service's user, or with sudo"
             return f"permission denied on {where}: run as the service's user or a member of its group"
         if isinstance(exc, TimeoutError):
             return f"the daemon at {where} did not answer within {self.timeout:g} s"
@@ -264,9 +293,12 @@ class Client:
             self._conn = None
 
     def close(self) -> None:
-        """Close the keep-alive connection (a later call opens a new one)."""
+        """Close the keep-alive connections (a later call opens a new one)."""
         with self._lock:
             self._close()
+            admin, self._admin = self._admin, None
+        if admin is not None:
+            admin.close()
 
     def __enter__(self) -> Client:
         return self

@@ -251,6 +251,7 @@ class Daemon:
         self.runtime: OrtRuntime | None = None
         self.swapper: Swapper | None = None
         self.api: ApiServer | None = None
+        self.admin_api: ApiServer | None = None
         self.scheduler: Scheduler | None = None
         self.adaptation: Adaptation | None = None
         self.exporter: FrontExport | None = None
@@ -331,17 +332,30 @@ class Daemon:
                 on_detected=self.loop.put,
             )
             tapped = TappedFeedback(feedback, self.drift_feed)  # every predict's embedding reaches the drift feed
-            app = ApiApp(self.runtime, tapped, self.status_extra, max_body_bytes=s.max_body_bytes)
+            admin_path = str(s.admin_socket_path)
+            app = ApiApp(
+                self.runtime, tapped, self.status_extra, max_body_bytes=s.max_body_bytes, admin_socket=admin_path
+            )
             app.metric_sources.append(self.drift.metrics_text)
             app.metric_sources.append(self._worker_metrics)
-            install_admin_routes(app, self.loop, history=self.history, max_upload_bytes=s.max_upload_bytes)
+            admin = ApiApp(self.runtime, None, self.status_extra, max_body_bytes=s.max_body_bytes, public=False)
+            install_admin_routes(admin, self.loop, history=self.history, max_upload_bytes=s.max_upload_bytes,
+                                 deploy_roots=s.deploy_roots)  # fmt: skip
             api_settings = ApiSettings(
                 socket_path=s.socket_path,
                 tcp_port=s.tcp_port,
                 threads=s.api_threads,
                 max_body_bytes=s.max_body_bytes,
+            )
+            admin_settings = ApiSettings(
+                socket_path=s.admin_socket_path,
+                socket_mode=0o600,
+                threads=2,
+                max_body_bytes=s.max_body_bytes,
                 max_upload_bytes=s.max_upload_bytes,
             )
+            self.admin_api = ApiServer(admin, admin_settings)
+            self.admin_api.start()
             self.api = ApiServer(app, api_settings)
             self.api.start()
             self.loop.accepting = True
@@ -370,8 +384,9 @@ class Daemon:
             self.scheduler.shutdown(wait=False)
         for watcher in self.watchers:
             watcher.stop()
-        if self.api is not None:
-            self.api.stop(timeout=s.drain_timeout_s)
+        for server in (self.api, self.admin_api):
+            if server is not None:
+                server.stop(timeout=s.drain_timeout_s)
         if self.supervisor is not None:
             self.supervisor.cancel_all(timeout=s.drain_timeout_s)
         if self.scheduler is not None:  # a job half-way through a store write finishes it first
@@ -1144,6 +1159,7 @@ class Daemon:
                 "uptime_s": None if self.started_at is None else time.time() - self.started_at,
                 "state_dir": str(self.settings.state_dir),
                 "addresses": [] if api is None else api.addresses,
+                "admin_socket": str(self.settings.admin_socket_path),
                 "status_line": self.status_line(),
                 "torch_imported": "torch" in sys.modules,
                 "threads": threading.active_count(),

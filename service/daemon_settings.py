@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import SettingsError
-from service.paths import default_policy, default_socket, resolve_state_dir
+from service.paths import SOCKET_NAME, admin_socket_for, default_policy, default_socket, resolve_state_dir
 
 __all__ = ["DaemonSettings"]
 
@@ -26,6 +26,10 @@ class DaemonSettings:
     Attributes:
         state_dir: Store, registry, inbox, logs.
         socket_path: The API's Unix socket (None: TCP only).
+        admin_socket_path: The admin commands' Unix socket, owner-only (mode 0600)
+            [beside ``socket_path``, ``NAME-admin.sock``; ``STATE/lifelong-admin.sock`` with TCP only].
+        deploy_dirs: Folders ``/v1/deploy {"path": FILE}`` may read from, besides ``STATE/inbox``
+            (anything else is refused with the same answer whether or not the file exists).
         tcp_port: Loopback TCP port as well (None: none; 0: any free port).
         policy_path: The policy file, watched; missing means the ``balanced`` preset.
         threads: onnxruntime intra-op threads; None follows the policy's ``target.threads``.
@@ -45,6 +49,8 @@ class DaemonSettings:
 
     state_dir: Path
     socket_path: Path | None = None
+    admin_socket_path: Path | None = None
+    deploy_dirs: tuple[Path, ...] = ()
     tcp_port: int | None = None
     policy_path: Path | None = None
     threads: int | None = None
@@ -70,6 +76,17 @@ class DaemonSettings:
             object.__setattr__(self, "socket_path", Path(self.socket_path))
         if self.socket_path is None and self.tcp_port is None:
             raise SettingsError("the daemon needs a socket path or a TCP port to listen on; both are None")
+        if self.admin_socket_path is None:
+            api = self.socket_path or self.state_dir / SOCKET_NAME
+            object.__setattr__(self, "admin_socket_path", admin_socket_for(api))
+        object.__setattr__(self, "admin_socket_path", Path(self.admin_socket_path))
+        if self.admin_socket_path == self.socket_path:
+            raise SettingsError(f"admin_socket_path is the API socket {self.socket_path}; expected another path")
+        dirs = tuple(Path(d) for d in self.deploy_dirs)
+        relative = [str(d) for d in dirs if not d.is_absolute()]
+        if relative:
+            raise SettingsError(f"deploy_dirs {relative} are relative; expected absolute folders")
+        object.__setattr__(self, "deploy_dirs", dirs)
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise SettingsError(f"threads={self.threads!r}: expected an integer >= 1 (or None: the policy's)")
         for name in ("api_threads", "max_body_bytes", "max_upload_bytes", "probe_runs", "warmup_samples"):
@@ -102,3 +119,8 @@ class DaemonSettings:
     @property
     def inbox(self) -> Path:
         return self.state_dir / "inbox"
+
+    @property
+    def deploy_roots(self) -> tuple[Path, ...]:
+        """Where a deploy by path may read: the inbox and ``deploy_dirs``."""
+        return (self.inbox, *self.deploy_dirs)

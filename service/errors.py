@@ -122,6 +122,13 @@ class UnsupportedMediaType(RequestError):
     http_status = 415
 
 
+class Forbidden(ServiceError, PermissionError):
+    """A request this socket does not take from its clients: an admin command on the API
+    socket, or a deploy by path outside the folders the daemon reads models from."""
+
+    http_status = 403
+
+
 class AddressInUse(ServiceError, OSError):
     """The API's Unix socket or TCP port is already served by another process."""
 

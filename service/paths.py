@@ -5,6 +5,10 @@ The API socket and the policy file follow the same pattern (an option, a ``LIFEL
 variable, the directory systemd hands the unit, a fallback in the state directory). A client
 outside the unit (``lifelong status`` in a shell) has no ``$RUNTIME_DIRECTORY``, so it also
 looks for the unit's socket at ``/run/lifelong/lifelong.sock``.
+
+The admin commands (deploy, rollback, history) have their own socket beside the API's
+(:func:`admin_socket_for`: ``lifelong.sock`` -> ``lifelong-admin.sock``), owner-only, so that
+an application allowed to predict cannot change what serves.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 __all__ = [
     "SOCKET_NAME",
     "SYSTEM_SOCKET",
+    "admin_socket_for",
     "default_checkpoint",
     "default_front",
     "default_policy",
@@ -85,6 +90,15 @@ def default_socket(state_dir: Path, *, client: bool = False) -> Path:
     if client and SYSTEM_SOCKET.is_socket():
         return SYSTEM_SOCKET
     return state_dir / SOCKET_NAME
+
+
+def admin_socket_for(socket_path: str | os.PathLike[str]) -> Path:
+    """The admin socket beside an API socket: ``DIR/NAME.sock`` -> ``DIR/NAME-admin.sock`` (an
+    admin socket is its own)."""
+    path = Path(socket_path)
+    if path.stem.endswith("-admin"):
+        return path
+    return path.with_name(f"{path.stem}-admin{path.suffix}")
 
 
 def default_policy(state_dir: Path, *, client: bool = False) -> Path:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from service.client import Client
+from service.paths import admin_socket_for
 from service.registry import Registry
 from service.store import Store
 
@@ -165,6 +166,11 @@ class DaemonProcess:
 
     def client(self, timeout: float = 60.0) -> Client:
         return Client(self.socket, timeout=timeout)
+
+    @property
+    def admin_socket(self) -> Path:
+        """The daemon's owner-only admin socket, beside its API socket."""
+        return admin_socket_for(self.socket)
 
     def log(self) -> str:
         try:

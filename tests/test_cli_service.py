@@ -17,6 +17,7 @@ from tiny_models import write_classifier, write_corrupt
 
 from policies import load_preset
 from service.cli import cli
+from service.paths import admin_socket_for
 
 FAVOUR = {"a": 3, "b": 7}
 PRESETS = Path(__file__).resolve().parents[1] / "policies" / "presets"
@@ -107,14 +108,17 @@ def test_a_stopped_daemon_gives_one_line_and_exit_code_1(args: list[str], tmp_pa
     args = [str(tmp_path / a) if a == "X.npy" else a for a in args]
     missing = tmp_path / "no.sock"
     code, out, err = invoke(*args, sock=missing)
+    admin = args[0] in ("history", "rollback", "deploy")  # these go to the admin socket beside it
     assert code == 1 and out == ""
-    assert err == f"error: no daemon socket at {missing}: is the lifelong service running?\n"
+    named = admin_socket_for(missing) if admin else missing
+    assert err == f"error: no daemon socket at {named}: is the lifelong service running?\n"
     stale_dir = short_dir("lls")
     try:
         stale = stale_dir / "stale.sock"
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(str(stale))  # a socket file nobody listens on: what a killed daemon leaves
-        s.close()
+        for path in (stale, admin_socket_for(stale)):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(str(path))  # a socket file nobody listens on: what a killed daemon leaves
+            s.close()
         code, _, err = invoke(*args, sock=stale)
         assert code == 1 and len(err.splitlines()) == 1 and "nothing listens at unix:" in err
     finally:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -19,8 +21,9 @@ from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_
 from PIL import Image
 from tiny_models import write_classifier, write_corrupt
 
+from service.client import Client
 from service.daemon import PAUSE_POINTS
-from service.errors import DaemonUnreachable, ModelLoadError, PayloadTooLarge, RecordNotFound, RequestError
+from service.errors import DaemonUnreachable, Forbidden, ModelLoadError, PayloadTooLarge, RecordNotFound, RequestError
 from service.registry import Registry
 from service.store import Store
 
@@ -207,7 +210,8 @@ def shared(models, tmp_path_factory):
     run = short_dir()
     state = run / "state"
     a_id = commit_model(state, models["a"])
-    d = DaemonProcess(state, run, args=("--probe-interval", "0.3")).start()
+    models_dir = str(models["a"].parent)
+    d = DaemonProcess(state, run, args=("--probe-interval", "0.3", "--deploy-dir", models_dir)).start()
     yield d, a_id
     d.close()
     remove(run)
@@ -251,8 +255,9 @@ def test_bad_models_are_refused_with_a_clear_error_and_the_old_one_serves_on(
             c.deploy(path=models["bad_parity"])
         with pytest.raises(RecordNotFound, match=r"no model 'feedfacefeedface' in the registry"):
             c.deploy(model="feedfacefeedface")
-        with pytest.raises(ModelLoadError, match=r"no model file at /nonexistent/m\.onnx"):
-            c.deploy(path="/nonexistent/m.onnx")
+        missing = models["a"].parent / "missing.onnx"
+        with pytest.raises(ModelLoadError, match=rf"no model file at {re.escape(str(missing))}"):
+            c.deploy(path=missing)
         assert c.health() == {"status": "ok", "model": a_id}
         status, history = c.status(), c.history()
     assert status["runtime"]["failed_swaps"] >= 2
@@ -262,9 +267,48 @@ def test_bad_models_are_refused_with_a_clear_error_and_the_old_one_serves_on(
     assert history["current"] == history["serving"] == a_id
 
 
+def test_admin_commands_are_served_on_the_owner_only_socket_and_nowhere_else(shared, models) -> None:
+    d, a_id = shared
+    assert stat.S_IMODE(os.stat(d.admin_socket).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(d.socket).st_mode) == 0o660
+    with d.client() as c:  # an application in the service's group: predict yes, change what serves no
+        for method, path, body in (("POST", "/v1/rollback", b"{}"), ("POST", "/v1/deploy", b'{"model": "0" }'),
+                                   ("GET", "/v1/history", None)):  # fmt: skip
+            status, data = c.request(method, path, body, "application/json" if body else None)
+            assert status == 403, (path, data)
+            assert f"served on the admin socket {d.admin_socket}" in json.loads(data)["error"]
+        assert c.predict(images(1)).model == a_id
+    with Client(d.admin_socket) as admin:  # the admin socket answers status and health, not predict
+        assert admin.health()["model"] == a_id
+        assert admin.request("POST", "/v1/predict", b"x", "application/octet-stream")[0] == 404
+        assert admin.history()["current"] == a_id
+
+
+def test_deploy_by_path_reads_only_from_the_allowed_folders_and_reveals_nothing_else(shared) -> None:
+    d, a_id = shared
+    with d.client() as c:
+        answers = []
+        for path in ("/etc/shadow", "/nonexistent/m.onnx", "/etc/../etc/passwd"):
+            with pytest.raises(Forbidden) as caught:
+                c.deploy(path=path)
+            answers.append(str(caught.value))
+        assert len(set(answers)) == 1 and "reads models only from" in answers[0]  # exists or not: the same answer
+        link = d.state_dir / "inbox" / "escape.onnx"  # a link in an allowed folder to a file outside it
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to("/etc/passwd")
+        try:
+            with pytest.raises(Forbidden, match="reads models only from"):
+                c.deploy(path=link)
+        finally:
+            link.unlink()
+        with pytest.raises(RequestError, match="is relative; expected an absolute path"):
+            c.deploy(path="m.onnx")
+        assert c.health()["model"] == a_id
+
+
 def test_malformed_requests_get_4xx_with_a_message(shared, background_predictions) -> None:
     d, _ = shared
-    with d.client() as c:
+    with d.client() as c, Client(d.admin_socket) as admin:
         cases = [
             ("POST", "/v1/predict", b"garbage", "application/octet-stream", 415, "is not read here; send"),
             ("POST", "/v1/predict", b'{"inputs": [[1, 2], [3]]}', "application/json", 400, "rectangular"),
@@ -281,7 +325,9 @@ def test_malformed_requests_get_4xx_with_a_message(shared, background_prediction
             ("GET", "/v1/nothing", None, None, 404, "no route"),
         ]
         for method, path, body, ctype, want, pattern in cases:
-            status, data = c.request(method, path, body, ctype)
+            status, data = (admin if path.startswith(("/v1/deploy", "/v1/rollback", "/v1/history")) else c).request(
+                method, path, body, ctype
+            )
             assert status == want, (path, body, data)
             assert __import__("re").search(pattern, json.loads(data)["error"]), (path, data)
         nan = np.full((1, 28, 28), np.nan, np.float32)
