@@ -256,7 +256,8 @@ class Scenario:
         write_policy(self.state / "policy.toml", self.setup.policy)
         shutil.rmtree(run_dir, ignore_errors=True)  # the last run's sockets and log
         run_dir.mkdir(parents=True)
-        daemon = DaemonProcess(self.state, run_dir, script=True, watchdog_s=None)
+        models_dir = str((WORK / "cache").resolve())  # where exported() keeps the models deployed by path
+        daemon = DaemonProcess(self.state, run_dir, script=True, watchdog_s=None, args=("--deploy-dir", models_dir))
         poller: StatusPoller | None = None
         hogs: list[subprocess.Popen[bytes]] = []
         try:

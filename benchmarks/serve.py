@@ -539,10 +539,12 @@ def main() -> None:
 
     state.mkdir()
     (state / "policy.toml").write_text(POLICY)
+    folders = sorted({str(m.path.resolve().parent) for m in models} | {str(partner.resolve().parent)})
+    deploy_dirs = [a for d in folders for a in ("--deploy-dir", d)]  # the models are deployed by path
     daemon = DaemonProcess(
         state,
         run_dir,
-        args=("--threads", str(THREADS), "--api-threads", str(API_THREADS), "--probe-interval", "3600"),
+        args=("--threads", str(THREADS), "--api-threads", str(API_THREADS), "--probe-interval", "3600", *deploy_dirs),
         watchdog_s=None,
     )
     ok = False

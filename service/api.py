@@ -51,6 +51,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
+from service.conn_limits import ConnectionLimits
 from service.errors import (
     AddressInUse,
     Forbidden,
@@ -86,7 +87,11 @@ class ApiSettings:
             waitress refuses anything larger before the app sees it. None: no uploads
             beyond twice ``max_body_bytes``.
         threads: Requests answered at once.
-        idle_timeout_s: Idle keep-alive connections are closed after this.
+        idle_timeout_s: Connections idle this long are closed: keep-alive ones, and requests
+            half-sent (headers, or ``Expect: 100-continue``, and then nothing).
+        max_connections_per_peer: Open connections one client (a process on the Unix socket,
+            an address on TCP) may hold; more are answered 503 (:mod:`service.conn_limits`).
+        max_connections: Open connections in all; more are answered 503.
     """
 
     socket_path: Path | None = None
@@ -96,7 +101,9 @@ class ApiSettings:
     max_body_bytes: int = 8 * 2**20
     max_upload_bytes: int | None = None
     threads: int = 4
-    idle_timeout_s: int = 60
+    idle_timeout_s: int = 15
+    max_connections_per_peer: int = 32
+    max_connections: int = 512
 
     def __post_init__(self) -> None:
         if self.socket_path is None and self.tcp_port is None:
@@ -109,6 +116,11 @@ class ApiSettings:
             raise ValueError(f"tcp_port={self.tcp_port}; expected 0..65535")
         if self.tcp_host != "localhost" and not ipaddress.ip_address(self.tcp_host).is_loopback:
             raise ValueError(f"tcp_host={self.tcp_host!r}; the API listens on loopback only (127.0.0.1 or ::1)")
+        if not 1 <= self.max_connections_per_peer <= self.max_connections:
+            raise ValueError(
+                f"max_connections_per_peer={self.max_connections_per_peer}, max_connections={self.max_connections}; "
+                "expected 1 <= per peer <= in all"
+            )
         for name in ("max_body_bytes", "max_upload_bytes", "threads", "idle_timeout_s"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"ApiSettings.{name}={getattr(self, name)!r}; expected >= 1")
@@ -553,6 +565,15 @@ class ApiServer:
         self._servers: list[Any] = []
         self._thread: threading.Thread | None = None
         self._socket_inode: int | None = None
+        self.limits = ConnectionLimits(settings.max_connections_per_peer, settings.max_connections)
+        app.metric_sources.append(self._limits_metrics)
+
+    def _limits_metrics(self) -> str:
+        return (
+            "# HELP lifelong_connections_refused_total Connections refused over a per-client or total limit.\n"
+            "# TYPE lifelong_connections_refused_total counter\n"
+            f"lifelong_connections_refused_total {self.limits.refused}\n"
+        )
 
     def start(self) -> None:
         """Bind, then serve until :meth:`stop`.
@@ -581,9 +602,13 @@ class ApiServer:
             raise
         shared_map: dict[int, Any] = {}  # one event loop thread serves every listener
         kw = dict(threads=s.threads, channel_timeout=s.idle_timeout_s, ident="lifelong")
+        kw["cleanup_interval"] = max(1, min(5, s.idle_timeout_s // 2))  # how often idle connections are looked for
+        kw["connection_limit"] = s.max_connections + 16  # ours answer first (conn_limits); waitress's would hang
         # waitress refuses bodies over its own limit with a text 413; leave room so the app answers in JSON
         kw["max_request_body_size"] = max(2 * s.max_body_bytes, s.max_upload_bytes or 0) + 65536
         self._servers = [waitress.create_server(self.app, map=shared_map, sockets=[sock], **kw) for sock in socks]
+        for server in self._servers:
+            self.limits.install(server)
         self._thread = threading.Thread(target=self._servers[0].run, name="lifelong-api", daemon=True)
         self._thread.start()
         logger.info("API listening on %s", ", ".join(self.addresses))

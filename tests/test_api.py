@@ -445,3 +445,82 @@ def test_npy_bodies_read_by_the_fast_path_equal_np_load_and_others_fall_back() -
     with pytest.raises(RequestError, match="not a readable .npy array"):
         _npy(truncated)
     assert _npy_fast(body(np.array(["a", "b"]))) is None, "only plain numbers take the fast path"
+
+
+HOG = r"""
+import socket, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+held, answers = [], []
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    try:  # a connection over the limit may be answered and closed before this is sent
+        if i % 3 == 1:  # half-sent: headers, then nothing
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\nab")
+        elif i % 3 == 2:  # Expect: 100-continue, and no body ever
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4000\r\n\r\n")
+    except BrokenPipeError:
+        pass
+    held.append(s)
+time.sleep(0.5)
+refused = 0
+for s in held:
+    s.settimeout(0.01)
+    try:
+        data = s.recv(4096)
+    except (TimeoutError, OSError):
+        continue
+    refused += b" 503 " in data and b"too many connections from this client" in data
+print(refused, flush=True)
+sys.stdin.read()  # hold the connections until told
+"""
+
+
+def test_one_client_holding_200_idle_or_half_sent_connections_does_not_stall_the_others(served, sock_dir) -> None:
+    import subprocess
+    import sys
+
+    server, _, _, client = served
+    path = str(sock_dir / "api.sock")
+    hog = subprocess.Popen([sys.executable, "-c", HOG, path, "200"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        line = hog.stdout.readline()
+        assert line.strip(), f"the hogging client failed: {hog.stderr.read().decode()[-2000:]}"
+        refused = int(line)
+        per_peer = server.settings.max_connections_per_peer
+        assert refused == 200 - per_peer  # over its limit each one is answered 503 at once, none hangs
+        took = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            assert client.health()["model"] == "a"
+            assert client.predict(_images(1)).model == "a"
+            took.append(time.perf_counter() - t0)
+        assert np.median(took) < 0.05 and max(took) < 0.5, took
+        assert f"lifelong_connections_refused_total {refused}" in client.metrics()
+    finally:
+        hog.communicate(b"", timeout=10)
+
+
+def test_a_half_sent_request_is_closed_after_the_idle_timeout(models, sock_dir) -> None:
+    runtime = OrtRuntime(RuntimeSettings(warmup_runs=1, max_batch=4))
+    runtime.swap("a", models["a"])
+    server, _ = _serve(runtime, sock_dir, idle_timeout_s=2)
+    with server:
+        for request in (
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n",
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
+            b"GET /v1/health HTTP/1.1\r\nHost: x\r\n",  # headers never end
+        ):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(str(sock_dir / "api.sock"))
+            t0 = time.monotonic()
+            s.sendall(request)
+            got = b""
+            while chunk := s.recv(4096):  # b"" once the server closes
+                got += chunk
+            waited = time.monotonic() - t0
+            s.close()
+            assert 1.5 < waited < 6, (request, waited, got)
+            assert b" 200 " not in got and b" 500 " not in got, got
