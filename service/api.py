@@ -63,6 +63,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.runtime import Prediction, Runtime, RuntimeStats, as_model_input
+from service.waitress_errors import JsonErrorChannel
 
 __all__ = ["ApiApp", "ApiServer", "ApiSettings", "FeedbackLabel", "FeedbackSink", "MemoryFeedback"]
 
@@ -608,6 +609,7 @@ class ApiServer:
         kw["max_request_body_size"] = max(2 * s.max_body_bytes, s.max_upload_bytes or 0) + 65536
         self._servers = [waitress.create_server(self.app, map=shared_map, sockets=[sock], **kw) for sock in socks]
         for server in self._servers:
+            server.channel_class = JsonErrorChannel  # waitress's own 400/413 answers in our JSON format
             self.limits.install(server)
         self._thread = threading.Thread(target=self._servers[0].run, name="lifelong-api", daemon=True)
         self._thread.start()

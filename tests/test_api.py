@@ -524,3 +524,37 @@ def test_a_half_sent_request_is_closed_after_the_idle_timeout(models, sock_dir) 
             s.close()
             assert 1.5 < waited < 6, (request, waited, got)
             assert b" 200 " not in got and b" 500 " not in got, got
+
+
+def _raw(path: Path, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP request on a fresh connection: status, headers, body."""
+    import http.client
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(path))
+    try:
+        s.sendall(request)
+    except BrokenPipeError:
+        pass  # answered and closed before all was sent: read the answer
+    response = http.client.HTTPResponse(s)
+    response.begin()
+    body = response.read()
+    s.close()
+    return response.status, dict(response.getheaders()), body
+
+
+def test_what_waitress_refuses_itself_is_answered_in_the_json_error_format(served, sock_dir) -> None:
+    path = sock_dir / "api.sock"
+    big = 700 * 1024  # over waitress's own limit (twice max_body_bytes, plus room), not only the app's
+    cases = [
+        (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % big + b"\0" * big, 413, "too large"),
+        (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, "Content-Length"),
+        (b"GET /v1/health HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n", 400, "Bad Request"),
+    ]
+    for request, want, words in cases:
+        status, headers, body = _raw(path, request)
+        assert status == want, (request[:60], status, body)
+        assert headers["Content-Type"] == "application/json", body
+        assert words.lower() in json.loads(body)["error"].lower(), body
+    assert served[3].health()["model"] == "a"
