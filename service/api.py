@@ -40,7 +40,6 @@ import stat
 import threading
 import time
 import uuid
-import zipfile
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -63,7 +62,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.runtime import Prediction, Runtime, RuntimeStats, as_model_input
-from service.waitress_errors import JsonErrorChannel
+from service.waitress_channel import ApiChannel
 
 __all__ = ["ApiApp", "ApiServer", "ApiSettings", "FeedbackLabel", "FeedbackSink", "MemoryFeedback"]
 
@@ -321,11 +320,11 @@ class ApiApp:
                 )
             if route is None:
                 status, payload = 404, {"error": f"no route {path!r}; routes are {', '.join(self._routes)}"}
-            elif method not in route:
+            elif (method if method != "HEAD" else "GET") not in route:  # HEAD: what GET answers, without the body
                 status, payload = 405, {"error": f"{method} is not allowed on {path}; use {', '.join(route)}"}
                 headers.append(("Allow", ", ".join(route)))
             else:
-                status, payload = route[method](environ)
+                status, payload = route[method if method != "HEAD" else "GET"](environ)
         except ServiceError as exc:
             status, payload = exc.http_status, {"error": str(exc), "type": type(exc).__name__}
         except Exception:  # a bug or an onnxruntime failure: answer, log, keep serving
@@ -346,7 +345,9 @@ class ApiApp:
         self.metrics.observe(path if route else "other", status, time.perf_counter() - start)
         headers += [("Content-Type", ctype), ("Content-Length", str(len(body)))]
         start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
-        return [body]
+        # waitress sends what the app returns, even to HEAD: a body there would be read by a
+        # keep-alive client as the start of its next answer
+        return [] if method == "HEAD" else [body]
 
     def _predict(self, environ: dict[str, Any]) -> tuple[int, Any]:
         body = self._read_body(environ)
@@ -496,7 +497,10 @@ def _npy_fast(body: bytes) -> np.ndarray | None:
     m = _NPY_HEADER.fullmatch(body, 10, end)
     if m is None:
         return None
-    dtype = np.dtype(m.group(1).decode())
+    try:
+        dtype = np.dtype(m.group(1).decode())
+    except TypeError:  # '|f1' and the like: np.load says what is wrong
+        return None
     shape = tuple(int(v) for v in m.group(2).split(b",") if v.strip())
     count = math.prod(shape)
     if len(body) - end != count * dtype.itemsize:
@@ -513,7 +517,7 @@ def _npy(body: bytes) -> np.ndarray:
         return fast
     try:
         return np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a corrupt header raises ValueError, SyntaxError, TokenError, TypeError...
         raise RequestError(f"body is not a readable .npy array: {exc}") from None
 
 
@@ -527,7 +531,7 @@ def _npz(body: bytes) -> tuple[np.ndarray, np.ndarray]:
             return npz["x"], npz["y"]
     except RequestError:
         raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - as for .npy: whatever a corrupt member raises
         raise RequestError(f"body is not a readable .npz archive: {exc}") from None
 
 
@@ -609,7 +613,7 @@ class ApiServer:
         kw["max_request_body_size"] = max(2 * s.max_body_bytes, s.max_upload_bytes or 0) + 65536
         self._servers = [waitress.create_server(self.app, map=shared_map, sockets=[sock], **kw) for sock in socks]
         for server in self._servers:
-            server.channel_class = JsonErrorChannel  # waitress's own 400/413 answers in our JSON format
+            server.channel_class = ApiChannel  # JSON for waitress's own 400/413; Expect without a body answered
             self.limits.install(server)
         self._thread = threading.Thread(target=self._servers[0].run, name="lifelong-api", daemon=True)
         self._thread.start()

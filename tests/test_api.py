@@ -558,3 +558,59 @@ def test_what_waitress_refuses_itself_is_answered_in_the_json_error_format(serve
         assert headers["Content-Type"] == "application/json", body
         assert words.lower() in json.loads(body)["error"].lower(), body
     assert served[3].health()["model"] == "a"
+
+
+def test_expect_100_continue_on_a_request_without_a_body_is_answered_at_once(served, sock_dir) -> None:
+    path = sock_dir / "api.sock"
+    for request, want in (
+        (b"GET /v1/health HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n", 200),
+        (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n", 400),
+    ):
+        t0 = time.monotonic()
+        status, _, body = _raw(path, request)  # waitress alone: "100 Continue", then nothing until the idle timeout
+        assert status == want and time.monotonic() - t0 < 1.0, (request, status, body)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # with a body: 100 Continue first, then the answer
+    s.settimeout(5)
+    s.connect(str(path))
+    payload = json.dumps({"inputs": [[[0] * 28] * 28]}).encode()
+    s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+              b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(payload))  # fmt: skip
+    assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
+    s.sendall(payload)
+    got = b""
+    while chunk := s.recv(65536):
+        got += chunk
+    s.close()
+    assert got.startswith(b"HTTP/1.1 200 OK") and b'"classes": [3]' in got, got[:300]
+
+
+def test_head_is_answered_with_headers_only_and_the_connection_stays_usable(served) -> None:
+    _, _, _, client = served
+    for path, want in (("/v1/health", 200), ("/", 404), ("/v1/predict", 405)):
+        status, body = client.request("HEAD", path)  # the same kept connection for all of them
+        assert (status, body) == (want, b""), path
+    assert client.health()["model"] == "a"  # a body sent to HEAD would have been read as this answer
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_corrupt_npy_and_npz_bodies_are_request_errors_whatever_numpy_raises() -> None:
+    """np.load raises ValueError, SyntaxError, TokenError, TypeError... on a corrupt header."""
+    import random
+
+    from service.api import _npy, _npz
+
+    npy, npz = io.BytesIO(), io.BytesIO()
+    np.save(npy, np.zeros((1, 28, 28), np.uint8))
+    np.savez(npz, x=np.zeros((2, 28, 28)), y=np.array([1, 2]))
+    r = random.Random(0)
+    for parse, base in ((_npy, npy.getvalue()), (_npz, npz.getvalue())):
+        for _ in range(3000):
+            b = bytearray(base)
+            for _ in range(r.randrange(1, 8)):
+                b[r.randrange(min(len(b), 400))] = r.randrange(256)
+            if r.random() < 0.3:
+                b = b[: r.randrange(len(b))]
+            try:
+                parse(bytes(b))
+            except RequestError:
+                pass
