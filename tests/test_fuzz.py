@@ -20,7 +20,6 @@ import os
 import random
 import socket
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,7 +97,7 @@ def _body(r: random.Random) -> bytes:
     if kind == 12:
         return b"\x08\x07\x12\x04" + r.randbytes(r.randrange(10, 500))  # protobuf-looking: a fake ONNX upload
     if kind == 13:
-        return "{\"inputs\": \"\udcff\"}".encode("utf-8", "surrogatepass")
+        return '{"inputs": "\udcff"}'.encode("utf-8", "surrogatepass")
     if kind == 14:
         return b'{"inputs": ' + b"[0," * 50_000 + b"0" + b"]" * 50_000 + b"}"
     return json.dumps(r.choice([{}, [], "x", 1, None, True])).encode()
