@@ -1,7 +1,8 @@
 """A small client of the daemon's API, over its Unix socket or loopback TCP.
 
-Standard library only (``http.client``), so applications on the gateway and the CLI can
-talk to the daemon without a web stack. One keep-alive connection per client; a client may
+Standard library only (HTTP/1.1 over the socket with :mod:`service.http_wire`, a minimal
+parser that costs a fraction of ``http.client``), so applications on the gateway and the CLI
+can talk to the daemon without a web stack. One keep-alive connection per client; a client may
 be shared between threads (requests then take turns), though a thread each is faster.
 
 Errors: :class:`~service.errors.DaemonUnreachable` with a one-line reason when nothing
@@ -11,10 +12,8 @@ its HTTP status (400 RequestError, 413 PayloadTooLarge, 503 NoModelError, ...).
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
-import socket
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
+from service.http_wire import Closed, Connection, ProtocolError
 from service.paths import admin_socket_for
 
 __all__ = ["Client", "ClientPrediction"]
@@ -48,7 +48,6 @@ _ERRORS: dict[int, type[ServiceError]] = {
     422: ModelLoadError,
     503: NoModelError,
 }
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 @dataclass(frozen=True)
@@ -60,24 +59,6 @@ class ClientPrediction:
     classes: np.ndarray  # (N,) int64
     probabilities: np.ndarray  # (N, C) float64
     latency_ms: float
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over an AF_UNIX stream socket; the Host header says ``localhost``."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class Client:
@@ -115,7 +96,7 @@ class Client:
         if admin_socket_path is None and socket_path is not None:
             admin_socket_path = admin_socket_for(socket_path)
         self.admin_socket_path = None if admin_socket_path is None else str(admin_socket_path)
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: Connection | None = None
         self._lock = threading.Lock()
         self._admin: Client | None = None
 
@@ -246,32 +227,28 @@ class Client:
                 conn = self._conn or self._connection()
                 self._conn = conn
                 try:
-                    try:
-                        conn.request(method, path, body=body, headers=headers)
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass  # the server may have answered early (413) and closed: read what it said
-                    response = conn.getresponse()
-                    data = response.read()
-                except _STALE as exc:
+                    response = conn.request(method, path, body, headers)
+                except Closed as exc:
                     self._close()
                     if reused and attempt == 0:
                         continue  # the server closed an idle keep-alive connection: one fresh try
                     raise DaemonUnreachable(f"the daemon at {self.address} closed the connection ({exc})") from exc
+                except ProtocolError as exc:
+                    self._close()
+                    raise DaemonUnreachable(f"{self.address} does not answer in HTTP: {exc}") from exc
                 except OSError as exc:
                     self._close()
                     raise DaemonUnreachable(self._explain(exc)) from exc
-                except http.client.HTTPException as exc:
-                    self._close()
-                    raise DaemonUnreachable(f"{self.address} does not answer in HTTP: {exc!r}") from exc
                 if response.will_close:
                     self._close()
-                return response.status, data
+                return response.status, response.body
         raise AssertionError("unreachable")
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> Connection:
         if self.socket_path is not None:
-            return _UnixHTTPConnection(self.socket_path, self.timeout)
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            return Connection(unix_path=self.socket_path, timeout=self.timeout)
+        assert self.port is not None
+        return Connection(host=self.host, port=self.port, timeout=self.timeout)
 
     def _explain(self, exc: OSError) -> str:
         where = self.address
