@@ -33,7 +33,7 @@ graph takes.
    ``latency_ms`` (its session time) is kept too, and a ``GET /v1/health`` round trip gives
    the floor of one request, so the API's cost splits into model time, the app's work
    (``.npy`` parsing, input checks, JSON both ways) and HTTP (the socket, framing,
-   waitress's hand-offs between its loop thread and its worker threads).
+   the server's thread and its limits).
 2. **Concurrency**: throughput with 1, 2 and 4 clients (threads, a Client each) against
    the same number of threads running one shared raw session, in alternating blocks.
 3. **Swaps**: one client predicts at batch 1 without pause while the benchmark deploys
@@ -292,7 +292,7 @@ def overhead(client: Client, model: BenchModel, model_id: str, batch: int, plan:
     out["overhead_throughput_pct"] = 100 * (1 - api_["samples_per_s"] / raw["samples_per_s"])
     out["runtime_overhead_p50_pct"] = 100 * (out["runtime"]["p50"] / raw["p50"] - 1)
     out["wsgi_overhead_p50_pct"] = 100 * (out["wsgi"]["p50"] / raw["p50"] - 1)
-    out["http_p50_ms"] = api_["p50"] - out["wsgi"]["p50"]  # socket, HTTP framing, waitress's thread hand-offs
+    out["http_p50_ms"] = api_["p50"] - out["wsgi"]["p50"]  # socket, HTTP framing, the server
     out["api_minus_daemon_model_p50_ms"] = api_["p50"] - out["daemon_model_ms"]["p50"]
     if wrong:
         raise BenchmarkError(

@@ -1,13 +1,10 @@
-"""The daemon's local HTTP API: a WSGI app served by waitress on a Unix socket (and loopback TCP).
+"""The daemon's local HTTP API: a WSGI app served on a Unix socket (and loopback TCP).
 
-Why waitress: onnxruntime releases the GIL while a model runs, so a pool of threads serves
-concurrent requests on several cores, and a threaded WSGI server is all the daemon needs.
-Waitress is pure Python (nothing to compile on an Arm gateway), has no dependencies, is
-meant for production (werkzeug's server says it is for development only), bounds request
-bodies and idle connections, and serves sockets handed to it. So :class:`ApiServer` binds
-the Unix socket itself: it removes a stale socket file only when nobody answers on it
-(waitress would unlink any socket file, taking a running daemon's path), and sets the file
-mode before ``listen()`` so that no client ever connects through looser permissions.
+The server is :mod:`service.http_server` (a thread per connection, chosen by measurement
+over waitress and cheroot; onnxruntime releases the GIL while a model runs, so concurrent
+requests use several cores). :class:`ApiServer` binds the sockets itself: it removes a
+stale socket file only when nobody answers on it (never a running daemon's path), and sets
+the file mode before ``listen()`` so that no client ever connects through looser permissions.
 
 Endpoints (JSON answers; errors are ``{"error": message}`` with a 4xx/5xx status):
 
@@ -61,8 +58,8 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
+from service.http_server import HttpServer
 from service.runtime import Prediction, Runtime, RuntimeStats, as_model_input
-from service.waitress_channel import ApiChannel
 
 __all__ = ["ApiApp", "ApiServer", "ApiSettings", "FeedbackLabel", "FeedbackSink", "MemoryFeedback"]
 
@@ -83,9 +80,8 @@ class ApiSettings:
         tcp_port: Loopback TCP port to serve on as well (None: none; 0: any free port).
         tcp_host: Loopback address for ``tcp_port``; other addresses are refused.
         max_body_bytes: Larger request bodies are answered 413.
-        max_upload_bytes: The largest body an added route may read (a model upload);
-            waitress refuses anything larger before the app sees it. None: no uploads
-            beyond twice ``max_body_bytes``.
+        max_upload_bytes: The largest body an added route may read (a model upload); the
+            server refuses anything larger before reading it. None: ``max_body_bytes``.
         threads: Requests answered at once.
         idle_timeout_s: Connections idle this long are closed: keep-alive ones, and requests
             half-sent (headers, or ``Expect: 100-continue``, and then nothing).
@@ -345,8 +341,8 @@ class ApiApp:
         self.metrics.observe(path if route else "other", status, time.perf_counter() - start)
         headers += [("Content-Type", ctype), ("Content-Length", str(len(body)))]
         start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
-        # waitress sends what the app returns, even to HEAD: a body there would be read by a
-        # keep-alive client as the start of its next answer
+        # no body to HEAD, whatever server sends what the app returns: a keep-alive client would
+        # read it as the start of its next answer
         return [] if method == "HEAD" else [body]
 
     def _predict(self, environ: dict[str, Any]) -> tuple[int, Any]:
@@ -562,13 +558,13 @@ def _label_items(raw: Any, classes: int | None) -> list[FeedbackLabel]:
 
 
 class ApiServer:
-    """Serves an :class:`ApiApp` with waitress on the configured sockets, in a background thread."""
+    """Serves an :class:`ApiApp` on the configured sockets (:mod:`service.http_server`: a thread per
+    connection, bounded per client and in all), in background threads."""
 
     def __init__(self, app: ApiApp, settings: ApiSettings) -> None:
         self.app, self.settings = app, settings
         self.tcp_address: tuple[str, int] | None = None
-        self._servers: list[Any] = []
-        self._thread: threading.Thread | None = None
+        self._server: HttpServer | None = None
         self._socket_inode: int | None = None
         self.limits = ConnectionLimits(settings.max_connections_per_peer, settings.max_connections)
         app.metric_sources.append(self._limits_metrics)
@@ -586,9 +582,7 @@ class ApiServer:
         Raises:
             AddressInUse: the socket path or TCP port is served by another process.
         """
-        import waitress
-
-        if self._thread is not None:
+        if self._server is not None:
             raise RuntimeError(f"this server already serves {', '.join(self.addresses)}")
         s = self.settings
         socks = []
@@ -605,18 +599,19 @@ class ApiServer:
             for sock in socks:
                 sock.close()
             raise
-        shared_map: dict[int, Any] = {}  # one event loop thread serves every listener
-        kw = dict(threads=s.threads, channel_timeout=s.idle_timeout_s, ident="lifelong")
-        kw["cleanup_interval"] = max(1, min(5, s.idle_timeout_s // 2))  # how often idle connections are looked for
-        kw["connection_limit"] = s.max_connections + 16  # ours answer first (conn_limits); waitress's would hang
-        # waitress refuses bodies over its own limit with a text 413; leave room so the app answers in JSON
-        kw["max_request_body_size"] = max(2 * s.max_body_bytes, s.max_upload_bytes or 0) + 65536
-        self._servers = [waitress.create_server(self.app, map=shared_map, sockets=[sock], **kw) for sock in socks]
-        for server in self._servers:
-            server.channel_class = ApiChannel  # JSON for waitress's own 400/413; Expect without a body answered
-            self.limits.install(server)
-        self._thread = threading.Thread(target=self._servers[0].run, name="lifelong-api", daemon=True)
-        self._thread.start()
+        for sock in socks:
+            sock.listen(128)
+        self._server = HttpServer(
+            self.app,
+            socks,
+            limits=self.limits,
+            threads=s.threads,
+            idle_timeout_s=s.idle_timeout_s,
+            # the app answers bodies over max_body_bytes 413 itself; the server refuses, unread, what no route takes
+            max_request_body=max(s.max_body_bytes, s.max_upload_bytes or 0),
+            name="admin" if s.socket_mode == 0o600 else "api",
+        )
+        self._server.start()
         logger.info("API listening on %s", ", ".join(self.addresses))
 
     @property
@@ -656,26 +651,9 @@ class ApiServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish (up to ``timeout``), close everything."""
-        if self._thread is None:
+        if self._server is None:
             return
-        from waitress import wasyncore
-
-        for server in self._servers:
-            server.accepting = False  # the loop stops polling the listeners
-        shared_map = self._servers[0]._map
-        deadline = time.monotonic() + timeout
-        # Drain: answers being computed, then answers being written out by the loop thread.
-        while time.monotonic() < deadline and (
-            self.app.metrics.in_flight
-            or any(
-                getattr(ch, "requests", None) or getattr(ch, "total_outbufs_len", 0) for ch in list(shared_map.values())
-            )
-        ):
-            time.sleep(0.01)
-        self._servers[0].trigger.pull_trigger(lambda: wasyncore.close_all(shared_map))  # runs in the loop thread
-        self._thread.join(timeout)
-        for server in self._servers:
-            server.task_dispatcher.shutdown(timeout=max(0.1, deadline - time.monotonic()))
+        self._server.stop(timeout)
         path = self.settings.socket_path
         if path is not None and self._socket_inode is not None:
             try:
@@ -683,7 +661,7 @@ class ApiServer:
                     os.unlink(path)
             except FileNotFoundError:
                 pass
-        self._thread, self._servers = None, []
+        self._server = None
         logger.info("API stopped")
 
     def __enter__(self) -> ApiServer:

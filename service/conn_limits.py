@@ -1,20 +1,14 @@
 """Connection limits of the API's listeners: per client and in total, refused with an answer.
 
-Waitress reads requests on one event loop and answers them on a pool of threads, so idle or
-half-sent connections cost no thread; what they cost is a slot of its connection limit. When
-that limit is reached waitress stops calling ``accept()``, and every new client waits in the
-kernel's backlog until some connection closes: 99 idle connections from one misbehaving
-application were enough to make health time out for everyone else.
-
-:class:`ConnectionLimits` replaces the listeners' accept with one that knows who connects:
-on a Unix socket the peer's process (``SO_PEERCRED``), on loopback TCP its address. A peer
-over ``per_peer`` open connections, or any new connection over ``total``, is accepted, told
-``503`` in the API's JSON error format (what it exceeded and what to do), and closed, so the
-listener never stops accepting and every other client is served. Waitress's own limit is set
-above ``total`` so that it never triggers first. Idle and half-sent connections are closed
-by waitress after the API's idle timeout (``channel_timeout``, checked every
-``cleanup_interval``), which bounds a client that sends headers and then nothing, or
-``Expect: 100-continue`` and no body.
+Idle or half-sent connections cost the server a thread each (:mod:`service.http_server`)
+and a file descriptor; a server that simply stops accepting at its limit (as waitress did:
+99 idle connections from one misbehaving application made health time out for everyone)
+lets one client stall all the others. :class:`ConnectionLimits` is asked before a
+connection is served and knows who connects: on a Unix socket the peer's process
+(``SO_PEERCRED``), on loopback TCP its address. A peer over ``per_peer`` open connections, or
+any new connection over ``total``, is told ``503`` in the API's JSON error format (what it
+exceeded and what to do) and closed, so every other client is still served. Idle and
+half-sent connections are closed after the API's idle timeout by the server.
 """
 
 from __future__ import annotations
@@ -23,8 +17,7 @@ import json
 import logging
 import socket
 import struct
-from dataclasses import dataclass
-from typing import Any
+import threading
 
 __all__ = ["ConnectionLimits", "peer_of"]
 
@@ -56,55 +49,54 @@ def _refusal(message: str) -> bytes:
     return head.encode() + body
 
 
-@dataclass
 class ConnectionLimits:
-    """At most ``per_peer`` open connections from one client, ``total`` from all."""
+    """At most ``per_peer`` open connections from one client, ``total`` from all (thread-safe)."""
 
-    per_peer: int = 32
-    total: int = 512
-    refused: int = 0
+    def __init__(self, per_peer: int = 32, total: int = 512) -> None:
+        if not 1 <= per_peer <= total:
+            raise ValueError(f"per_peer={per_peer}, total={total}; expected 1 <= per_peer <= total")
+        self.per_peer, self.total = per_peer, total
+        self.refused = 0
+        self._lock = threading.Lock()
+        self._open: dict[socket.socket, str] = {}
+        self._by_peer: dict[str, int] = {}
 
-    def __post_init__(self) -> None:
-        if not 1 <= self.per_peer <= self.total:
-            raise ValueError(f"per_peer={self.per_peer}, total={self.total}; expected 1 <= per_peer <= total")
+    @property
+    def open(self) -> int:
+        return len(self._open)
 
-    def install(self, server: Any) -> None:
-        """Make ``server`` (a waitress listener) accept through :meth:`accept`."""
-        server.handle_accept = lambda: self.accept(server)
-
-    def accept(self, server: Any) -> None:
-        """Waitress's ``handle_accept``, with the limits checked before a channel is made."""
-        try:
-            pair = server.accept()
-            if pair is None:
-                return
-            conn, addr = pair
-            server.set_socket_options(conn)
-        except OSError:  # the client left before accept() returned: nothing to serve
-            return
+    def admit(self, conn: socket.socket) -> bool:
+        """Count ``conn`` in, or answer it 503 (and leave closing it to the caller): False."""
         peer = peer_of(conn)
-        channels = list(server._map.values())  # the loop's map, shared by every listener
-        mine = sum(1 for ch in channels if getattr(ch, "lifelong_peer", None) == peer)
-        open_ = sum(1 for ch in channels if hasattr(ch, "lifelong_peer"))
+        with self._lock:
+            mine, total = self._by_peer.get(peer, 0), len(self._open)
+            if mine < self.per_peer and total < self.total:
+                self._open[conn] = peer
+                self._by_peer[peer] = mine + 1
+                return True
+            self.refused += 1
+            refused = self.refused
         if mine >= self.per_peer:
-            self._refuse(conn, peer, f"too many connections from this client ({mine} open, at most "
-                         f"{self.per_peer}); reuse one keep-alive connection or close idle ones")  # fmt: skip
-            return
-        if open_ >= self.total:
-            self._refuse(conn, peer, f"the service has {open_} connections open, its limit; try again shortly")
-            return
-        channel = server.channel_class(server, conn, server.fix_addr(addr), server.adj, map=server._map)
-        channel.lifelong_peer = peer
-
-    def _refuse(self, conn: socket.socket, peer: str, message: str) -> None:
-        self.refused += 1
-        if self.refused == 1 or self.refused % 100 == 0:
-            logger.warning("connection from %s refused (%d so far): %s", peer, self.refused, message)
+            message = (f"too many connections from this client ({mine} open, at most {self.per_peer}); "
+                       "reuse one keep-alive connection or close idle ones")  # fmt: skip
+        else:
+            message = f"the service has {total} connections open, its limit; try again shortly"
+        if refused == 1 or refused % 100 == 0:
+            logger.warning("connection from %s refused (%d so far): %s", peer, refused, message)
         try:
             conn.settimeout(0.2)
             conn.sendall(_refusal(message))
-            conn.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        finally:
-            conn.close()
+        return False
+
+    def release(self, conn: socket.socket) -> None:
+        """``conn`` closed (a refused one was never counted)."""
+        with self._lock:
+            peer = self._open.pop(conn, None)
+            if peer is not None:
+                left = self._by_peer[peer] - 1
+                if left:
+                    self._by_peer[peer] = left
+                else:
+                    del self._by_peer[peer]

@@ -7,7 +7,7 @@ Who does what, by thread:
   admin commands (deploy, rollback, prune) and the stop. Every model change therefore runs
   there, through the one validated path of :class:`~service.swap.Swapper`, and changes never
   interleave;
-- **API threads** (waitress) answer predict, feedback, status, health and metrics directly
+- **API threads** (a thread per connection, :mod:`service.http_server`) answer predict, feedback, status, health and metrics directly
   (the runtime swaps by one reference change, the store is thread-safe); the admin
   endpoints (:mod:`service.admin`) submit a command to the loop and wait for its result;
 - **signal handlers, file watchers and scheduler jobs only enqueue** (the latency probe
