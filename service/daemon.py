@@ -135,6 +135,7 @@ from service.ingest import RecentInputs, ingest_file
 from service.jobs import JobSpec, Scheduler
 from service.live import LiveMonitor
 from service.loop import EventLoop, Reload, Stop
+from service.memory_trim import IdleTrim
 from service.paths import default_front
 from service.policy_state import PolicyState
 from service.preference import FrontCache, PreferenceAnswer, answer_preference, slowed_policy
@@ -161,6 +162,8 @@ CANARY_CHECK_JOB = "canary-check"
 ADAPT_JOB = "adaptation"
 CANARY_CHECK_S = 0.5
 """Seconds between canary checks while a watch runs (a check is a few numpy operations)."""
+MEMORY_TRIM_S = 5.0
+"""Seconds between looks of the idle heap trim (:mod:`service.memory_trim`)."""
 BASELINE_LABELS = 500
 """Feedback labels (the newest) a model's accuracy is measured on, as baseline and in the status."""
 
@@ -240,6 +243,7 @@ class Daemon:
         self.last_probe: dict[str, Any] | None = None
         self.recent_inputs = RecentInputs(settings.warmup_samples)
         self.live = LiveMonitor()
+        self.memory_trim = IdleTrim(self._activity)
         self.canary: CanaryWatch | None = None  # set and cleared on the loop; read by API threads
         self._canary_check_queued = False
         self._extra_jobs = list(jobs)
@@ -1103,12 +1107,20 @@ class Daemon:
         )
         return [
             JobSpec("latency-probe", self._probe, s.probe_interval_s),
+            JobSpec("memory-trim", self.memory_trim.tick, MEMORY_TRIM_S),
             JobSpec("retention", lambda: self.loop.submit("prune"), s.retention_interval_s, run_at_start=True),
             JobSpec(CANARY_CHECK_JOB, self._request_canary_check, CANARY_CHECK_S),
             JobSpec(ADAPT_JOB, lambda: self.loop.put(AdaptationTick()), ADAPT_TICK_S),
             *drift,
             *self._extra_jobs,
         ]
+
+    def _activity(self) -> tuple[int, int]:
+        """What changes while the service works: predictions and swaps served."""
+        if self.runtime is None:
+            return (0, 0)
+        stats = self.runtime.stats()
+        return (stats.predictions, stats.swaps)
 
     def _probe(self) -> None:
         if self.runtime is not None and self.store is not None:
@@ -1169,6 +1181,7 @@ class Daemon:
             "events": events,
             "inbox": {"folder": str(self.settings.inbox), **self.inbox_counts},
             "latency_probe": self.last_probe,
+            "memory_trim": self.memory_trim.status(),
             "canary": self._canary_status(),
             "task_check": self._task_status(),
             "drift": None if self.drift is None else self.drift.status(),
