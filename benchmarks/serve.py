@@ -667,7 +667,6 @@ def main() -> None:
                 f"from another model {sw['answers_from_unknown_models']}; deploy p50 {sw['deploy_ms']['p50']:.0f} ms",
                 flush=True,
             )
-        swaps = swaps_by_batch["1"]
 
         # 4. one client holding many connections
         hog = hog_test(daemon, ids[models[0].label], 5 * plan.block_s)
