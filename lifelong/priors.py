@@ -25,6 +25,7 @@ numpy only: the serving process applies the correction without torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,7 @@ __all__ = [
     "em_priors",
     "fit_bcts",
     "softmax",
+    "total_variation",
 ]
 
 _EPS = 1e-12
@@ -62,6 +64,11 @@ class Calibration:
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
         return logits / self.temperature + self.bias
+
+
+def total_variation(p: Any, q: Any) -> float:
+    """Total variation distance between two class mixes (half the L1 distance): 0 the same, 1 disjoint."""
+    return 0.5 * float(np.abs(np.asarray(p, np.float64) - np.asarray(q, np.float64)).sum())
 
 
 def fit_bcts(logits: np.ndarray, labels: np.ndarray, iterations: int = 500, lr: float = 0.5) -> Calibration:
@@ -141,7 +148,7 @@ def em_priors(probs: np.ndarray, train_priors: np.ndarray, max_iter: int = 200, 
         q, iterations = new, iterations + 1
     q = np.clip(q, _EPS, None)
     q /= q.sum()
-    return PriorEstimate(q, iterations, converged, float(0.5 * np.abs(q - p).sum()))
+    return PriorEstimate(q, iterations, converged, total_variation(q, p))
 
 
 def adjust_logits(logits: np.ndarray, train_priors: np.ndarray, new_priors: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lifelong.priors import class_mix_test, em_priors
+from lifelong.priors import class_mix_test, em_priors, total_variation
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -133,7 +133,7 @@ class ClassMix:
                 f"a change of class mix does not explain it (re-weighted p {test.p_value:.2g} < {self.level:g})"
             )}  # fmt: skip
         est = em_priors(probs, self._train)
-        shift = 0.5 * float(np.abs(est.priors - self._train).sum())
+        shift = total_variation(est.priors, self._train)
         found |= {"priors": est.priors.round(4).tolist(), "shift": shift}
         if shift < self.min_shift and self._mix is not None:  # the drift is the mix going back
             self._clear(f"class mix back to training (total variation {shift:.3f})")
@@ -162,8 +162,8 @@ class ClassMix:
             return None
         self._fresh = 0
         est = em_priors(live[2], self._train)
-        shift = 0.5 * float(np.abs(est.priors - self._train).sum())
-        moved = 0.5 * float(np.abs(est.priors - self._mix).sum())
+        shift = total_variation(est.priors, self._train)
+        moved = total_variation(est.priors, self._mix)
         if shift < self.min_shift:
             self._clear(f"class mix back to training (total variation {shift:.3f})")
             return f"class-mix correction removed: the mix is back to training (total variation {shift:.3f})"

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lifelong.priors import total_variation
 from policies import Policy
 
 __all__ = [
@@ -61,10 +62,6 @@ COLLAPSE_SHARE = 0.5
 """A label-free candidate that puts more than this share of local images in one class has collapsed."""
 
 
-def _tv(a: Any, b: Any) -> float:
-    return 0.5 * sum(abs(float(x) - float(y)) for x, y in zip(a, b, strict=True))
-
-
 def decide_label_free(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
     """Whether a label-free candidate (``"bn"`` mode) should replace the serving model.
 
@@ -99,7 +96,7 @@ def decide_label_free(result: Mapping[str, Any], policy: Policy) -> SwapDecision
         return SwapDecision(False, f"label-free candidate puts {cand['largest_share']:.0%} of {n} local images in one class (collapsed; at most {cap:.0%})")  # fmt: skip
     if not ref or not serving.get("mix"):
         return SwapDecision(False, "no reference class mix to judge the label-free candidate against")
-    d_cand, d_serving = _tv(cand["mix"], ref), _tv(serving["mix"], ref)
+    d_cand, d_serving = total_variation(cand["mix"], ref), total_variation(serving["mix"], ref)
     what = (
         f"label-free: BN statistics re-estimated on {n} local images; class mix {d_cand:.2f} from the "
         f"reference vs {d_serving:.2f} serving, largest class {cand['largest_share']:.0%} vs {serving.get('largest_share', 0):.0%}"
