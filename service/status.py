@@ -283,6 +283,8 @@ def format_status(doc: Mapping[str, Any]) -> str:
     store, runtime = doc.get("store") or {}, doc.get("runtime") or {}
     lines = []
     where = ", ".join(daemon.get("addresses") or [])
+    if daemon.get("admin_socket"):
+        where += f"; admin unix:{daemon['admin_socket']}"
     up = daemon.get("uptime_s")
     lines.append(
         f"lifelong: {daemon.get('state', '?')}, pid {daemon.get('pid', '?')}"

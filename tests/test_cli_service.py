@@ -52,6 +52,7 @@ def test_status_text_and_json(daemon) -> None:
     assert re.search(r"accuracy \?, latency p50 .* \(batch 1, this device\)", out)
     assert "precision unknown" in out and "policy:   balanced (preset:balanced)" in out
     assert "workers:  none running" in out and "events (newest first):" in out
+    assert f"(unix:{d.socket}; admin unix:{d.admin_socket})" in out.splitlines()[0]  # where to send what
     code, out, _ = invoke("status", "--json", sock=d.socket)
     doc = json.loads(out)
     assert code == 0 and doc["model"] == a_id and doc["store"]["model"]["id"] == a_id
