@@ -219,7 +219,8 @@ class Swapper:
         live = self.store.current_deployment()
         if target is None:
             serving = live.model_id if live else self.runtime.current_id
-            raise RecordNotFound(f"no earlier model to roll back to (serving {serving!r})")
+            now = f"{serving} serves" if serving else "no model serves yet"
+            raise RecordNotFound(f"no earlier model to roll back to ({now}); `lifelong history` lists the deployments")
         result = self.deploy_model(target, reason=reason)
         if live is not None and live.model_id != target:
             self.store.update_deployment(live.id, "rolled-back", f"rolled back to {target}: {reason}")
