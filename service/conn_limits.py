@@ -61,10 +61,6 @@ class ConnectionLimits:
         self._open: dict[socket.socket, str] = {}
         self._by_peer: dict[str, int] = {}
 
-    @property
-    def open(self) -> int:
-        return len(self._open)
-
     def admit(self, conn: socket.socket) -> bool:
         """Count ``conn`` in, or answer it 503 (and leave closing it to the caller): False."""
         peer = peer_of(conn)

@@ -90,10 +90,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def handle_expect_100(self) -> bool:
         length = self._content_length()
-        if length is not None and length > 0 and not self._body_refused(length):
+        if length is None or self._body_refused(length):  # answered already (400, 411 or 413)
+            return False
+        if length > 0:
             self.send_response_only(100)
             self.end_headers()
-        return length is not None and not self._body_refused(length)
+        return True
 
     def _content_length(self) -> int | None:
         if self.headers.get("Transfer-Encoding"):

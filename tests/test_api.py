@@ -618,3 +618,16 @@ def test_corrupt_npy_and_npz_bodies_are_request_errors_whatever_numpy_raises() -
                 parse(bytes(b))
             except RequestError:
                 pass
+
+
+def test_expect_100_continue_over_the_body_limit_gets_one_413_and_no_continue(served, sock_dir) -> None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(str(sock_dir / "api.sock"))
+    s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n")
+    got = b""
+    while chunk := s.recv(65536):  # the server answers and closes
+        got += chunk
+    s.close()
+    assert got.count(b"HTTP/1.1 ") == 1 and got.startswith(b"HTTP/1.1 413 "), got
+    assert b"over the limit" in got
