@@ -112,7 +112,8 @@ from service.adaptation import (
     LabelFree,
 )
 from service.admin import install_admin_routes
-from service.api import ApiApp, ApiServer, ApiSettings
+from service.api import ApiApp
+from service.api_server import ApiServer, ApiSettings
 from service.canary import (
     PROMOTE,
     ROLLBACK,

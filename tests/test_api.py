@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from tiny_models import write_classifier, write_corrupt
 
-from service.api import ApiApp, ApiServer, ApiSettings, MemoryFeedback
+from service.api import ApiApp, MemoryFeedback
+from service.api_server import ApiServer, ApiSettings
 from service.client import Client
 from service.errors import (
     AddressInUse,
