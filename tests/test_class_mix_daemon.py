@@ -57,8 +57,14 @@ def test_a_class_mix_shift_is_corrected_without_labels_and_undone_when_the_mix_r
             assert c.status()["drift"]["counts"]["label"]["drifted"] == 0
             x, _ = _draw(fashion_test, skew, 600, seed=2, pool=slice(5000, None))
             stream(x)
+            # the correction (drift thread) and its event (the daemon's loop) land a moment apart
             wait_until(
-                lambda: c.status()["drift"]["class_mix"]["in_force"], timeout=30, what="the class-mix correction"
+                lambda: (
+                    c.status()["drift"]["class_mix"]["in_force"]
+                    and any("answered without labels" in e["message"] for e in c.status()["events"])
+                ),
+                timeout=30,
+                what="the class-mix correction and its event",
             )
             status = c.status()
             mix = status["drift"]["class_mix"]
