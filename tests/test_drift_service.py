@@ -419,7 +419,12 @@ def test_a_shifted_stream_raises_data_drift_in_store_status_and_metrics_and_a_cl
             assert not doc["latest"]["data"]["drifted"]
             for i in range(0, len(shifted), 10):
                 c.predict(shifted[i : i + 10])
-            wait_until(lambda: c.status()["drift"]["counts"]["data"]["events"] >= 1, timeout=30, what="data drift")
+            # the detection (drift thread) and the daemon's answer to it (its loop) land a moment apart
+            wait_until(
+                lambda: any(e["kind"] == "drift" and "no supernet at" in e["message"] for e in c.status()["events"]),
+                timeout=30,
+                what="data drift and the daemon's answer",
+            )
             status = c.status()
             metrics = c.metrics()
         drift = status["drift"]
