@@ -17,11 +17,14 @@ the work folder):
    configuration that serves it best (:mod:`ptq`: signed/unsigned activations x MinMax /
    Percentile / Entropy); and the supernet's largest subnet at W8A8 through our exporter;
 2. the search: ``search_front`` (NSGA-II over the predictor and the profile's latency model)
-   for the policy (default the ``balanced`` preset, whose budgets almost every subnet meets);
+   for the policy (default the ``balanced`` preset, whose budgets almost every subnet meets),
+   with measured picks (:mod:`lifelong.front_measure`): the ``--measure`` best candidates are
+   timed on this device (their graphs with random weights) and the front is rebuilt on that
+   measured latency;
 3. the front points to export: ``--points`` spread over predicted latency, and for each
    baseline (INT8 (a), (b) and (c), timed once first) the two its targets ask about, chosen
-   on predicted figures as a policy would choose them: the most accurate within its latency,
-   the fastest at its top-1. Each is re-calibrated (BN, on the predictor's calibration
+   as a policy would choose them, on measured latency: the most accurate within its
+   latency, the fastest at its top-1. Each is re-calibrated (BN, on the predictor's calibration
    images) and exported with our exporter behind the parity gate on the test images, which
    gives its test top-1;
 4. every model (front points, baselines FP32 and INT8, largest W8A8) timed side by side in
@@ -67,6 +70,7 @@ from lifelong.errors import LifelongError, ParityError  # noqa: E402
 from lifelong.export import export_subnet, kernel_counts  # noqa: E402
 from lifelong.finetune import FinetuneConfig, finetune_subnet  # noqa: E402
 from lifelong.front import Front, FrontPoint, plot_front  # noqa: E402
+from lifelong.front_measure import MeasureSettings  # noqa: E402
 from lifelong.front_search import SearchSettings, input_record, measured_accuracies, search_front  # noqa: E402
 from lifelong.predictor import kendall_tau  # noqa: E402
 from lifelong.predictor_data import PredictorData, calibration_images  # noqa: E402
@@ -110,12 +114,12 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, DeviceProfile, Path, Pat
 
 
 def spread_points(front: Front, k: int, batch: int) -> list[FrontPoint]:
-    """``k`` points of ``front`` spread evenly over log predicted latency at ``batch``, both ends
+    """``k`` points of ``front`` spread evenly over log latency at ``batch`` (measured where timed), both ends
     included: the fastest point and the slowest (the most accurate)."""
     pts = list(front.sorted(batch).points)
     if len(pts) <= k:
         return pts
-    lat = np.log([max(p.latency_at(batch, measured=False), 1e-6) for p in pts])
+    lat = np.log([max(p.latency_at(batch), 1e-6) for p in pts])
     chosen: list[int] = []
     for goal in np.linspace(lat[0], lat[-1], k):
         free = [i for i in range(len(pts)) if i not in chosen]
@@ -127,24 +131,25 @@ def pick_points(
     front: Front, k: int, batch: int, aims: dict[str, tuple[float, float]]
 ) -> list[tuple[FrontPoint, list[str]]]:
     """The points to export: ``k`` spread over latency (:func:`spread_points`), and for each
-    baseline ``name -> (latency ms, top-1)`` the two points its targets ask about, chosen on
-    predicted figures as a policy would: the most accurate no slower than the baseline, and the
-    fastest at least as accurate. Each point comes with why it was picked."""
+    baseline ``name -> (latency ms, top-1)`` the two points its targets ask about, chosen as a
+    policy would (:func:`lifelong.front.choose`): on the measured latency where the front has
+    one (measured picks), else predicted, the most accurate no slower than the baseline, and
+    the fastest at least as accurate. Each point comes with why it was picked."""
     why: dict[str, list[str]] = {}
     for p in spread_points(front, k, batch):
         why.setdefault(p.subnet, []).append("spread")
     pts = front.points
     for name, (ms, top1) in aims.items():
-        under = [p for p in pts if p.latency_at(batch, measured=False) <= ms]
+        under = [p for p in pts if p.latency_at(batch) <= ms]
         if under:
-            best = max(under, key=lambda p: (p.accuracy, -p.latency_at(batch, measured=False)))
+            best = max(under, key=lambda p: (p.best_accuracy(), -p.latency_at(batch)))
             why.setdefault(best.subnet, []).append(f"most accurate within {name}'s latency")
-        good = [p for p in pts if p.accuracy >= top1]
+        good = [p for p in pts if p.best_accuracy() >= top1]
         if good:
-            fast = min(good, key=lambda p: (p.latency_at(batch, measured=False), -p.accuracy))
+            fast = min(good, key=lambda p: (p.latency_at(batch), -p.best_accuracy()))
             why.setdefault(fast.subnet, []).append(f"fastest at {name}'s top-1")
     chosen = [front[s] for s in why]
-    chosen.sort(key=lambda p: (p.latency_at(batch, measured=False), p.subnet))
+    chosen.sort(key=lambda p: (p.latency_at(batch), p.subnet))
     return [(p, why[p.subnet]) for p in chosen]
 
 
@@ -257,6 +262,14 @@ def predictor_error(points: list[dict[str, Any]], batches: tuple[int, ...]) -> d
             "within_10pct": float(np.mean(np.abs(rel) <= 0.1)),
             "values": [float(v) for v in rel],
         }
+        timed = [p for p in points if "graph_ms" in p]
+        if timed:  # what the measured picks chose on: the graph's timing against the export's
+            rel = [p["graph_ms"][str(b)] / p["measured_ms"][str(b)] - 1 for p in timed]
+            out[f"graph_rel_error_b{b}"] = {
+                "median_abs": float(np.median(np.abs(rel))),
+                "within_10pct": float(np.mean(np.abs(rel) <= 0.1)),
+                "values": [float(v) for v in rel],
+            }
     return out
 
 
@@ -306,7 +319,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--finetune-seconds", type=float, default=None,
                     help="fine-tune each point picked for a baseline alone this long before its export, as the "
                          "service does [the policy's export.finetune_seconds]; 0: none")  # fmt: skip
+    ap.add_argument("--measure", type=int, default=None,
+                    help="measured picks: the search's best candidates timed before the picks [96; quick 24]; 0: "
+                         "pick on predicted latency")  # fmt: skip
     args = ap.parse_args(argv)
+    args.measure = (24 if args.quick else 96) if args.measure is None else args.measure
     args.points = args.points or (3 if args.quick else 8)
     args.budget = args.budget or (2000 if args.quick else 20_000)
     args.passes = args.passes or (1 if args.quick else 3)
@@ -376,7 +393,8 @@ def main(argv: list[str] | None = None) -> Path:
     logger.info("measured accuracies: %s", why)
     found = search_front(
         predictor, profile, policy, space=space,
-        settings=SearchSettings(evaluations=args.budget, seed=args.seed, warm_start=False),
+        settings=SearchSettings(evaluations=args.budget, seed=args.seed, warm_start=False,
+                                measure=MeasureSettings(candidates=args.measure)),
         record={**input_record(predictor_path, profile_path), "policy_source": policy_source},
         measured=measured,
     )  # fmt: skip
@@ -418,6 +436,8 @@ def main(argv: list[str] | None = None) -> Path:
             "latency_ms": {str(b): ms for b, ms in p.latency_ms},
             "model_bytes": p.model_bytes,
         }
+        if p.measured_latency_ms is not None:  # measured picks: the graph timed with random weights
+            row["graph_ms"] = {str(b): ms for b, ms in p.measured_latency_ms}
         if data is None:
             failed.append(row)
             continue
@@ -473,7 +493,7 @@ def main(argv: list[str] | None = None) -> Path:
     for row in points:
         measured = measured.with_measurement(
             row["subnet"], accuracy=row["top1"], latency_ms={int(b): v for b, v in row["measured_ms"].items()},
-            model_bytes=row["bytes"],
+            model_bytes=row["bytes"], latency_source="export",
         )  # fmt: skip
     measured.save(args.work / "front-measured.json")
     plot_dir = args.work if args.quick else (args.out.parent if args.out else RESULTS)

@@ -33,6 +33,10 @@ FRONT_FORMAT = 1
 _KIND = "lifelong-front"
 
 
+LATENCY_SOURCES = (None, "graph", "export")
+"""What a point's measured latency timed: nothing, its graph with random weights, its export."""
+
+
 def _latency_map(value: Mapping[Any, Any] | None, what: str) -> tuple[tuple[int, float], ...] | None:
     if value is None:
         return None
@@ -59,6 +63,9 @@ class FrontPoint:
         measured_accuracy: Accuracy of the exported model on held-out data, once checked.
         measured_latency_ms: p95 latency of the exported model by batch size, once measured.
         measured_model_bytes: Size of the exported model file.
+        latency_source: What ``measured_latency_ms`` timed: ``"graph"``, the point's graph
+            with random weights (:mod:`lifelong.front_measure`), or ``"export"``, the
+            exported model itself; None where nothing was timed or a front predates the key.
     """
 
     subnet: str
@@ -69,6 +76,7 @@ class FrontPoint:
     measured_accuracy: float | None = None
     measured_latency_ms: tuple[tuple[int, float], ...] | None = None
     measured_model_bytes: int | None = None
+    latency_source: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.subnet, str) or not self.subnet:
@@ -91,6 +99,10 @@ class FrontPoint:
                 raise DataError(f"{self.subnet}: {name} must be a byte count >= 0, got {v!r}")
             if v is not None:
                 object.__setattr__(self, name, int(v))
+        if self.latency_source not in LATENCY_SOURCES:
+            raise DataError(
+                f"{self.subnet}: latency_source must be one of {LATENCY_SOURCES}, got {self.latency_source!r}"
+            )
 
     # -- the figures a choice is made on: measured where there is a measurement ----------------
     def best_accuracy(self, measured: bool = True) -> float:
@@ -136,6 +148,8 @@ class FrontPoint:
             d["measured_latency_ms"] = {str(b): ms for b, ms in self.measured_latency_ms}
         if self.measured_model_bytes is not None:
             d["measured_model_bytes"] = self.measured_model_bytes
+        if self.latency_source is not None:
+            d["latency_source"] = self.latency_source
         return d
 
     @classmethod
@@ -215,6 +229,7 @@ class Front:
         accuracy: float | None = None,
         latency_ms: Mapping[int, float] | None = None,
         model_bytes: int | None = None,
+        latency_source: str | None = None,
     ) -> Front:
         """A copy with measured figures filled in for ``subnet`` (the others unchanged)."""
         point = self[subnet]
@@ -223,6 +238,7 @@ class Front:
             measured_accuracy=point.measured_accuracy if accuracy is None else accuracy,
             measured_latency_ms=point.measured_latency_ms if latency_ms is None else latency_ms,
             measured_model_bytes=point.measured_model_bytes if model_bytes is None else model_bytes,
+            latency_source=point.latency_source if latency_source is None else latency_source,
         )
         return Front(tuple(new if p.subnet == subnet else p for p in self.points), self.info)
 

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from lifelong.digest import file_sha256
 from lifelong.errors import DataError
 from lifelong.evaluator import Constraints, Metrics, PredictorEvaluator
 from lifelong.front import Front
+from lifelong.front_measure import MeasureSettings, candidate_pool, measure_pool, measured_front
 from lifelong.latency_table import LatencyTable
 from lifelong.search import SearchProgress, SearchResult, nsga2
 from lifelong.search_compare import reference_point
@@ -68,6 +69,10 @@ class SearchSettings:
         mutation_prob: Chance that each gene of a child is resampled.
         warm_start: Seed the first population with the cached front (same space only).
         blas_threads: BLAS threads for the predictor (one leaves a core to serving).
+        measure: Measured picks (:mod:`lifelong.front_measure`): how many of the search's
+            best candidates are timed on this device and the front rebuilt on their measured
+            latency. Off by default here (no timing in a library call unless asked);
+            ``lifelong search`` and the service's re-search turn it on.
     """
 
     evaluations: int = 20_000
@@ -77,6 +82,7 @@ class SearchSettings:
     mutation_prob: float = 0.1
     warm_start: bool = True
     blas_threads: int | None = 1
+    measure: MeasureSettings = field(default_factory=lambda: MeasureSettings(candidates=0))
 
     def __post_init__(self) -> None:
         problems = []
@@ -194,11 +200,16 @@ def _keep_measurements(front: Front, cached: Front | None) -> tuple[Front, int]:
             continue
         if old.measured_accuracy is None and old.measured_latency_ms is None and old.measured_model_bytes is None:
             continue
+        # a fresh timing of the graph beats an old one; the exported model's own timing beats both
+        old_latency = old.measured_latency_ms is not None and (
+            point.measured_latency_ms is None or old.latency_source == "export"
+        )
         front = front.with_measurement(
             point.subnet,
             accuracy=old.measured_accuracy,
-            latency_ms=dict(old.measured_latency_ms) if old.measured_latency_ms is not None else None,
+            latency_ms=dict(old.measured_latency_ms) if old_latency and old.measured_latency_ms else None,
             model_bytes=old.measured_model_bytes,
+            latency_source=old.latency_source if old_latency else None,
         )
         kept += 1
     return front, kept
@@ -215,6 +226,7 @@ def search_front(
     progress: Callable[[SearchProgress], None] | None = None,
     record: Mapping[str, Any] | None = None,
     measured: Mapping[str, float] | None = None,
+    measure_progress: Callable[[int, int], None] | None = None,
 ) -> FrontSearch:
     """Search the front of ``space`` for ``policy`` and return it with the search's record.
 
@@ -229,6 +241,7 @@ def search_front(
         record: Extra JSON-able facts for the front's ``info`` (e.g. :func:`input_record`).
         measured: Measured validation top-1 by subnet name (:func:`measured_accuracies`),
             used instead of the prediction for those subnets.
+        measure_progress: Called with (timed, total) after each candidate measured picks time.
 
     Raises:
         DataError: The predictor does not fit the space.
@@ -297,6 +310,16 @@ def search_front(
     front = evaluator.front(result.front, **info)
     if len(front) != len(result.front):  # an invariant of Front: one point per subnet
         raise DataError(f"the search returned {len(result.front)} subnets but the front holds {len(front)}")
+    if settings.measure.candidates > 0 and result.evaluated_metrics is not None:
+        pool_idx = candidate_pool(
+            result.evaluated_metrics, constraints, settings.measure.candidates, settings.measure.slack
+        )
+        pool_cfgs = [result.evaluated[int(i)] for i in pool_idx]
+        pool_front = evaluator.front(pool_cfgs, **info)
+        pool = measure_pool(
+            space, profile, pool_cfgs, [dict(pool_front[str(c)].latency_ms) for c in pool_cfgs], measure_progress
+        )
+        front = measured_front(pool_front, pool, constraints, predicted_front=len(front))
     front, kept = _keep_measurements(front, cached)
     on_validation = sorted(p.subnet for p in front.points if p.subnet in evaluator.measured)
     front = Front(

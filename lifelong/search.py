@@ -66,7 +66,8 @@ class SearchProgress:
 
 @dataclass
 class SearchResult:
-    """What a search found; ``front`` is ordered by latency."""
+    """What a search found; ``front`` is ordered by latency. ``evaluated`` is every distinct
+    subnet evaluated, with ``evaluated_metrics`` (what measured picks choose from)."""
 
     algorithm: str
     front: list[SubnetConfig]
@@ -79,6 +80,8 @@ class SearchResult:
     feasible: int
     warm_started: int = 0
     info: dict[str, object] = field(default_factory=dict)
+    evaluated: list[SubnetConfig] = field(default_factory=list, repr=False)
+    evaluated_metrics: Metrics | None = field(default=None, repr=False)
 
     def hypervolume(self, ref: tuple[float, float]) -> float:
         """:func:`hypervolume` of the front in the (accuracy, latency) plane."""
@@ -170,6 +173,8 @@ class _Archive:
             time.perf_counter() - t0,
             seed,
             len(ok),
+            evaluated=list(self.cfgs),
+            evaluated_metrics=m,
         )
 
 
