@@ -81,6 +81,10 @@ class Progress:
             self._last_logged = self.done
 
     def close(self) -> None:
+        """End the bar's line (once: a second close writes nothing)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         if self.enabled and self.tty:
             self.stream.write("\r" + self.line() + "\033[K\n")
             self.stream.flush()

@@ -167,8 +167,9 @@ def format_front(
 ) -> str:
     """The front as a table ordered by latency at the policy's batch; the chosen point is starred.
 
-    Latencies are measured where a point has a measurement at that batch (marked ``m``),
-    else predicted by the device profile. ``exported``: subnet -> registered model ids (the
+    Latencies are measured where a point has a measurement at that batch (marked ``m`` for
+    the exported model, ``g`` for its graph timed by measured picks), else predicted by the
+    device profile. ``exported``: subnet -> registered model ids (the
     point is marked ``e``, or ``s`` when ``serving`` is one of them): deployable at once.
     """
     batch = policy.target.batch
@@ -183,7 +184,8 @@ def format_front(
 
     def ms(p: FrontPoint, b: int) -> str:
         measured = p.measured_latency_ms is not None and b in dict(p.measured_latency_ms)
-        return f"{p.latency_at(b):.3f}{'m' if measured else ' '}"
+        mark = (" ", "g" if p.latency_source == "graph" else "m")[measured]
+        return f"{p.latency_at(b):.3f}{mark}"
 
     validated = _on_validation(info)
     head = f"  {'pred acc':>9} {'meas acc':>8} " + " ".join(f"{f'ms@{b}':>9}" for b in batches)
@@ -197,7 +199,7 @@ def format_front(
         e = "s" if serving is not None and serving in ids else ("e" if ids else " ")
         row = f"{mark}{e}{100 * p.accuracy:7.2f}%{v} {meas:>8} {lat} {_kb(p.best_bytes()):>10}  {p.subnet}"
         lines.append(row)
-    legend = "m = measured latency" + (
+    legend = "m = measured latency of the exported model, g = of its graph timed here, else predicted" + (
         "; v = measured top-1 (validation or local samples), not predicted" if validated else ""
     )
     if exported is not None:
@@ -227,6 +229,9 @@ _POLICY_HELP = "Policy file or preset name [the service's policy file if it exis
               help="Seed the first population with the front at --out, if it comes from the same search space.")  # fmt: skip
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where the front is written (and warm-started from) [STATE/front/front.json].")  # fmt: skip
+@click.option("--measure", type=click.IntRange(0), default=64, show_default=True,
+              help="Measured picks: time this many of the best candidates on this device (their graphs, random "
+                   "weights; about 0.2 s each) and rebuild the front on the measured latency. 0: predictions only.")  # fmt: skip
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="State directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the search's record and the chosen point as JSON.")
 def search(
@@ -237,6 +242,7 @@ def search(
     population: int,
     seed: int,
     warm_start: bool,
+    measure: int,
     out: Path | None,
     state_dir: Path | None,
     as_json: bool,
@@ -245,8 +251,10 @@ def search(
 
     NSGA-II over the search space with the policy's budgets as hard constraints; latency is
     predicted at the policy's batch size from the device profile (`lifelong profile`),
-    accuracy by the accuracy predictor (`lifelong predictor build`). The front is saved with
-    the search's record, and the point the policy chooses is printed.
+    accuracy by the accuracy predictor (`lifelong predictor build`). Then the --measure best
+    candidates are timed here and the front is rebuilt on their measured latency (the
+    profile's model can be tens of percent off once onnxruntime fuses a whole graph). The
+    front is saved with the search's record, and the point the policy chooses is printed.
 
     \b
     Examples:
@@ -255,6 +263,7 @@ def search(
         lifelong search --policy /etc/lifelong/policy.toml --no-warm-start --json
     """
     from lifelong.front import Front, choose
+    from lifelong.front_measure import MeasureSettings
     from lifelong.front_search import SearchSettings, input_record, search_front
     from lifelong.profile import DeviceProfile, ProfileError
     from lifelong.progress import Progress
@@ -266,7 +275,10 @@ def search(
     profile_path = profile or default_profile(state)
     out_path = out or default_front(state)
     try:
-        settings = SearchSettings(evaluations=budget, population=population, seed=seed, warm_start=warm_start)
+        settings = SearchSettings(
+            evaluations=budget, population=population, seed=seed, warm_start=warm_start,
+            measure=MeasureSettings(candidates=measure),
+        )  # fmt: skip
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--budget") from None
     model = _load_predictor(predictor_path)
@@ -299,10 +311,21 @@ def search(
         "cached_front": str(out_path) if cached is not None else None,
     }
     measured = _measured(state, model)
+    timing: list[Progress] = []
+
+    def timed(done: int, total: int) -> None:
+        if not timing:
+            bar.close()
+            timing.append(Progress(total, phase="timing candidates"))
+        timing[0].update(done - timing[0].done)
+
     found = search_front(
-        model, prof, pol, settings=settings, cached=cached, progress=progress, record=record, measured=measured
-    )
+        model, prof, pol, settings=settings, cached=cached, progress=progress, record=record, measured=measured,
+        measure_progress=timed,
+    )  # fmt: skip
     bar.close()
+    for t in timing:
+        t.close()
     found.front.save(out_path)
     chosen = choose(found.front, pol)
     info = found.front.info
@@ -328,6 +351,14 @@ def search(
         click.echo(f"no warm start: {found.warm_start_note}")
     if found.measurements_kept:
         click.echo(f"kept the measured figures of {found.measurements_kept} points still on the front")
+    pick = info.get("measured_pick")
+    if pick:
+        err = pick.get(f"prediction_error_b{pol.target.batch}") or {}
+        click.echo(
+            f"measured picks: timed {pick['timed']} candidates in {pick['seconds']:.1f} s; the latency model was "
+            f"off by a median {100 * err.get('median_abs', 0.0):.0f}% on them ({100 * err.get('within_10pct', 0.0):.0f}% "
+            f"within 10%); {pick['measured_front']} of them form the front on measured latency"
+        )
     ref = info["hypervolume_reference"]
     click.echo(
         f"front: {len(found.front)} points -> {out_path} (hypervolume {info['hypervolume']:.4g} above "

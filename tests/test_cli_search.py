@@ -69,7 +69,7 @@ def _invoke(*args: str | Path) -> Result:
 def _search(state: Path, *args: str | Path, seed: int = 1, budget: int = BUDGET) -> Result:
     return _invoke(
         "search", "--state-dir", state, "--policy", state / "tight.toml",
-        "--budget", budget, "--population", POPULATION, "--seed", seed, *args,
+        "--budget", budget, "--population", POPULATION, "--seed", seed, "--measure", 0, *args,
     )  # fmt: skip
 
 
@@ -252,11 +252,11 @@ def test_front_plot_with_baselines_and_the_errors(state: Path, tmp_path: Path, s
 
 
 def test_the_search_command_runs_without_torch(state: Path, tmp_path: Path) -> None:
-    """The service searches in its own process, which must never import torch."""
+    """The service searches in its own process, which must never import torch (measured picks included)."""
     code = (
         "import sys; from service.cli import cli; "
         f"cli.main(['search', '--state-dir', {str(state)!r}, '--out', {str(tmp_path / 'f.json')!r}, "
-        "'--budget', '100', '--population', '20'], standalone_mode=False); "
+        "'--budget', '100', '--population', '20', '--measure', '4'], standalone_mode=False); "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
@@ -310,3 +310,21 @@ def test_search_algos_benchmark_writes_its_results(
     assert doc["targets"][0]["value"] == pytest.approx(ratio)
     assert doc["targets"][0]["met"] == (ratio >= 1)
     assert "| target | value | goal | met |" in capsys.readouterr().out
+
+
+def test_measured_picks_time_the_candidates_and_the_front_table_says_so(state: Path, tmp_path: Path) -> None:
+    out = tmp_path / "front.json"
+    result = _invoke(
+        "search", "--state-dir", state, "--policy", "balanced", "--budget", 300, "--population", 30,
+        "--measure", 6, "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "measured picks: timed 6 candidates in" in result.output, result.output
+    saved = Front.load(out)
+    assert saved.info["measured_pick"]["timed"] == 6
+    assert saved.points and all(p.latency_source == "graph" for p in saved.points)
+    shown = _invoke("front", "--state-dir", state, "--policy", "balanced", "--front", out)
+    assert shown.exit_code == 0, shown.output
+    rows = [line for line in shown.output.splitlines() if line.rstrip().endswith(tuple(p.subnet for p in saved.points))]
+    assert len(rows) == len(saved) and all("g " in r for r in rows), shown.output
+    assert "g = of its graph timed here" in shown.output
