@@ -3,6 +3,13 @@
 Library errors become one-line messages and exit codes here and nowhere else. Commands that
 need torch import it inside the command, so ``lifelong --help`` and the serving commands
 stay light.
+
+This module holds the group and the model commands (train, eval, export, finetune, profile,
+space); the others live beside it, one module per family, and are added to the group at the
+end: :mod:`service.cli_service` (serve and the daemon's clients: status, history, deploy,
+rollback, predict), :mod:`service.cli_search` (search, front), :mod:`service.cli_predictor`,
+:mod:`service.cli_policy`, :mod:`service.cli_demo`; :mod:`service.cli_common` has what they
+share (logging, the client's options).
 """
 
 from __future__ import annotations
@@ -10,14 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import click
 
 from lifelong.errors import LifelongError
+from service.cli_common import setup_logging
 from service.paths import default_checkpoint, default_profile, resolve_state_dir
 
 __all__ = ["cli", "main"]
@@ -30,22 +35,6 @@ PRESETS = {
     # The benchmark's supernet (see benchmarks/supernet.py).
     "full": {},
 }
-
-
-def _setup_logging(state_dir: Path, name: str, verbose: bool) -> Path:
-    log_dir = state_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = log_dir / f"{name}.log"
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    fh = logging.FileHandler(log_file)
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(fh)
-    sh = logging.StreamHandler(sys.stderr)
-    sh.setLevel(logging.INFO if verbose else logging.WARNING)
-    sh.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    root.addHandler(sh)
-    return log_file
 
 
 class _Group(click.Group):
@@ -146,7 +135,7 @@ def train(
     from lifelong.train import TrainConfig, train_supernet, with_overrides
 
     state = resolve_state_dir(state_dir)
-    log_file = _setup_logging(state, "train", verbose=False)
+    log_file = setup_logging(state, "train", verbose=False)
     if threads:
         torch.set_num_threads(threads)
     cfg = with_overrides(
@@ -470,443 +459,19 @@ def space(sample: int, seed: int, as_json: bool) -> None:
         click.echo(f"  {r['label']:<9} {r['macs'] / 1e6:6.2f} MMACs {r['params']:>8} params  {r['subnet']}")
 
 
-# -- the service ---------------------------------------------------------------------------------
-
-
-@cli.command()
-@click.option(
-    "--state-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="State directory [$STATE_DIRECTORY, else ~/.local/state/lifelong].",
-)
-@click.option(
-    "--socket",
-    "socket_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="API Unix socket [$RUNTIME_DIRECTORY/lifelong.sock, else STATE/lifelong.sock].",
-)
-@click.option(
-    "--admin-socket",
-    "admin_socket_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Admin Unix socket (deploy, rollback, history), mode 0600 [beside --socket: NAME-admin.sock].",
-)
-@click.option(
-    "--deploy-dir",
-    "deploy_dirs",
-    type=click.Path(path_type=Path, file_okay=False),
-    multiple=True,
-    help='A folder `/v1/deploy {"path": FILE}` may read models from, besides STATE/inbox (repeatable).',
-)
-@click.option("--tcp", "tcp_port", type=click.IntRange(0, 65535), default=None, help="Also listen on 127.0.0.1:PORT.")
-@click.option(
-    "--policy",
-    "policy_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Policy file, watched for edits [$CONFIGURATION_DIRECTORY/policy.toml, else STATE/policy.toml]; "
-    "while it does not exist the 'balanced' preset applies.",
-)
-@click.option(
-    "--threads", type=click.IntRange(1), default=None, help="onnxruntime threads [the policy's target.threads]."
-)
-@click.option("--api-threads", type=click.IntRange(1), default=4, show_default=True, help="Requests answered at once.")
-@click.option(
-    "--probe-interval",
-    type=click.FloatRange(min=0.1),
-    default=60.0,
-    show_default=True,
-    help="Seconds between latency probes.",
-)
-@click.option(
-    "--retention-interval",
-    type=click.FloatRange(min=1),
-    default=3600.0,
-    show_default=True,
-    help="Seconds between retention passes.",
-)
-@click.option(
-    "--settle-ms",
-    type=click.IntRange(0),
-    default=500,
-    show_default=True,
-    help="Quiet time before a new inbox or policy file is read.",
-)
-@click.option("--poll", is_flag=True, help="Watch files by polling instead of inotify (network file systems).")
-def serve(
-    state_dir: Path | None,
-    socket_path: Path | None,
-    admin_socket_path: Path | None,
-    deploy_dirs: tuple[Path, ...],
-    tcp_port: int | None,
-    policy_path: Path | None,
-    threads: int | None,
-    api_threads: int,
-    probe_interval: float,
-    retention_interval: float,
-    settle_ms: int,
-    poll: bool,
-) -> None:
-    """Run the daemon in the foreground: serve the deployed model, watch the inbox and the policy.
-
-    This is the systemd unit's command line (Type=notify: READY, WATCHDOG, RELOADING on
-    SIGHUP, STOPPING and a graceful drain on SIGTERM). It never imports torch.
-
-    \b
-    Example:
-        lifelong serve --state-dir /tmp/ll --socket /tmp/ll/api.sock --policy /tmp/ll/policy.toml
-    """
-    from service.daemon import Daemon, DaemonSettings
-
-    settings = DaemonSettings.from_environment(
-        state_dir=state_dir,
-        socket_path=socket_path,
-        policy_path=policy_path,
-        admin_socket_path=admin_socket_path,
-        deploy_dirs=tuple(d.resolve() for d in deploy_dirs),
-        tcp_port=tcp_port,
-        threads=threads,
-        api_threads=api_threads,
-        probe_interval_s=probe_interval,
-        retention_interval_s=retention_interval,
-        settle_ms=settle_ms,
-        force_polling=poll,
-    )
-    _setup_logging(settings.state_dir, "serve", verbose=True)
-    raise SystemExit(Daemon(settings).run())
-
-
-def _client_options(fn: Any) -> Any:
-    fn = click.option(
-        "--socket",
-        "socket_path",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="The daemon's socket [$LIFELONG_SOCKET, /run/lifelong/lifelong.sock, else STATE/lifelong.sock].",
-    )(fn)
-    fn = click.option(
-        "--tcp", "tcp_port", type=click.IntRange(1, 65535), default=None, help="Talk to 127.0.0.1:PORT instead."
-    )(fn)
-    return click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="State directory.")(fn)
-
-
-def _client(socket_path: Path | None, tcp_port: int | None, state_dir: Path | None, timeout: float = 30.0) -> Any:
-    from service.client import Client
-    from service.paths import admin_socket_for, default_socket
-
-    if tcp_port is not None:  # the admin socket is where a TCP-only daemon puts it: STATE/lifelong-admin.sock
-        admin = admin_socket_for(default_socket(resolve_state_dir(state_dir)))
-        return Client(port=tcp_port, timeout=timeout, admin_socket_path=admin)
-    return Client(socket_path or default_socket(resolve_state_dir(state_dir), client=True), timeout=timeout)
-
-
-@cli.command()
-@_client_options
-@click.option("--json", "as_json", is_flag=True, help="Print the whole status document as JSON.")
-def status(socket_path: Path | None, tcp_port: int | None, state_dir: Path | None, as_json: bool) -> None:
-    """Show the deployed model (accuracy, latency, precision map), policy, drift, events, jobs and workers.
-
-    \b
-    Examples:
-        lifelong status
-        lifelong status --json | jq .store.model
-    """
-    from service.status import format_status
-
-    with _client(socket_path, tcp_port, state_dir) as client:
-        doc = client.status()
-    click.echo(json.dumps(doc, indent=2) if as_json else format_status(doc))
-
-
-@cli.command()
-@_client_options
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Deployments shown.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def history(socket_path: Path | None, tcp_port: int | None, state_dir: Path | None, limit: int, as_json: bool) -> None:
-    """List deployments, newest first: when, which model, why, and how each ended.
-
-    \b
-    Example:
-        lifelong history --limit 5
-    """
-    from service.status import format_history
-
-    with _client(socket_path, tcp_port, state_dir) as client:
-        doc = client.history(limit)
-    click.echo(json.dumps(doc, indent=2) if as_json else format_history(doc))
-
-
-def _print_swap(result: dict[str, Any], verb: str, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    elif not result.get("changed"):
-        click.echo(f"{result['model_id']} already serves; nothing changed")
-    else:
-        took = result.get("load_ms")
-        click.echo(
-            f"{verb} {result['model_id']} (was {result.get('previous_id') or 'nothing'})"
-            + (f"; loaded, validated and warmed up in {took:.0f} ms" if took is not None else "")
-        )
-        canary = result.get("canary")
-        if canary:
-            click.echo(
-                f"canary: watched over {canary.get('window')} requests against {canary.get('baseline')}, then promoted "
-                "or rolled back by the policy's swap rules (`lifelong status` shows its progress)"
-            )
-
-
-@cli.command()
-@click.argument("target")
-@click.option("--reason", default=None, help="Recorded in the history.")
-@click.option("--export", "export_subnet", is_flag=True,
-              help="TARGET is a subnet: the daemon exports it from the supernet in use, then deploys it.")  # fmt: skip
-@_client_options
-@click.option("--timeout", type=click.FloatRange(min=1), default=150.0, show_default=True, help="Seconds to wait.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def deploy(
-    target: str,
-    reason: str | None,
-    export_subnet: bool,
-    socket_path: Path | None,
-    tcp_port: int | None,
-    state_dir: Path | None,
-    timeout: float,
-    as_json: bool,
-) -> None:
-    """Deploy an ONNX file or a model id from the registry, through the daemon's validated hot swap.
-
-    A file is uploaded to the daemon (its sandbox need not see your files). The model is
-    loaded, validated and warmed up before it serves; a refused model leaves the current one
-    serving and the command fails with the reason. With --export, TARGET is a subnet (as
-    `lifelong front` lists them): the daemon exports it in a worker from the supernet it uses
-    (an adapted one included), behind the parity gate, and deploys it; the command waits for that.
-
-    \b
-    Examples:
-        lifelong deploy /tmp/largest-w8a8.onnx
-        lifelong deploy 3f2a9c0d1e4b5a6c --reason "back to last week's model"
-        lifelong deploy largest:w8a8 --export
-    """
-    path = Path(target)
-    with _client(socket_path, tcp_port, state_dir, timeout) as client:
-        if export_subnet:
-            _export_and_wait(client, target, reason, timeout, as_json)
-            return
-        if path.is_file():
-            result = client.deploy(data=path.read_bytes(), name=path.name, reason=reason)
-        elif path.suffix == ".onnx" or os.sep in target:
-            raise click.BadParameter(f"no file {target}; give an ONNX file or a model id", param_hint="TARGET")
-        else:
-            result = client.deploy(model=target, reason=reason)
-    _print_swap(result, "deployed", as_json)
-
-
-def _export_and_wait(client: Any, subnet: str, reason: str | None, timeout: float, as_json: bool) -> None:
-    asked = time.time()
-    queued = client.export_deploy(subnet, reason=reason)
-    if not as_json:
-        click.echo(f"{subnet}: {queued['export']}")
-    deadline = time.monotonic() + timeout
-    while True:
-        status = client.status()
-        last = (status.get("export") or {}).get("last") or {}
-        if last.get("subnet") == subnet and float(last.get("finished") or 0) >= asked:
-            break
-        if time.monotonic() > deadline:
-            raise click.ClickException(
-                f"the export of {subnet} did not end within {timeout:g} s; see `lifelong status`"
-            )
-        time.sleep(0.5)
-    if as_json:
-        click.echo(json.dumps({"queued": queued, "last": last, "model": status.get("model")}, indent=2))
-    else:
-        click.echo(f"{last['outcome']}: {last['reason']}")
-        click.echo(f"serving: {status.get('model')}")
-    if last["outcome"] != "deployed":
-        raise SystemExit(1)
-
-
-@cli.command()
-@click.option("--reason", default=None, help="Recorded in the history.")
-@_client_options
-@click.option("--timeout", type=click.FloatRange(min=1), default=150.0, show_default=True, help="Seconds to wait.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def rollback(
-    reason: str | None,
-    socket_path: Path | None,
-    tcp_port: int | None,
-    state_dir: Path | None,
-    timeout: float,
-    as_json: bool,
-) -> None:
-    """Go back to the model deployed before the current one (validated like any deploy).
-
-    \b
-    Example:
-        lifelong rollback --reason "accuracy dropped on line 3"
-    """
-    with _client(socket_path, tcp_port, state_dir, timeout) as client:
-        result = client.rollback(reason)
-    _print_swap(result, "rolled back to", as_json)
-
-
-def _read_inputs(path: Path) -> Any:
-    import numpy as np
-
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise click.BadParameter(f"{path} is not a readable .npy array: {exc}", param_hint="FILE") from None
-    if suffix == ".npz":
-        from lifelong.data import load_npz
-
-        return load_npz(path).x
-    if suffix in (".png", ".jpg", ".jpeg"):
-        from lifelong.data import read_image
-
-        return read_image(path)
-    raise click.BadParameter(f"{path}: expected a .npy or .npz batch, or a .png/.jpg image", param_hint="FILE")
-
-
-@cli.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@_client_options
-@click.option("--json", "as_json", is_flag=True, help="Print classes, probabilities and the model as JSON.")
-def predict(file: Path, socket_path: Path | None, tcp_port: int | None, state_dir: Path | None, as_json: bool) -> None:
-    """Classify images with the deployed model: a .npy/.npz batch (28x28) or a PNG/JPEG image.
-
-    \b
-    Examples:
-        lifelong predict shoe.png
-        lifelong predict batch.npz --json
-    """
-    images = _read_inputs(file)
-    with _client(socket_path, tcp_port, state_dir) as client:
-        answer = client.predict(images)
-    if as_json:
-        doc = {
-            "model": answer.model,
-            "request_id": answer.request_id,
-            "classes": answer.classes.tolist(),
-            "probabilities": answer.probabilities.tolist(),
-            "latency_ms": answer.latency_ms,
-        }
-        click.echo(json.dumps(doc, indent=2))
-        return
-    click.echo(f"model {answer.model} (request {answer.request_id}, {answer.latency_ms:.2f} ms)")
-    for i, (cls, probs) in enumerate(zip(answer.classes, answer.probabilities, strict=True)):
-        click.echo(f"  {i}: class {int(cls)}  p={float(probs[int(cls)]):.3f}")
-
-
-@cli.group()
-def policy() -> None:
-    """Check and show policy files and the shipped presets.
-
-    \b
-    Examples:
-        lifelong policy check /etc/lifelong/policy.toml
-        lifelong policy show --preset battery-saver
-    """
-
-
-def _policy_problems(file: Path) -> tuple[Any, list[str]]:
-    from policies import PolicyError, PolicyValidationError, load_policy
-
-    try:
-        return load_policy(file), []
-    except PolicyValidationError as exc:
-        return None, [str(p) for p in exc.problems]
-    except PolicyError as exc:
-        return None, [str(exc)]
-
-
-@policy.command("check")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def policy_check(file: Path, as_json: bool) -> None:
-    """Validate a policy file: every problem at once, with what was expected; exit code 1 if invalid.
-
-    \b
-    Example:
-        lifelong policy check /etc/lifelong/policy.toml
-    """
-    from policies import policy_to_dict
-
-    pol, problems = _policy_problems(file)
-    if as_json:
-        doc = {"file": str(file), "valid": not problems, "problems": problems}
-        doc["policy"] = policy_to_dict(pol) if pol is not None else None
-        click.echo(json.dumps(doc, indent=2))
-    elif problems:
-        click.echo(f"{file}: invalid policy ({len(problems)} problem{'s' if len(problems) != 1 else ''}):")
-        for line in problems:
-            click.echo(f"  {line}")
-    else:
-        b = pol.budgets
-        click.echo(
-            f"{file}: valid policy {pol.name!r} (objective {pol.objective.kind}, latency budget "
-            f"{'none' if b.latency_ms_p95 is None else f'{b.latency_ms_p95:g} ms p95'})"
-        )
-    if problems:
-        raise SystemExit(1)
-
-
-@policy.command("show")
-@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--preset", default=None, help="Show a shipped preset instead (balanced, low-latency, ...).")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=None, help="State directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def policy_show(file: Path | None, preset: str | None, state_dir: Path | None, as_json: bool) -> None:
-    """Print a policy in full, defaults filled in: a file, a preset, or the one the service reads.
-
-    Without FILE or --preset: the service's policy file if it exists, else the 'balanced' preset.
-
-    \b
-    Examples:
-        lifelong policy show
-        lifelong policy show --preset low-latency --json
-    """
-    from policies import PolicyError, load_preset, policy_to_dict, policy_to_toml
-    from service.paths import default_policy
-
-    if file is not None and preset is not None:
-        raise click.UsageError("give a FILE or --preset, not both")
-    if preset is not None:
-        try:
-            pol, source = load_preset(preset), f"preset:{preset}"
-        except PolicyError as exc:
-            raise click.BadParameter(str(exc), param_hint="--preset") from None
-    else:
-        path = file or default_policy(resolve_state_dir(state_dir), client=True)
-        if file is None and not path.exists():
-            pol, source = load_preset("balanced"), f"preset:balanced (no policy file at {path})"
-        else:
-            pol, problems = _policy_problems(path)
-            if problems:
-                click.echo(f"{path}: invalid policy:", err=True)
-                for line in problems:
-                    click.echo(f"  {line}", err=True)
-                raise SystemExit(1)
-            source = str(path)
-    if as_json:
-        click.echo(json.dumps({"source": source, "policy": policy_to_dict(pol)}, indent=2))
-        return
-    click.echo(f"# {source}\n{policy_to_toml(pol)}", nl=False)
-
-
 from service.cli_demo import demo  # noqa: E402  (the demo has its own module)
+from service.cli_policy import policy  # noqa: E402  (the policy commands have their own module)
 from service.cli_predictor import predictor  # noqa: E402  (the predictor commands have their own module)
 from service.cli_search import front, search  # noqa: E402  (the search commands have their own module)
+from service.cli_service import deploy, history, predict, rollback, serve, status  # noqa: E402  (the daemon's)
 
 cli.add_command(search)
 cli.add_command(front)
 cli.add_command(predictor)
 cli.add_command(demo)
+cli.add_command(policy)
+for _command in (serve, status, history, deploy, rollback, predict):
+    cli.add_command(_command)
 
 
 def main() -> None:

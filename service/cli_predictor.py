@@ -88,10 +88,10 @@ def collect(
     """
     from lifelong.data import load_dataset
     from lifelong.predictor_data import CollectSettings, PredictorData, collect_predictor_data
-    from service.cli import _setup_logging
+    from service.cli_common import setup_logging
 
     state = resolve_state_dir(state_dir)
-    _setup_logging(state, "predictor", verbose=False)
+    setup_logging(state, "predictor", verbose=False)
     settings = CollectSettings(
         fp=n_fp, quant=n_quant, corner=n_corner, calib=calib, val=val, seed=seed, threads=threads
     )
@@ -151,10 +151,10 @@ def build(
     """
     from lifelong.predictor_build import BuildSettings, build_predictor
     from lifelong.predictor_data import PredictorData
-    from service.cli import _setup_logging
+    from service.cli_common import setup_logging
 
     state = resolve_state_dir(state_dir)
-    _setup_logging(state, "predictor", verbose=False)
+    setup_logging(state, "predictor", verbose=False)
     data = PredictorData.load(data_path or default_predictor_data(state))
     model, report = build_predictor(data, BuildSettings(holdout=holdout, corner_holdout=corner_holdout))
     target = model.save(out or default_predictor(state))
