@@ -261,9 +261,11 @@ class ExportReport:
     requantized: bool = False  # the fusing form passed the gate and was written
     requant_parity: ParityReport | None = None  # the fusing form's parity, kept or not
     finetune: dict | None = None  # what fine-tuning alone did before the export, if it ran
+    latency_ms: dict[int, float] | None = None  # the file timed on this device by batch, if asked
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "latency_ms": None if self.latency_ms is None else {str(b): ms for b, ms in self.latency_ms.items()},
             "path": str(self.path),
             "subnet": self.subnet,
             "bytes": self.bytes,

@@ -25,6 +25,7 @@ from lifelong.evaluate import predict_logits, top1
 from lifelong.export import ExportReport, export_subnet
 from lifelong.export_request import ExportRequest
 from lifelong.finetune import FinetuneConfig, finetune_subnet
+from lifelong.profile import DeviceProfile, PairedTimer
 from lifelong.supernet import StaticSubnet, recalibrate_bn
 from lifelong.train import TrainConfig, supernet_recipe, training_tensors
 
@@ -47,6 +48,7 @@ def export_from_checkpoint(
     finetune: FinetuneConfig | None = None,
     train: ArrayDataset | None = None,
     show_progress: bool = False,
+    timing: DeviceProfile | None = None,
 ) -> ExportReport:
     """Export ``subnet`` of ``checkpoint`` to ``out`` (or ``out_dir/CANONICAL-NAME.onnx``) behind the parity gate.
 
@@ -54,7 +56,9 @@ def export_from_checkpoint(
     1000 also calibrate the requantized form unless ``exact``). ``test``: labelled images, the
     first ``parity_images`` of which the gate compares torch and onnxruntime on. With
     ``finetune``, the subnet is first trained alone on the training split of ``train`` (the
-    part the supernet trained on; its validation split is measured before and after).
+    part the supernet trained on; its validation split is measured before and after). With
+    ``timing`` (the device profile), the written file is timed here at the profile's batch
+    sizes and the report carries ``latency_ms``.
 
     Raises:
         CheckpointError, SpaceError: the checkpoint cannot be read, or ``subnet`` is not in its space.
@@ -90,8 +94,12 @@ def export_from_checkpoint(
         checkpoint_sha256=file_sha256(checkpoint),
         calibration=None if exact else calibration[:1000],
     )
+    latency = None
+    if timing is not None:
+        say(0.9, "time", f"timing {report.path.name} at batch {', '.join(map(str, timing.batches))}")
+        latency = {int(b): float(ms) for b, ms in PairedTimer(timing, model.space).measure(report.path.read_bytes()).items()}  # fmt: skip
     say(1.0, "done", f"{report.path} ({report.bytes} bytes)")
-    return replace(report, finetune=tuned)
+    return replace(report, finetune=tuned, latency_ms=latency)
 
 
 def _finetune(
@@ -139,4 +147,5 @@ def run_export(req: ExportRequest, progress: Progress | None = None) -> ExportRe
         progress=progress,
         finetune=finetune,
         train=train,
+        timing=DeviceProfile.load(req.profile) if req.profile else None,
     )

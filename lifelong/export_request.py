@@ -40,6 +40,9 @@ class ExportRequest:
         threads: torch threads.
         finetune_seconds: Train the subnet alone this long before the export (0: no), the
             policy's ``export.finetune_seconds``.
+        profile: The device profile; when given, the exported file is timed on this device at
+            the profile's batch sizes (:class:`lifelong.profile.PairedTimer`) and the report
+            carries ``latency_ms``: the daemon trusts that, not the latency model.
     """
 
     checkpoint: str
@@ -53,6 +56,7 @@ class ExportRequest:
     threads: int = 1
     reason: str = ""
     finetune_seconds: float = 0.0
+    profile: str | None = None
     format_version: int = EXPORT_REQUEST_FORMAT
 
     def save(self, path: str | Path) -> Path:

@@ -972,11 +972,14 @@ class Daemon:
             self.exporter.record_outcome("failed", why)
             self._event("export", f"{why}; {self.runtime.current_id} serves on")
             return
+        timed = self._record_export_timing(wish.subnet, report)
+        if timed:
+            why = f"{why}; {timed}"
         if wish.kind == OPERATOR:  # asked for by name: deployed as any model the operator deploys
             self._deploy_export(report, why, f"{wish.reason}: {why}", judge="all")
             return
         policy = self.policy if wish.kind == "preference" else wish.policy  # a newer policy may have come
-        answer = self._ask_front(policy)
+        answer = self._ask_front(policy)  # on the export's own timing, when it was timed
         if answer.action != "export-needed" or answer.subnet != wish.subnet:
             outcome = f"not deployed: the cached front now answers {answer.action} ({answer.reason})"
             self.exporter.record_outcome("kept", f"{why}; {outcome}")
@@ -986,6 +989,28 @@ class Daemon:
             return
         if self._deploy_export(report, why, f"{wish.kind} drift: the cached front's choice {why}", judge="errors"):
             self.drift.clear_needed(wish.kind)
+
+    def _record_export_timing(self, subnet: str, report: dict[str, Any]) -> str | None:
+        """Write the exported file's timing (the worker timed it at the profile's batch sizes)
+        into the cached front as that point's measured latency, so the front is asked again on
+        what the model takes here, not on the latency model; a note for the event, or None."""
+        latency = report.get("latency_ms")
+        front = self.fronts.get()
+        if not isinstance(latency, dict) or not latency or front is None:
+            return None
+        try:
+            point = front[subnet]
+            ms = {int(b): float(v) for b, v in latency.items()}
+            front.with_measurement(subnet, latency_ms=ms, latency_source="export").save(self.fronts.path)
+        except KeyError:
+            return None  # not a point of the cached front (an operator's export)
+        except (LifelongError, OSError, TypeError, ValueError) as exc:
+            logger.warning("the export's timing was not written into the front: %s", exc)
+            return None
+        b = self.policy.target.batch
+        if b not in ms:
+            return None
+        return f"timed here at {ms[b]:.3f} ms at batch {b} (the latency model said {point.latency_at(b, measured=False):.3f})"
 
     def _deploy_export(self, report: dict[str, Any], why: str, reason: str, *, judge: str) -> bool:
         """Deploy an exported file through the validated swap and record how it went; True if it serves."""

@@ -42,6 +42,7 @@ from lifelong.supernet_versions import adapted_in_use, current_supernet
 from lifelong.versioned import read_versioned_json, write_json_atomic
 from policies import Policy, parse_policy, policy_to_dict
 from service.errors import ServiceError
+from service.paths import default_profile
 from service.store import Store
 from service.worker import WorkerHandle, WorkerProgress, WorkerState, WorkerSupervisor
 
@@ -212,6 +213,7 @@ class FrontExport:
             threads=wish.policy.target.threads,
             reason=wish.reason,
             finetune_seconds=wish.policy.export.finetune_seconds,
+            profile=str(profile) if (profile := default_profile(self.state_dir)).is_file() else None,
         )
         path = request.save(out / "request.json")
         row = self.store.start_job("export", message=f"{wish.subnet}: {wish.why}")

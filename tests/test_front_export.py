@@ -24,10 +24,12 @@ from lifelong.errors import DataError, FormatVersionError, SpaceError
 from lifelong.export_job import export_from_checkpoint
 from lifelong.export_request import ExportRequest
 from lifelong.front import Front, FrontPoint
+from lifelong.profile import DeviceProfile
 from lifelong.space import Precision, SearchSpace
 from lifelong.supernet_versions import adapted_path, set_current
 from policies import Policy
 from service.front_export import FrontExport
+from service.paths import default_profile
 from service.status import format_status
 from service.store import Store
 from service.worker import WorkerSupervisor
@@ -159,6 +161,9 @@ def test_a_policy_whose_choice_was_never_exported_is_exported_in_a_worker_and_sw
     failures: list[str] = []
     seen: list[tuple[float, str]] = []
     stop = threading.Event()
+    # a device profile: the worker times the file it exports at its batch sizes (real runs; the
+    # reference graph it pairs with is the tiny space's middle, 0.05 ms when "profiled")
+    profile = DeviceProfile({"threads": 1}, (1,), {}, [0.0], 1.0, reference_ms=[0.05]).save(default_profile(state))
     with DaemonProcess(state, run).start() as d:
 
         def client() -> None:
@@ -193,6 +198,7 @@ def test_a_policy_whose_choice_was_never_exported_is_exported_in_a_worker_and_sw
         finally:
             stop.set()
             t.join(60)
+            profile.unlink()  # the other tests of the module run without one
     print(f"\npolicy saved -> exported model serving: {served - saved:.1f} s; {status['export']['last']}")
     assert failures == [], failures[:5]
     assert status["export"]["last"]["outcome"] == "deployed", status["export"]
@@ -214,6 +220,10 @@ def test_a_policy_whose_choice_was_never_exported_is_exported_in_a_worker_and_sw
     assert 'lifelong_worker_jobs_total{kind="export",outcome="deployed"} 1' in metrics
     assert 'lifelong_worker_jobs_running{kind="export"} 0' in metrics
     assert (state / "logs" / "workers").is_dir() and list((state / "export").glob("export-*/request.json"))
+    # the export was timed here and the front now holds that timing, not the latency model's 0.5 ms
+    timed = Front.load(state / "front" / "front.json")[small]
+    assert timed.latency_source == "export" and 0 < timed.latency_at(1) < 0.5, timed
+    assert any("timed here at" in m for m in events), events
 
 
 def test_an_export_from_an_adapted_supernet_uses_its_calibration_images(export_state, fashion_test, tmp_path) -> None:
