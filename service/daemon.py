@@ -137,10 +137,11 @@ from service.jobs import JobSpec, Scheduler
 from service.live import LiveMonitor
 from service.loop import EventLoop, Reload, Stop
 from service.memory_trim import IdleTrim
-from service.paths import default_front
+from service.paths import default_front, default_profile
 from service.policy_state import PolicyState
 from service.preference import FrontCache, PreferenceAnswer, answer_preference, slowed_policy
 from service.probe import probe_latency
+from service.profile_status import ProfileStatus
 from service.registry import Registry
 from service.runtime import OrtRuntime, RuntimeSettings
 from service.sdnotify import Notifier
@@ -250,6 +251,7 @@ class Daemon:
         self._extra_jobs = list(jobs)
         self.drift_feed = DriftFeed(on_due=self._drift_due)
         self.fronts = FrontCache(default_front(settings.state_dir))
+        self.profile_status = ProfileStatus(default_profile(settings.state_dir))
         self.drift: DriftCheck | None = None
         self.store: Store | None = None
         self.registry: Registry | None = None
@@ -1213,6 +1215,7 @@ class Daemon:
             "drift": None if self.drift is None else self.drift.status(),
             "live": self._live_status(),
             "precision": self._precision_status(),
+            "profile": self._profile_status(),
             "jobs": {} if self.scheduler is None else {k: v.to_dict() for k, v in self.scheduler.stats().items()},
             "workers": [] if self.supervisor is None else [h.to_dict() for h in self.supervisor.active()],
             "adaptation": None if self.adaptation is None else self.adaptation.status(),
@@ -1251,14 +1254,28 @@ class Daemon:
         feedback = {"labelled": labelled, "correct": correct, "accuracy": correct / labelled if labelled else None}
         return self.live.figures(serving).to_dict() | {"feedback": feedback}
 
-    def _precision_status(self) -> dict[str, Any] | None:
-        """The serving model's per-layer precisions, read from its subnet string (no torch needed)."""
+    def _serving_subnet(self) -> str | None:
         if self.runtime is None or self.runtime.current_id is None:
             return None
         assert self.store is not None
         record = self.store.get_model(self.runtime.current_id)
-        subnet = (record.subnet if record else None) or self.runtime.stats().model_metadata.get(META_SUBNET)
-        return status_doc.precision_summary(subnet)
+        return (record.subnet if record else None) or self.runtime.stats().model_metadata.get(META_SUBNET)
+
+    def _precision_status(self) -> dict[str, Any] | None:
+        """The serving model's per-layer precisions, read from its subnet string (no torch needed)."""
+        subnet = self._serving_subnet()
+        return None if subnet is None else status_doc.precision_summary(subnet)
+
+    def _profile_status(self) -> dict[str, Any]:
+        """The device profile's age, fit to this device, and its prediction for the serving model
+        against the latency probe's p50 at the policy's batch (:mod:`service.profile_status`)."""
+        probe = self.last_probe or {}
+        serving = None if self.runtime is None else self.runtime.current_id
+        live = probe.get("p50_ms") if probe.get("model") == serving and probe.get("batch") == self.policy.target.batch else None  # fmt: skip
+        threads = self.settings.threads or self.policy.target.threads
+        return self.profile_status.status(
+            subnet=self._serving_subnet(), batch=self.policy.target.batch, threads=threads, live_p50_ms=live
+        )
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -159,6 +159,22 @@ def _num(value: Any) -> str:
     return "?" if not isinstance(value, int | float) else f"{value:.3g}"
 
 
+def _profile_line(p: Mapping[str, Any], now: float) -> str:
+    """``profile:  taken 3 h ago, fits this device; predicts 0.118 ms for the serving model at
+    batch 1, the probe measures 0.150 ms p50 (-21%)``."""
+    if not p.get("present"):
+        why = f" ({p['error']})" if p.get("error") else ""
+        return f"profile:  none at {p.get('path')}{why}; `lifelong profile` measures this device"
+    stale = p.get("stale") or []
+    fits = "fits this device" if not stale else "TAKEN ELSEWHERE or with other settings (" + "; ".join(stale) + "): run `lifelong profile`"  # fmt: skip
+    line = f"profile:  taken {_ago(p.get('created'), now)}, {fits}"
+    if p.get("predicted_ms") is not None:
+        line += f"; predicts {_ms(p['predicted_ms'])} for the serving model at batch {p.get('batch')}"
+        if p.get("live_p50_ms") is not None:
+            line += f", the probe measures {_ms(p['live_p50_ms'])} p50 ({100 * p['prediction_error']:+.0f}%)"
+    return line
+
+
 def _decision(kind: str, d: Mapping[str, Any]) -> str:
     """``p 1.2e-09 <= 0.0025: DRIFT (window 50 vs 50)`` for one kind's latest decision."""
     stat, thr, p = d.get("statistic"), d.get("threshold"), d.get("p_value")
@@ -326,6 +342,9 @@ def format_status(doc: Mapping[str, Any]) -> str:
             f"probe:    batch {probe.get('batch')}: p50 {_ms(probe.get('p50_ms'))} p95 {_ms(probe.get('p95_ms'))} "
             f"({_ago(probe.get('at'), now)})"
         )
+    prof = doc.get("profile")
+    if prof:
+        lines.append(_profile_line(prof, now))
     lines.append(f"rollback: {store.get('rollback_target') or 'none'}")
     line = f"policy:   {policy.get('name', '?')} ({policy.get('source', '?')})"
     if policy.get("error"):

@@ -367,6 +367,7 @@ def test_an_inaccurate_model_is_rolled_back_on_feedback_labels(daemon, models) -
     with daemon.client() as c:
         text = format_status(c.status())
     assert f"model:    {old}" in text and "auto-rollback    " in text
+    assert "profile:  none at " in text and "`lifelong profile` measures this device" in text
 
 
 def test_a_canary_left_by_a_stop_is_watched_again_at_start(daemon, models) -> None:
