@@ -82,7 +82,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -98,7 +97,6 @@ from lifelong.drift import DriftDecision
 from lifelong.drift_signals import preference_drift
 from lifelong.errors import LifelongError
 from lifelong.front import Front
-from lifelong.model_format import META_SUBNET
 from lifelong.supernet_versions import adapted_in_use, find_version, sha_in_use
 from lifelong.supernet_versions import set_current as set_current_supernet
 from policies import Policy
@@ -120,13 +118,13 @@ from service.canary import (
     Baseline,
     CanaryCheck,
     CanaryWatch,
-    decide,
     make_baseline,
     paired_baseline,
     store_accuracy,
     store_probe_p95,
 )
 from service.daemon_settings import DaemonSettings
+from service.daemon_status import BASELINE_LABELS, DaemonStatus
 from service.drift_check import DRIFT_CHECK_JOB, DriftCheck, DriftDetected
 from service.drift_feed import DriftFeed, TappedFeedback
 from service.errors import ModelLoadError, SettingsError
@@ -166,8 +164,6 @@ CANARY_CHECK_S = 0.5
 """Seconds between canary checks while a watch runs (a check is a few numpy operations)."""
 MEMORY_TRIM_S = 5.0
 """Seconds between looks of the idle heap trim (:mod:`service.memory_trim`)."""
-BASELINE_LABELS = 500
-"""Feedback labels (the newest) a model's accuracy is measured on, as baseline and in the status."""
 
 PAUSE_ENV, PAUSE_MARKER_ENV = "LIFELONG_TEST_PAUSE_AT", "LIFELONG_TEST_PAUSE_MARKER"
 _REGISTRY_PAUSES = {
@@ -251,7 +247,7 @@ class Daemon:
         self._extra_jobs = list(jobs)
         self.drift_feed = DriftFeed(on_due=self._drift_due)
         self.fronts = FrontCache(default_front(settings.state_dir))
-        self.profile_status = ProfileStatus(default_profile(settings.state_dir))
+        self.status_view = DaemonStatus(self, ProfileStatus(default_profile(settings.state_dir)))
         self.drift: DriftCheck | None = None
         self.store: Store | None = None
         self.registry: Registry | None = None
@@ -344,7 +340,7 @@ class Daemon:
                 self.runtime, tapped, self.status_extra, max_body_bytes=s.max_body_bytes, admin_socket=admin_path
             )
             app.metric_sources.append(self.drift.metrics_text)
-            app.metric_sources.append(self._worker_metrics)
+            app.metric_sources.append(self.status_view.worker_metrics)
             admin = ApiApp(self.runtime, None, self.status_extra, max_body_bytes=s.max_body_bytes, public=False)
             install_admin_routes(admin, self.loop, history=self.history, max_upload_bytes=s.max_upload_bytes,
                                  deploy_roots=s.deploy_roots)  # fmt: skip
@@ -1163,6 +1159,11 @@ class Daemon:
         lines = (text or "").splitlines()
         return lines[0] if len(lines) <= 1 else f"{lines[0]} {lines[1].strip()}"
 
+    def events_newest_first(self) -> list[dict[str, Any]]:
+        """The recent events (a copy), the newest first."""
+        with self._events_lock:
+            return list(reversed(self.recent_events))
+
     def _event(self, kind: str, message: str) -> None:
         with self._events_lock:
             self.recent_events.append({"at": time.time(), "kind": kind, "message": message})
@@ -1178,104 +1179,9 @@ class Daemon:
             line += " (policy file rejected: see lifelong status)"
         return line
 
-    def _task_status(self) -> dict[str, Any] | None:
-        task = None if self.runtime is None else self.runtime.task
-        if task is None:
-            return None
-        return {"classes": task.num_classes, "images": task.source, "floor": self.policy.swap.min_task_accuracy,
-                "serving_accuracy": self.runtime.task_accuracy() if self.runtime is not None else None}  # fmt: skip
-
     def status_extra(self) -> dict[str, Any]:
-        """What ``/v1/status`` adds to the runtime's own status."""
-        assert self.store is not None
-        api = self.api
-        with self._events_lock:
-            events = list(reversed(self.recent_events))
-        return {
-            "daemon": {
-                "pid": os.getpid(),
-                "state": self.state,
-                "started_at": self.started_at,
-                "uptime_s": None if self.started_at is None else time.time() - self.started_at,
-                "state_dir": str(self.settings.state_dir),
-                "addresses": [] if api is None else api.addresses,
-                "admin_socket": str(self.settings.admin_socket_path),
-                "status_line": self.status_line(),
-                "torch_imported": "torch" in sys.modules,
-                "threads": threading.active_count(),
-            },
-            "policy": self.policy_state.to_dict(),
-            "store": self.store.status_summary(),
-            "events": events,
-            "inbox": {"folder": str(self.settings.inbox), **self.inbox_counts},
-            "latency_probe": self.last_probe,
-            "memory_trim": self.memory_trim.status(),
-            "canary": self._canary_status(),
-            "task_check": self._task_status(),
-            "drift": None if self.drift is None else self.drift.status(),
-            "live": self._live_status(),
-            "precision": self._precision_status(),
-            "profile": self._profile_status(),
-            "jobs": {} if self.scheduler is None else {k: v.to_dict() for k, v in self.scheduler.stats().items()},
-            "workers": [] if self.supervisor is None else [h.to_dict() for h in self.supervisor.active()],
-            "adaptation": None if self.adaptation is None else self.adaptation.status(),
-            "export": None if self.exporter is None else self.exporter.status(),
-        }
-
-    def _worker_metrics(self) -> str:
-        """Prometheus families of the worker jobs: how they ended, and what runs now (API threads)."""
-        parts = [("adapt", self.adaptation), ("export", self.exporter)]
-        counts = [(kind, dict(part.outcomes)) for kind, part in parts if part is not None]  # the loop may add one
-        ended = [(kind, outcome, n) for kind, c in counts for outcome, n in sorted(c.items())]
-        lines = [
-            "# HELP lifelong_worker_jobs_total Worker jobs (adaptations, exports) ended since the daemon started, by outcome.",
-            "# TYPE lifelong_worker_jobs_total counter",
-            *(f'lifelong_worker_jobs_total{{kind="{k}",outcome="{o}"}} {n}' for k, o, n in ended),
-            "# HELP lifelong_worker_jobs_running Worker jobs running now.",
-            "# TYPE lifelong_worker_jobs_running gauge",
-            *(f'lifelong_worker_jobs_running{{kind="{k}"}} {int(p is not None and p.running)}' for k, p in parts),
-        ]
-        return "\n".join(lines) + "\n"
-
-    def _canary_status(self) -> dict[str, Any] | None:
-        """The watch with a fresh evaluation (pure: the loop's own decision is not disturbed)."""
-        watch = self.canary
-        if watch is None:
-            return None
-        decision = decide(self.policy.swap, watch.baseline, self.live.figures(watch.model_id))
-        return watch.to_dict(decision)
-
-    def _live_status(self) -> dict[str, Any] | None:
-        """The serving model's live figures since it serves, and its accuracy on its last feedback labels."""
-        serving = None if self.runtime is None else self.runtime.current_id
-        if serving is None or self.store is None:
-            return None
-        labelled, correct = store_accuracy(self.store, serving, BASELINE_LABELS)
-        feedback = {"labelled": labelled, "correct": correct, "accuracy": correct / labelled if labelled else None}
-        return self.live.figures(serving).to_dict() | {"feedback": feedback}
-
-    def _serving_subnet(self) -> str | None:
-        if self.runtime is None or self.runtime.current_id is None:
-            return None
-        assert self.store is not None
-        record = self.store.get_model(self.runtime.current_id)
-        return (record.subnet if record else None) or self.runtime.stats().model_metadata.get(META_SUBNET)
-
-    def _precision_status(self) -> dict[str, Any] | None:
-        """The serving model's per-layer precisions, read from its subnet string (no torch needed)."""
-        subnet = self._serving_subnet()
-        return None if subnet is None else status_doc.precision_summary(subnet)
-
-    def _profile_status(self) -> dict[str, Any]:
-        """The device profile's age, fit to this device, and its prediction for the serving model
-        against the latency probe's p50 at the policy's batch (:mod:`service.profile_status`)."""
-        probe = self.last_probe or {}
-        serving = None if self.runtime is None else self.runtime.current_id
-        live = probe.get("p50_ms") if probe.get("model") == serving and probe.get("batch") == self.policy.target.batch else None  # fmt: skip
-        threads = self.settings.threads or self.policy.target.threads
-        return self.profile_status.status(
-            subnet=self._serving_subnet(), batch=self.policy.target.batch, threads=threads, live_p50_ms=live
-        )
+        """What ``/v1/status`` adds to the runtime's own status (:mod:`service.daemon_status`)."""
+        return self.status_view.extra()
 
     # -- helpers -------------------------------------------------------------------------------
 
