@@ -339,8 +339,9 @@ def plot_front(
     """Write a PNG of accuracy against latency at ``batch``.
 
     Args:
-        front: The front; predicted points are drawn hollow, measured ones filled, and the
-            predicted accuracy/latency Pareto staircase as a line.
+        front: The front; predicted points are drawn hollow (at their timed latency where
+            measured picks timed them), measured ones filled, and the staircase of the hollow
+            points as a line.
         path: Where the PNG goes.
         baselines: ``name -> (latency_ms, accuracy)``, drawn as labelled markers.
         title: Plot title (default: the number of points and the batch size).
@@ -357,9 +358,12 @@ def plot_front(
     try:
         pts = front.sorted(batch).points
         if pts:
-            lat = [p.latency_at(batch, measured=False) for p in pts]
+            # at the latency the front was chosen on: timed here where it was (measured picks)
+            lat = [p.latency_at(batch, measured=p.latency_source is not None) for p in pts]
             acc = [100 * p.accuracy for p in pts]
-            ax.scatter(lat, acc, s=18, facecolors="none", edgecolors="tab:blue", label="front (predicted)")
+            timed = any(p.latency_source is not None for p in pts)
+            label = "front (predicted accuracy, latency timed here)" if timed else "front (predicted)"
+            ax.scatter(lat, acc, s=18, facecolors="none", edgecolors="tab:blue", label=label)
             stair_x, stair_y, best = [], [], -1.0
             for x, y in zip(lat, acc, strict=True):
                 if y > best:
