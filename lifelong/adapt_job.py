@@ -144,7 +144,7 @@ def _latency(path: Path, policy: Policy) -> dict[str, float]:
     and the candidate are timed alike, so their ratio holds even on a busy device."""
     from lifelong.profile import measure_model
 
-    got = measure_model(path.read_bytes(), batches=(policy.target.batch,), threads=policy.target.threads)
+    got = measure_model(path.read_bytes(), batches=(policy.target.batch,), threads=policy.target.fixed_threads)
     return {str(k): float(v) for k, v in got.items()}
 
 

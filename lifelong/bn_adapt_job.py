@@ -153,8 +153,10 @@ def run_bn_adaptation(request: AdaptRequest, policy: Policy, progress: Progress 
 
     phase("measure", 0.8, "latency of both models")
     batches = (policy.target.batch,)
-    lat_serving = measure_model(Path(serving["path"]).read_bytes(), batches=batches, threads=policy.target.threads)
-    lat_cand = measure_model(report.path.read_bytes(), batches=batches, threads=policy.target.threads)
+    lat_serving = measure_model(
+        Path(serving["path"]).read_bytes(), batches=batches, threads=policy.target.fixed_threads
+    )
+    lat_cand = measure_model(report.path.read_bytes(), batches=batches, threads=policy.target.fixed_threads)
     serving_figures["latency_ms"] = {str(k): float(v) for k, v in lat_serving.items()}
     candidate = {
         "path": str(report.path),

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -262,9 +263,11 @@ class ExportReport:
     requant_parity: ParityReport | None = None  # the fusing form's parity, kept or not
     finetune: dict | None = None  # what fine-tuning alone did before the export, if it ran
     latency_ms: dict[int, float] | None = None  # the file timed on this device by batch, if asked
+    threads: dict[int, dict[str, Any]] | None = None  # by batch: the count chosen and both timings
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "threads": None if self.threads is None else {str(b): v for b, v in self.threads.items()},
             "latency_ms": None if self.latency_ms is None else {str(b): ms for b, ms in self.latency_ms.items()},
             "path": str(self.path),
             "subnet": self.subnet,

@@ -27,6 +27,7 @@ from lifelong.export_request import ExportRequest
 from lifelong.finetune import FinetuneConfig, finetune_subnet
 from lifelong.profile import DeviceProfile, PairedTimer
 from lifelong.supernet import StaticSubnet, recalibrate_bn
+from lifelong.threads import choose_threads, time_threads, write_thread_choice
 from lifelong.train import TrainConfig, supernet_recipe, training_tensors
 
 __all__ = ["export_from_checkpoint", "run_export"]
@@ -58,7 +59,9 @@ def export_from_checkpoint(
     ``finetune``, the subnet is first trained alone on the training split of ``train`` (the
     part the supernet trained on; its validation split is measured before and after). With
     ``timing`` (the device profile), the written file is timed here at the profile's batch
-    sizes and the report carries ``latency_ms``.
+    sizes and the report carries ``latency_ms``; it is also run with 1 and 2 onnxruntime
+    threads, and the faster count per batch is written into its metadata
+    (:mod:`lifelong.threads`) and the report's ``threads``.
 
     Raises:
         CheckpointError, SpaceError: the checkpoint cannot be read, or ``subnet`` is not in its space.
@@ -94,12 +97,16 @@ def export_from_checkpoint(
         checkpoint_sha256=file_sha256(checkpoint),
         calibration=None if exact else calibration[:1000],
     )
-    latency = None
+    latency, threads, size = None, None, report.bytes
     if timing is not None:
         say(0.9, "time", f"timing {report.path.name} at batch {', '.join(map(str, timing.batches))}")
         latency = {int(b): float(ms) for b, ms in PairedTimer(timing, model.space).measure(report.path.read_bytes()).items()}  # fmt: skip
-    say(1.0, "done", f"{report.path} ({report.bytes} bytes)")
-    return replace(report, finetune=tuned, latency_ms=latency)
+        timed = time_threads(str(report.path), timing.batches)
+        chosen = choose_threads(timed)
+        size = write_thread_choice(report.path, chosen)
+        threads = {b: {"threads": chosen[b], "ms": {str(t): ms for t, ms in timed[b].items()}} for b in timed}
+    say(1.0, "done", f"{report.path} ({size} bytes)")
+    return replace(report, finetune=tuned, latency_ms=latency, threads=threads, bytes=size)
 
 
 def _finetune(

@@ -58,9 +58,11 @@ def _is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def integer(lo: int | None = None, hi: int | None = None, *, nullable: bool = False) -> Spec:
-    """An integer in ``[lo, hi]``."""
-    if lo is not None and hi is not None:
+def integer(lo: int | None = None, hi: int | None = None, *, nullable: bool = False, phrase: str | None = None) -> Spec:
+    """An integer in ``[lo, hi]`` (``phrase``: how an error describes it, when the range alone does not say)."""
+    if phrase is not None:
+        pass
+    elif lo is not None and hi is not None:
         phrase = f"an integer from {lo} to {hi}"
     elif lo == 1:
         phrase = "a positive integer"

@@ -111,14 +111,20 @@ class Target(_Section):
 
     Attributes:
         runtime: One of :data:`RUNTIMES`; ``"ort-cpu"`` is onnxruntime on the CPU.
-        threads: Intra-op threads of the inference session.
+        threads: Intra-op threads of the inference session; 0 leaves the count to each model:
+            the one its export timed fastest at ``batch`` on this device (1 or 2).
         batch: Batch size latency is measured and budgeted at.
     """
 
     section: ClassVar[str] = "target"
     runtime: str = _option("ort-cpu", choice(*RUNTIMES))
-    threads: int = _option(2, integer(1))
+    threads: int = _option(2, integer(0, phrase="a positive integer, or 0 to leave the count to each model"))
     batch: int = _option(1, integer(1))
+
+    @property
+    def fixed_threads(self) -> int:
+        """The count jobs time and train with: ``threads``, or 2 where each model has its own."""
+        return self.threads or 2
 
 
 @dataclass(frozen=True)

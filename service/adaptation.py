@@ -317,7 +317,7 @@ class Adaptation:
             trigger=trigger,
             max_seconds=a.max_seconds,
             steps=a.finetune_steps,
-            threads=policy.target.threads,
+            threads=policy.target.fixed_threads,
             **dict(extra or {}),
         )
         path = request.save(folder / "request.json")

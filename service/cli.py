@@ -239,6 +239,8 @@ def export(
     (top-1 agreement >= 99.5%, accuracy within 0.3 pt). SUBNET is a canonical name or
     largest[:wXaY] / smallest[:wXaY]. The requantized form, in which every 8-bit layer runs
     as an integer kernel, is tried first and kept if it passes the gate (--exact skips it).
+    With a device profile in the state, the file is then timed here with 1 and 2 onnxruntime
+    threads and the faster count per batch size is written into its metadata.
 
     \b
     Example:
@@ -246,11 +248,18 @@ def export(
     """
     from lifelong.data import load_dataset, load_fashion_mnist
     from lifelong.export_job import export_from_checkpoint
+    from lifelong.profile import DeviceProfile
 
     state = resolve_state_dir(state_dir)
     ckpt = checkpoint or default_checkpoint(state)
     train_data = load_dataset(data_spec, split="train") if data_spec else load_fashion_mnist("train")
     test = load_dataset(data_spec, split="test") if data_spec else load_fashion_mnist("test")
+    timing = None
+    if default_profile(state).is_file():  # time the file here, and record its thread choice
+        try:
+            timing = DeviceProfile.load(default_profile(state))
+        except LifelongError as exc:
+            click.echo(f"warning: the model is not timed: {exc}", err=True)
     report = export_from_checkpoint(
         ckpt,
         subnet,
@@ -260,6 +269,7 @@ def export(
         test=test,
         parity_images=parity_images,
         exact=exact,
+        timing=timing,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -274,6 +284,9 @@ def export(
         f"  parity on {p.images} images: agreement {100 * p.agreement:.2f}%, top-1 torch {100 * p.torch_top1:.2f}% "
         f"onnx {100 * p.onnx_top1:.2f}%"
     )
+    for b, t in sorted((report.threads or {}).items()):
+        ms = ", ".join(f"{n} thread(s) {v:.3f} ms" for n, v in t["ms"].items())
+        click.echo(f"  batch {b}: {ms}; {t['threads']} chosen (recorded in the model for target.threads = 0)")
 
 
 @cli.command()

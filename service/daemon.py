@@ -302,7 +302,11 @@ class Daemon:
                 self._event("reconcile", f"registry and store reconciled after a crash: {report}")
             if self.policy_state.path.exists() and self.policy_state.reload() is None:
                 self._event("policy-rejected", f"start: {self._first_line(self.policy_state.error)}; using the preset")
-            self.runtime = OrtRuntime(RuntimeSettings(intra_op_threads=s.threads or self.policy.target.threads))
+            self.runtime = OrtRuntime(
+                RuntimeSettings(
+                    intra_op_threads=s.threads or self.policy.target.threads, batch=self.policy.target.batch
+                )
+            )
             self.runtime.observer = self._observe_request
             self.swapper = Swapper(
                 self.store, self.registry, self.runtime, samples=self.recent_inputs.array, pause=_pause_for_tests
@@ -1076,12 +1080,13 @@ class Daemon:
             return
         self._event("policy", f"{reason}: policy {policy.name!r} from {self.policy_state.source} in force")
         runtime = self.runtime
-        threads = self.settings.threads or policy.target.threads
-        if runtime is not None and threads != runtime.settings.intra_op_threads:
-            runtime.settings = replace(runtime.settings, intra_op_threads=threads)
+        threads, batch = self.settings.threads or policy.target.threads, policy.target.batch
+        if runtime is not None and (threads, batch) != (runtime.settings.intra_op_threads, runtime.settings.batch):
+            runtime.settings = replace(runtime.settings, intra_op_threads=threads, batch=batch)
             if runtime.current_id is not None and self.swapper is not None:
                 try:  # new session options: re-open the model through the validated swap
-                    self.swapper.reload(f"policy: {threads} onnxruntime threads")
+                    what = f"{threads} onnxruntime threads" if threads else f"the model's own thread count at batch {batch}"  # fmt: skip
+                    self.swapper.reload(f"policy: {what}")
                 except ModelLoadError as exc:
                     self._event("reload-refused", str(exc))
         self._preference_changed(old, policy)

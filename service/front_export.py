@@ -210,7 +210,7 @@ class FrontExport:
             out=str(out / "model.onnx"),
             calibration=None if calibration is None else str(calibration),
             parity_images=self.parity_images,
-            threads=wish.policy.target.threads,
+            threads=wish.policy.target.fixed_threads,
             reason=wish.reason,
             finetune_seconds=wish.policy.export.finetune_seconds,
             profile=str(profile) if (profile := default_profile(self.state_dir)).is_file() else None,

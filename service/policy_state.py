@@ -115,4 +115,6 @@ class PolicyState:
             "file": str(self.path),
             "loaded_at": self.loaded_at,
             "error": self.error,
+            "threads": self.policy.target.threads,
+            "batch": self.policy.target.batch,
         }

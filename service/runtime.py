@@ -48,12 +48,14 @@ from lifelong.model_format import (
     ORT_DISABLED_OPTIMIZERS,
 )
 from lifelong.model_format import MODEL_FORMAT as SUPPORTED_MODEL_FORMAT  # reads better beside a model's own
+from lifelong.threads import threads_for
 from service.errors import InferenceError, ModelLoadError, NoModelError, RequestError
 
 if TYPE_CHECKING:
     from service.task_check import TaskCheck
 
 __all__ = [
+    "AUTO_FALLBACK_THREADS",
     "MemoryRuntime",
     "ModelFn",
     "OrtRuntime",
@@ -66,6 +68,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+AUTO_FALLBACK_THREADS = 2
+"""Intra-op threads of a model with no timed choice when the policy leaves the count to the model."""
 
 ModelFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 """What :class:`MemoryRuntime` serves: images ``(N,1,28,28)`` -> ``(logits, embedding)``."""
@@ -80,7 +85,10 @@ class RuntimeSettings:
 
     Attributes:
         intra_op_threads: onnxruntime threads inside one operator; small, since a gateway's
-            few cores are shared with the applications it serves.
+            few cores are shared with the applications it serves. 0: per model, the count its
+            export timed fastest at ``batch`` (:mod:`lifelong.threads`), else
+            :data:`AUTO_FALLBACK_THREADS`.
+        batch: The batch size a per-model thread choice is taken for (the policy's).
         inter_op_threads: threads across operators (1: execution is sequential).
         max_batch: requests larger than this run in chunks, bounding peak memory.
         warmup_runs: replays of the sample inputs before a model serves.
@@ -90,6 +98,7 @@ class RuntimeSettings:
     """
 
     intra_op_threads: int = 2
+    batch: int = 1
     inter_op_threads: int = 1
     max_batch: int = 64
     warmup_runs: int = 2
@@ -98,9 +107,13 @@ class RuntimeSettings:
     latency_window: int = 1024
 
     def __post_init__(self) -> None:
-        for name in ("intra_op_threads", "inter_op_threads", "max_batch", "latency_window"):
+        for name in ("batch", "inter_op_threads", "max_batch", "latency_window"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"RuntimeSettings.{name}={getattr(self, name)!r}; expected an integer >= 1")
+        if not isinstance(self.intra_op_threads, int) or self.intra_op_threads < 0:
+            raise ValueError(
+                f"RuntimeSettings.intra_op_threads={self.intra_op_threads!r}; expected an integer >= 1, or 0 (per model)"
+            )
         if not isinstance(self.warmup_runs, int) or self.warmup_runs < 0:
             raise ValueError(f"RuntimeSettings.warmup_runs={self.warmup_runs!r}; expected an integer >= 0")
         for name in ("parity_atol", "parity_rtol"):
@@ -127,6 +140,7 @@ class RuntimeStats:
     model_id: str | None
     model_path: str | None
     model_metadata: Mapping[str, str] = field(default_factory=dict)
+    model_threads: int | None = None
     num_classes: int | None = None
     previous_id: str | None = None
     loading_id: str | None = None
@@ -246,6 +260,7 @@ class _LoadedModel:
     in_flight: int = 0
     logit_offset: np.ndarray | None = None  # (K,) added to every logit: a class-mix correction
     task_accuracy: float | None = None  # on the task check's held-out images, when measured
+    threads: int | None = None  # onnxruntime intra-op threads of its session
 
 
 def _probe_batch() -> np.ndarray:
@@ -504,6 +519,7 @@ class _SwappingRuntime(Runtime):
                 model_id=None if model is None else model.model_id,
                 model_path=None if model is None else model.path,
                 model_metadata={} if model is None else dict(model.metadata),
+                model_threads=None if model is None else model.threads,
                 num_classes=None if model is None else model.num_classes,
                 previous_id=None if self._previous is None else self._previous[0],
                 loading_id=self._loading,
@@ -519,11 +535,11 @@ class _SwappingRuntime(Runtime):
 class OrtRuntime(_SwappingRuntime):
     """Serves ONNX files with onnxruntime on the CPU, with few threads that never spin."""
 
-    def _session_options(self) -> Any:
+    def _session_options(self, threads: int | None = None) -> Any:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads = self.settings.intra_op_threads
+        so.intra_op_num_threads = threads or self.settings.intra_op_threads or AUTO_FALLBACK_THREADS
         so.inter_op_num_threads = self.settings.inter_op_threads
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -538,17 +554,26 @@ class OrtRuntime(_SwappingRuntime):
 
         if path is None or not Path(path).is_file():
             raise ModelLoadError(f"model {model_id!r}: no model file at {path}")
-        try:
-            session = ort.InferenceSession(
-                path,
-                self._session_options(),
-                providers=["CPUExecutionProvider"],
-                disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),  # rewrites that change what a model computes
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"model {model_id!r}: onnxruntime cannot load {path}: {first}") from exc
+
+        def open_session(threads: int) -> Any:
+            try:
+                return ort.InferenceSession(
+                    path,
+                    self._session_options(threads),
+                    providers=["CPUExecutionProvider"],
+                    disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),  # rewrites that change what a model computes
+                )
+            except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelLoadError(f"model {model_id!r}: onnxruntime cannot load {path}: {first}") from exc
+
+        threads = self.settings.intra_op_threads or AUTO_FALLBACK_THREADS
+        session = open_session(threads)
         metadata = dict(session.get_modelmeta().custom_metadata_map)
+        if not self.settings.intra_op_threads:  # per model: the count its export timed fastest
+            chosen = threads_for(metadata, self.settings.batch)
+            if chosen is not None and chosen != threads:
+                threads, session = chosen, open_session(chosen)
         problems = _signature_problems(session, metadata)
         if problems:
             raise ModelLoadError(f"model {model_id!r} at {path} breaks the model contract: " + "; ".join(problems))
@@ -558,7 +583,7 @@ class OrtRuntime(_SwappingRuntime):
             logits, embedding = session.run(names, {INPUT_NAME: x})
             return logits, embedding
 
-        return _LoadedModel(model_id, path, run, metadata)
+        return _LoadedModel(model_id, path, run, metadata, threads=threads)
 
 
 def _signature_problems(session: Any, metadata: Mapping[str, str]) -> list[str]:

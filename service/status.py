@@ -331,6 +331,12 @@ def format_status(doc: Mapping[str, Any]) -> str:
         if live and live.get("model") == model_id:
             lines.append(f"          live:     {_live(live)}")
         lines.append(f"          precision {_precision(record.get('precision_map'), doc.get('precision'), subnet)}")
+        threads = runtime.get("model_threads")
+        if threads:
+            chosen = (runtime.get("model_metadata") or {}).get("lifelong.threads")
+            how = f"timed fastest at its export: {chosen}" if chosen else "no timed choice in the model"
+            per_model = policy.get("threads") == 0
+            lines.append(f"          onnxruntime: {threads} intra-op thread(s)" + (f" ({how})" if per_model else ""))
         lines.append(
             f"          served: {runtime.get('predictions', 0)} requests (latency probes included), {runtime.get('samples', 0)} samples, "
             f"p50 {_ms(runtime.get('latency_p50_ms'))} p95 {_ms(runtime.get('latency_p95_ms'))}; "

@@ -185,8 +185,10 @@ def test_a_policy_whose_choice_was_never_exported_is_exported_in_a_worker_and_sw
             saved = time.monotonic()
             with d.client() as c:
                 try:
+                    # the swap, the export's outcome and the need met land in turn on the loop
                     status = wait_until(
-                        lambda: (s := c.status())["model"] != serving and s["export"]["last"] and s,
+                        lambda: (s := c.status())["model"] != serving and s["export"]["last"]
+                        and not any(n["kind"] == "preference" for n in s["drift"]["needs"]) and s,
                         timeout=180, what="the exported model serving",
                     )  # fmt: skip
                 except AssertionError as exc:
@@ -224,6 +226,7 @@ def test_a_policy_whose_choice_was_never_exported_is_exported_in_a_worker_and_sw
     timed = Front.load(state / "front" / "front.json")[small]
     assert timed.latency_source == "export" and 0 < timed.latency_at(1) < 0.5, timed
     assert any("timed here at" in m for m in events), events
+    assert "lifelong.threads" in status["runtime"]["model_metadata"], "the export recorded its thread choice"
 
 
 def test_an_export_from_an_adapted_supernet_uses_its_calibration_images(export_state, fashion_test, tmp_path) -> None:

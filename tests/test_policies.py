@@ -138,7 +138,10 @@ pony = true
     assert len(lines) == 6, message
     assert all(line.strip().startswith(f"{path}: ") for line in lines[1:])
     assert "format_version: expected 1" in message and "found 2" in message and "upgrade lifelong" in message
-    assert "target.threads: expected a positive integer, found true (a boolean)" in message
+    assert (
+        "target.threads: expected a positive integer, or 0 to leave the count to each model, found true (a boolean)"
+        in message
+    )
     assert "budgets.latency_ms_p95: expected a positive number, found -3" in message
     assert "budgets.latncy_ms: unknown key (did you mean 'latency_ms_p95'?)" in message
     assert "wishes: unknown section" in message
@@ -224,7 +227,7 @@ def test_a_binary_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_dataclasses_validate_themselves_and_report_every_problem() -> None:
     with pytest.raises(PolicyValidationError) as caught:
-        Target(threads=0, batch=True)
+        Target(threads=-1, batch=True)
     assert [p.key for p in caught.value.problems] == ["target.threads", "target.batch"]
     with pytest.raises(PolicyValidationError, match="drift.window"):
         DriftSettings(window=10)
