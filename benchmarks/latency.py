@@ -14,10 +14,11 @@ from another seed):
 1. **The latency model** (:meth:`DeviceProfile.predict`) against each subnet's graph timed with
    :class:`lifelong.profile.PairedTimer` at the profile's batch sizes: relative and absolute
    error distributions, the share within +-10% (or 10 us where 10% is less), Kendall tau.
-2. **Threads as a choice**: each graph run with 1 and with 2 intra-op threads, in turn in the
-   same loop so both see the same load, twice: the first round chooses the faster count per
-   model and batch, the second (fresh runs) checks the choice: how much slower the chosen
-   count is than the other there (target: never more than 3%).
+2. **Threads as a choice**: each graph timed with 1 and with 2 intra-op threads as the export
+   times it (:func:`lifelong.threads.time_threads`: interleaved blocks, medians), twice: the
+   first timing chooses the faster count per model and batch, the second (fresh sessions)
+   checks the choice: how much slower the chosen count is than the other there (target:
+   never more than 3%).
 3. The same two on the front's points (what the service deploys), and the search's
    evaluation rate (predictor-free: the latency table alone, and the whole NSGA-II loop is
    in ``search.json``).
@@ -45,11 +46,11 @@ from lifelong.digest import file_sha256  # noqa: E402
 from lifelong.front import Front  # noqa: E402
 from lifelong.latency import sample_mixed  # noqa: E402
 from lifelong.latency_table import LatencyTable  # noqa: E402
-from lifelong.model_format import ort_session  # noqa: E402
 from lifelong.onnx_graph import build_model  # noqa: E402
 from lifelong.predictor import kendall_tau  # noqa: E402
 from lifelong.profile import DeviceProfile, PairedTimer, device_fingerprint, random_net  # noqa: E402
 from lifelong.space import SearchSpace, SubnetConfig  # noqa: E402
+from lifelong.threads import choose_threads, time_threads  # noqa: E402
 from service.paths import default_front, default_profile, resolve_state_dir  # noqa: E402
 
 logger = logging.getLogger("latency_benchmark")
@@ -59,43 +60,23 @@ WITHIN, FLOOR_MS = 0.10, 0.010  # +-10%, or 10 us where 10% is less
 THREAD_SLACK = 0.03
 
 
-def _median_ms(session: Any, x: np.ndarray, runs: int) -> float:
-    name = session.get_inputs()[0].name
-    t = np.empty(runs)
-    for r in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, {name: x})
-        t[r] = time.perf_counter() - t0
-    return float(np.median(t) * 1e3)
-
-
-def thread_rounds(model: bytes, batches: tuple[int, ...], rounds: int = 2) -> list[dict[str, dict[int, float]]]:
-    """Per round, the median ms with 1 and 2 intra-op threads at each batch, run in turn."""
-    sessions = {t: ort_session(model, t) for t in (1, 2)}
-    rng = np.random.default_rng(0)
-    xs = {b: rng.random((b, 1, 28, 28), dtype=np.float32) for b in batches}
+def thread_rounds(model: bytes, batches: tuple[int, ...]) -> list[dict[str, dict[int, float]]]:
+    """Two independent timings (:func:`lifelong.threads.time_threads`) of 1 and 2 threads at each
+    batch: the first chooses as the export does, the second checks the choice."""
     out = []
-    for _ in range(rounds):
-        got: dict[str, dict[int, float]] = {"1": {}, "2": {}}
-        for b in batches:
-            runs = 40 if b == 1 else 8
-            for s in sessions.values():  # warm both
-                _median_ms(s, xs[b], 3)
-            a, c = [], []
-            for _ in range(4):  # interleaved blocks: both counts see the same load
-                a.append(_median_ms(sessions[1], xs[b], runs // 4))
-                c.append(_median_ms(sessions[2], xs[b], runs // 4))
-            got["1"][b], got["2"][b] = float(np.median(a)), float(np.median(c))
-        out.append(got)
+    for _ in range(2):
+        timed = time_threads(model, batches)
+        out.append({str(t): {b: timed[b][t] for b in batches} for t in (1, 2)})
     return out
 
 
 def thread_choice(rounds: list[dict[str, dict[int, float]]], batches: tuple[int, ...]) -> dict[str, Any]:
-    """Chosen on round 1, checked on round 2: the chosen count's excess over the other there."""
+    """Chosen on round 1 (:func:`lifelong.threads.choose_threads`), checked on round 2: the
+    chosen count's excess over the other there."""
     first, second = rounds[0], rounds[1]
     out: dict[str, Any] = {}
     for b in batches:
-        chosen = "1" if first["1"][b] <= first["2"][b] else "2"
+        chosen = str(choose_threads({b: {1: first["1"][b], 2: first["2"][b]}})[b])
         other = "2" if chosen == "1" else "1"
         out[str(b)] = {
             "chosen": int(chosen),

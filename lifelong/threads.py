@@ -1,8 +1,8 @@
 """The onnxruntime thread count as a per-model choice, timed on this device.
 
 For the models of search space v2 one intra-op thread often beats two at batch 1: on the 46
-points of the headline's front, one thread was faster for 67% of them, by a median of 18%,
-while at batch 32 two threads were faster for 96% (median 1.4x;
+points of the headline's front, one thread was faster for 67-70% of them, by a median of
+18-26% (two runs), while at batch 32 two threads were faster for 87-96% (median 1.4-1.5x;
 ``benchmarks/results/latency.json``). Which count wins depends on the model, so it is timed
 per model: both counts run the same input in turn, in interleaved blocks so that both see
 the same load, and the median over the rounds decides. The export writes the choice into the
