@@ -21,12 +21,3 @@ def test_importing_the_core_and_cli_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def test_core_never_imports_service() -> None:
-    from pathlib import Path
-
-    root = Path(lifelong.__file__).parent
-    for path in root.rglob("*.py"):
-        text = path.read_text()
-        assert "import service" not in text and "from service" not in text, f"{path} imports service"
