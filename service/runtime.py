@@ -89,10 +89,6 @@ class RuntimeSettings:
             export timed fastest at ``batch`` (:mod:`lifelong.threads`), else
             :data:`AUTO_FALLBACK_THREADS`.
         batch: The batch size a per-model thread choice is taken for (the policy's).
-        memory_arena: onnxruntime's CPU memory arena. Off: it keeps the peak of every batch
-            size served, which the idle heap trim cannot return (single session, largest
-            subnet: 101 MB after the trim with it, 73 MB without); side by side, batch 1 and 32
-            on the largest and the tutorial-sized subnet ran within 3% either way.
         inter_op_threads: threads across operators (1: execution is sequential).
         max_batch: requests larger than this run in chunks, bounding peak memory.
         warmup_runs: replays of the sample inputs before a model serves.
@@ -103,7 +99,6 @@ class RuntimeSettings:
 
     intra_op_threads: int = 2
     batch: int = 1
-    memory_arena: bool = False
     inter_op_threads: int = 1
     max_batch: int = 64
     warmup_runs: int = 2
@@ -546,7 +541,6 @@ class OrtRuntime(_SwappingRuntime):
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or self.settings.intra_op_threads or AUTO_FALLBACK_THREADS
         so.inter_op_num_threads = self.settings.inter_op_threads
-        so.enable_cpu_mem_arena = self.settings.memory_arena
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads burn the cores the gateway's own applications need between requests.

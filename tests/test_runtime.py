@@ -51,8 +51,6 @@ def test_settings_are_validated() -> None:
 def test_session_options_cap_threads_and_stop_spinning() -> None:
     so = OrtRuntime(RuntimeSettings(intra_op_threads=3))._session_options()
     assert (so.intra_op_num_threads, so.inter_op_num_threads) == (3, 1)
-    assert so.enable_cpu_mem_arena is False, "the arena would keep every batch's peak after the idle trim"
-    assert OrtRuntime(RuntimeSettings(memory_arena=True))._session_options().enable_cpu_mem_arena is True
     assert so.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
