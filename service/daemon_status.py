@@ -139,7 +139,7 @@ class DaemonStatus:
         probe = d.last_probe or {}
         serving = None if d.runtime is None else d.runtime.current_id
         live = probe.get("p50_ms") if probe.get("model") == serving and probe.get("batch") == d.policy.target.batch else None  # fmt: skip
-        threads = d.settings.threads or d.policy.target.threads
+        threads = d.settings.threads or d.policy.target.fixed_threads  # profiles time at a fixed count
         return self.profiles.status(
             subnet=self.serving_subnet(), batch=d.policy.target.batch, threads=threads, live_p50_ms=live
         )
