@@ -8,8 +8,9 @@ serves each model with the count its export timed fastest (:mod:`lifelong.thread
 re-times the exact files of the last ``search.py`` run (``benchmarks/work/search/``: the
 baselines' INT8 and FP32, the largest subnet, the exported front points, each front file
 identified by the subnet in its metadata) with 1 and 2 threads, as the export does, in two
-passes over all models: the first pass chooses each model's count, the second is reported at
-that count (and at 2 threads, for the comparison with ``search.json``). The accuracies are
+passes; each pass is ``--rounds`` rounds over all models in turn, so that the machine's drift
+touches every model alike. The first pass chooses each model's count, the second is reported
+at that count (and at 2 threads, for the comparison with ``search.json``). The accuracies are
 those of ``search.json`` (the same files).
 
 To rebuild: ``benchmarks/search.py`` (its command and state are in ``search.json``), then this.
@@ -23,6 +24,8 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -81,10 +84,29 @@ def compare(rows: dict[str, dict[str, Any]], key: str, batch: int) -> list[dict[
     return out
 
 
+def interleaved(
+    models: dict[str, tuple[Path, float, bool]], batches: tuple[int, ...], rounds: int
+) -> dict[str, dict[int, dict[int, float]]]:
+    """Each model's ms by batch and thread count: ``rounds`` rounds over all models in turn
+    (one block of each count per model per round), the median over the rounds, so that a
+    drift of the machine's speed touches every model alike (timing each model's rounds
+    together let two models' figures come from different minutes)."""
+    runs: dict[str, list[dict[int, dict[int, float]]]] = {name: [] for name in models}
+    for r in range(rounds):
+        for name, (path, _, _) in models.items():
+            runs[name].append(time_threads(str(path), batches, rounds=1))
+        logger.info("round %d/%d: %d models timed with 1 and 2 threads", r + 1, rounds, len(models))
+    return {
+        name: {b: {t: float(np.median([x[b][t] for x in got])) for t in got[0][b]} for b in batches}
+        for name, got in runs.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--search", type=Path, default=RESULTS / "search.json")
     ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--rounds", type=int, default=5, help="rounds over all models per pass [5]")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -95,10 +117,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not any(front for _, _, front in models.values()):
         raise SystemExit(f"error: no front file of {args.search} in {args.work}: run benchmarks/search.py first")
     batches = (1, 32)
-    passes = []
-    for p in range(2):
-        passes.append({name: time_threads(str(path), batches) for name, (path, _, _) in models.items()})
-        logger.info("pass %d: %d models timed with 1 and 2 threads", p + 1, len(models))
+    passes = [interleaved(models, batches, args.rounds) for _ in range(2)]
     rows: dict[str, dict[str, Any]] = {}
     for name, (path, top1, front) in models.items():
         chosen = choose_threads(passes[0][name])
