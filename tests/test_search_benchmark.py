@@ -84,3 +84,26 @@ def test_a_fine_tuned_point_says_so_in_the_table() -> None:
     table = S.markdown_table({}, [row, {**_row("fast", 0.9, 0.1), "bytes": 10}], 1)
     assert "front `mid` (fine-tuned 300 s; 89.27% before) | 92.00" in table
     assert "front `fast` | 90.00" in table
+
+
+def test_the_thread_rerun_compares_each_baseline_at_the_counts_it_was_given() -> None:
+    spec = importlib.util.spec_from_file_location("search_threads_benchmark", ROOT / "benchmarks" / "search_threads.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+
+    def row(top1: float, own: float, two: float, front: bool) -> dict:
+        return {"top1": top1, "front": front, "own_ms": {"1": own}, "two_ms": {"1": two}}
+
+    rows = {
+        "tutorial CNN INT8": row(0.913, 0.10, 0.14, False),
+        "tutorial CNN FP32": row(0.913, 0.12, 0.15, False),  # FP32 baselines are not compared
+        "front a": row(0.920, 0.06, 0.07, True),  # as accurate, faster
+        "front b": row(0.925, 0.09, 0.15, True),  # more accurate, within the baseline's latency on its own count
+    }
+    (own,) = module.compare(rows, "own_ms", 1)
+    assert own["baseline"] == "tutorial CNN INT8"
+    assert own["gain_at_latency_pt"] == pytest.approx(1.2) and own["speedup_at_accuracy"] == pytest.approx(0.10 / 0.06)
+    (two,) = module.compare(rows, "two_ms", 1)
+    assert two["gain_at_latency_pt"] == pytest.approx(0.7), "front b is over 0.14 ms at two threads"
+    assert two["speedup_at_accuracy"] == pytest.approx(0.14 / 0.07)
