@@ -92,6 +92,7 @@ class ProfileStatus:
             "stale": profile.stale_reasons(self._fingerprint(threads)),
             "batches": list(profile.batches),
             "batch": batch,
+            "threads": int(profile.fingerprint.get("threads", threads)),
         }
         predicted = None if subnet is None else self._predict(profile, subnet, batch)
         if predicted is not None:

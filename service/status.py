@@ -159,7 +159,7 @@ def _num(value: Any) -> str:
     return "?" if not isinstance(value, int | float) else f"{value:.3g}"
 
 
-def _profile_line(p: Mapping[str, Any], now: float) -> str:
+def _profile_line(p: Mapping[str, Any], now: float, serving_threads: int | None = None) -> str:
     """``profile:  taken 3 h ago, fits this device; predicts 0.118 ms for the serving model at
     batch 1, the probe measures 0.150 ms p50 (-21%)``."""
     if not p.get("present"):
@@ -172,6 +172,8 @@ def _profile_line(p: Mapping[str, Any], now: float) -> str:
         line += f"; predicts {_ms(p['predicted_ms'])} for the serving model at batch {p.get('batch')}"
         if p.get("live_p50_ms") is not None:
             line += f", the probe measures {_ms(p['live_p50_ms'])} p50 ({100 * p['prediction_error']:+.0f}%)"
+            if serving_threads and p.get("threads") and serving_threads != p["threads"]:
+                line += f"; the profile timed {p['threads']} threads, the model serves on {serving_threads}"
     return line
 
 
@@ -350,7 +352,7 @@ def format_status(doc: Mapping[str, Any]) -> str:
         )
     prof = doc.get("profile")
     if prof:
-        lines.append(_profile_line(prof, now))
+        lines.append(_profile_line(prof, now, runtime.get("model_threads")))
     lines.append(f"rollback: {store.get('rollback_target') or 'none'}")
     line = f"policy:   {policy.get('name', '?')} ({policy.get('source', '?')})"
     if policy.get("error"):

@@ -43,6 +43,10 @@ def test_the_serving_model_is_predicted_and_compared_with_the_probe(tmp_path: Pa
     assert doc["stale"] and any(r.startswith("cpu: profiled 'test'") for r in doc["stale"])
     line = _profile_line(doc, time.time())
     assert line.startswith("profile:  taken 2.0 h ago, TAKEN ELSEWHERE") and "the probe measures 0.50 ms p50" in line
+    assert "the profile timed" not in line, "no serving thread count given"
+    prof_threads = doc["threads"]
+    other = _profile_line(doc, time.time(), serving_threads=prof_threads + 1)
+    assert other.endswith(f"; the profile timed {prof_threads} threads, the model serves on {prof_threads + 1}")
     # a batch the profile did not measure, or a name of another space: no prediction, no crash
     assert "predicted_ms" not in status.status(subnet=subnet, batch=7, threads=2, live_p50_ms=0.5)
     assert "predicted_ms" not in status.status(subnet="tiny_mlp", batch=1, threads=2, live_p50_ms=0.5)
