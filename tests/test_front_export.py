@@ -193,6 +193,9 @@ def test_a_policy_whose_choice_was_never_exported_is_exported_in_a_worker_and_sw
                     )  # fmt: skip
                 except AssertionError as exc:
                     raise AssertionError(f"{exc}; the daemon's log:\n{d.log()}") from None
+                # a status is read part by part while the loop goes on (its events may predate
+                # its export figures): once all three are seen, a fresh one holds every event
+                status = c.status()
                 served = next(at for at, m in seen if m == status["model"])
                 wait_until(lambda: len([1 for at, _ in seen if at > served]) >= 20, what="answers after the swap")
                 history = c.history(5)["deployments"]
