@@ -79,7 +79,6 @@ import io
 import json
 import logging
 import math
-import os
 import sys
 import time
 import warnings
@@ -120,6 +119,7 @@ from lifelong.train import (  # noqa: E402
     training_batch,
     training_tensors,
 )
+from lifelong.versioned import write_bytes_atomic  # noqa: E402
 
 __all__ = [
     "BASELINE_FORMAT",
@@ -364,15 +364,8 @@ def export_onnx(model: _Classifier, out: str | Path | None = None, name: str = "
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
     if out is not None:
-        _write_atomic(Path(out), data)
+        write_bytes_atomic(Path(out), data)
     return data
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -597,7 +590,7 @@ def prepare_baseline(
     t0 = time.monotonic()
     result = sweep(fp32, calibration_images(train_data, config), x_test, y_test, configs, rounds=rounds, runs=runs)
     quantize_seconds = time.monotonic() - t0
-    _write_atomic(work / f"{name}-int8.onnx", result.int8)
+    write_bytes_atomic(work / f"{name}-int8.onnx", result.int8)
     accs = {"torch": top1(predict_logits(model, x_test), y_test), "fp32": result.fp32_top1, "int8": result.chosen.top1}
     logger.info("baseline %s: top-1 %s (INT8: %s)", name, accs, result.chosen.config.name)
     return BaselineModels(name, macs, params, folded_params(model), fp32, result.int8, accs, trained.seconds,

@@ -10,7 +10,6 @@ failed gate or a crash leaves nothing where a deployable model would be.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ from lifelong.model_format import (
 from lifelong.onnx_graph import ConvSpec, LinearSpec, NetSpec, build_model
 from lifelong.space import FULL_BITS
 from lifelong.supernet import PIXEL_MEAN, PIXEL_STD, StaticSubnet
+from lifelong.versioned import write_bytes_atomic
 
 __all__ = [
     "ExportReport",
@@ -280,24 +280,6 @@ class ExportReport:
         }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def export_subnet(
     sub: StaticSubnet,
     out: str | Path,
@@ -347,7 +329,7 @@ def export_subnet(
             parity,
         )
     try:
-        _write_atomic(out, data)
+        write_bytes_atomic(out, data)
     except OSError as exc:
         raise ExportError(f"cannot write the model to {out}: {exc}") from exc
     requantized = requant_parity is not None and parity is requant_parity

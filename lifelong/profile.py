@@ -285,7 +285,8 @@ def _session(model_bytes: bytes, threads: int) -> Any:
     return ort_session(model_bytes, threads)
 
 
-def _time(session: Any, x: np.ndarray, warmup: int, repeats: int) -> float:
+def time_session(session: Any, x: np.ndarray, warmup: int, repeats: int) -> float:
+    """Median ms of ``repeats`` runs of ``session`` on ``x`` after ``warmup`` untimed ones."""
     name = session.get_inputs()[0].name
     feed = {name: x}
     for _ in range(warmup):
@@ -313,7 +314,7 @@ def measure_model(
     out = {}
     for b in batches:
         warmup, repeats = _repeats(b)
-        out[b] = _time(session, rng.random((b, *shape), dtype=np.float32), warmup, repeats * 2)
+        out[b] = time_session(session, rng.random((b, *shape), dtype=np.float32), warmup, repeats * 2)
     return out
 
 
@@ -351,7 +352,7 @@ class _Reference:
 
     def time(self, batch: int) -> float:
         warmup, repeats = _repeats(batch)
-        return _time(self.session, self.inputs[batch], warmup // 2, repeats)
+        return time_session(self.session, self.inputs[batch], warmup // 2, repeats)
 
     def paired(self, session: Any, x: np.ndarray, batch: int) -> tuple[float, float]:
         """Medians (ms) of ``session`` and the reference, run alternately so both see the same load."""
@@ -548,7 +549,7 @@ def profile_device(
         row = []
         for bi, b in enumerate(batches):
             warmup, repeats = _repeats(b)
-            ms = _time(session, rng.random((b, *e.shape), dtype=np.float32), warmup, repeats) * scale[bi]
+            ms = time_session(session, rng.random((b, *e.shape), dtype=np.float32), warmup, repeats) * scale[bi]
             row.append(max(0.0, ms - overhead[bi]))
         table[e.key] = row
         bar.update(1)

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from lifelong.model_format import INPUT_SHAPE, ort_session
+from lifelong.profile import time_session
+from lifelong.versioned import write_bytes_atomic
 
 __all__ = ["META_THREADS", "THREAD_CHOICES", "choose_threads", "threads_for", "time_threads", "write_thread_choice"]
 
@@ -33,16 +33,6 @@ META_THREADS = "lifelong.threads"
 
 THREAD_CHOICES = (1, 2)
 """The counts timed. A gateway's few cores are shared with the applications it serves."""
-
-
-def _median_ms(session: Any, x: np.ndarray, runs: int) -> float:
-    name = session.get_inputs()[0].name
-    t = np.empty(runs)
-    for r in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, {name: x})
-        t[r] = time.perf_counter() - t0
-    return float(np.median(t) * 1e3)
 
 
 def time_threads(
@@ -58,11 +48,11 @@ def time_threads(
         x = rng.random((b, *INPUT_SHAPE), dtype=np.float32)
         runs = 12 if b == 1 else 3
         for s in sessions.values():
-            _median_ms(s, x, 3)  # warm
+            time_session(s, x, 3, 1)  # warm
         blocks: dict[int, list[float]] = {t: [] for t in choices}
         for _ in range(rounds):
             for t, s in sessions.items():
-                blocks[t].append(_median_ms(s, x, runs))
+                blocks[t].append(time_session(s, x, 0, runs))
         out[int(b)] = {t: float(np.median(v)) for t, v in blocks.items()}
     return out
 
@@ -107,10 +97,5 @@ def write_thread_choice(path: str | Path, choice: Mapping[int, int]) -> int:
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
     data = model.SerializeToString()
-    tmp = path.with_name(f".{path.name}.threads-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(path, data)
     return len(data)

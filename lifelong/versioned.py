@@ -131,31 +131,36 @@ def _unreadable(path: Path, what: str, exc: BaseException, hint: str) -> str:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, durable: bool = True, **dumps_kwargs: Any) -> Path:
-    """Write ``json.dumps(obj, **dumps_kwargs)`` to ``path`` so that it is either all there or not.
+    """Write ``json.dumps(obj, **dumps_kwargs)`` to ``path`` so that it is either all there or
+    not (:func:`write_bytes_atomic`); ``obj`` is serialised before anything is written, so an
+    object that JSON cannot hold fails with ``path`` untouched. ``dumps_kwargs`` go to
+    :func:`json.dumps` (``indent``, ``sort_keys``, ``default``). Returns ``path``."""
+    return write_bytes_atomic(path, json.dumps(obj, **dumps_kwargs).encode("utf-8"), durable=durable)
 
-    The text goes to a temporary file beside ``path`` (``.NAME.tmp-PID-RANDOM``, unique per
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` so that it is either all there or not.
+
+    The bytes go to a temporary file beside ``path`` (``.NAME.tmp-PID-RANDOM``, unique per
     call so that two threads do not share one), which is renamed over ``path``; on any error
     the temporary file is removed and the old ``path`` is left as it was. The folder is
     created if needed.
 
     Args:
         path: The file to write.
-        obj: What to write; it is serialised before anything is written, so an object that
-            JSON cannot hold fails with ``path`` untouched.
+        data: Its new content.
         durable: Also ``fsync`` the file before the rename and the folder after it, so the
             new content survives a power cut, not only a killed process.
-        **dumps_kwargs: Passed to :func:`json.dumps` (``indent``, ``sort_keys``, ``default``).
 
     Returns:
         ``path``, as a :class:`~pathlib.Path`.
     """
     path = Path(path)
-    text = json.dumps(obj, **dumps_kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "xb") as f:
+            f.write(data)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
