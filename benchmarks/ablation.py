@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/ablation.py --rows baseline,n_random4 --epochs 3
     .venv/bin/python benchmarks/ablation.py --quick                 # minutes, same code path
 
-Each row is :class:`lifelong.train.TrainConfig` with the fields of the table ``ROWS`` below
+Each row is :class:`lifelong.train.trainer.TrainConfig` with the fields of the table ``ROWS`` below
 set (each names the recipe it starts from, so a row keeps its meaning when the defaults
 change), trained from scratch for ``--epochs`` (one warm-up, one INT8 epoch, the
 rest mixed) on the training split. Rows run ``--parallel`` at a time as separate processes with
@@ -58,7 +58,7 @@ WORK = Path(__file__).resolve().parent / "work" / "ablation"
 
 
 def _row_config(row: str, epochs: int, quick: bool):
-    from lifelong.train import TrainConfig
+    from lifelong.train.trainer import TrainConfig
 
     base = {"epochs": epochs, "warmup_epochs": 1, "int8_epochs": 1 if epochs > 2 else 0}
     if quick:
@@ -75,12 +75,12 @@ def run_row(row: str, epochs: int, quick: bool) -> dict:
     import torch
     from supernet import N_RANDOM, TUTORIAL, _random_subnets
 
-    from lifelong.checkpoint import load_checkpoint
-    from lifelong.data import load_fashion_mnist
-    from lifelong.digest import file_sha256
-    from lifelong.evaluate import evaluate_subnet
-    from lifelong.space import Precision
-    from lifelong.train import train_supernet
+    from lifelong.data.datasets import load_fashion_mnist
+    from lifelong.nn.checkpoint import load_checkpoint
+    from lifelong.persist.digest import file_sha256
+    from lifelong.space.config import Precision
+    from lifelong.train.evaluate import evaluate_subnet
+    from lifelong.train.trainer import train_supernet
 
     torch.set_num_threads(1)
     cfg = _row_config(row, epochs, quick)

@@ -12,8 +12,8 @@ per baseline (each calibration takes 0.2-2.5 s with 512 images). Checkpoints res
 
 Every network takes ``float32 (N, 1, 28, 28)`` pixels in ``[0, 1]`` and normalises them
 itself, like the supernet, and is trained alone with the supernet's recipe: the
-:class:`~lifelong.train.TrainConfig` of its checkpoint (:func:`recipe_from_checkpoint`;
-``TrainConfig()`` when there is none yet), through the functions of :mod:`lifelong.train`:
+:class:`~lifelong.train.trainer.TrainConfig` of its checkpoint (:func:`recipe_from_checkpoint`;
+``TrainConfig()`` when there is none yet), through the functions of :mod:`lifelong.train.trainer`:
 the same split (the validation part never trained on), epochs, batch size, SGD with
 Nesterov momentum and weight decay, warm-up + cosine learning rate with its floor, random
 shift + flip augmentation, bfloat16 autocast of the forward pass, label smoothing, and the
@@ -62,7 +62,7 @@ activations x MinMax / Percentile / Entropy, 512 training images), keeping the b
     7,452,416 MACs, 94,186 parameters (93,962 after BN folding)
 
 MACs count the multiply-accumulates of convolutions and linear layers for one image (not BN,
-activations or pooling), as :mod:`lifelong.cost` counts them for subnets. Parameters count
+activations or pooling), as :mod:`lifelong.space.cost` counts them for subnets. Parameters count
 what is trained (convolutions without bias, BN scale and shift); after folding, each
 convolution has a bias instead of its BN.
 
@@ -96,10 +96,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ptq import CONFIGS, PtqConfig, PtqSweep, sweep  # noqa: E402
 
-from lifelong.allocator import tune_allocator  # noqa: E402
-from lifelong.checkpoint import save_atomic  # noqa: E402
-from lifelong.errors import CheckpointError, FormatVersionError, TrainingError  # noqa: E402
-from lifelong.model_format import (  # noqa: E402
+from lifelong.deploy.model_format import (  # noqa: E402
     EMBEDDING_OUTPUT,
     INPUT_NAME,
     INPUT_SHAPE,
@@ -109,9 +106,13 @@ from lifelong.model_format import (  # noqa: E402
     META_SUBNET,
     MODEL_FORMAT,
 )
+from lifelong.errors import CheckpointError, FormatVersionError, TrainingError  # noqa: E402
+from lifelong.nn.allocator import tune_allocator  # noqa: E402
+from lifelong.nn.checkpoint import save_atomic  # noqa: E402
+from lifelong.nn.supernet import PIXEL_MEAN, PIXEL_STD  # noqa: E402
+from lifelong.persist.versioned import write_bytes_atomic  # noqa: E402
 from lifelong.progress import Progress  # noqa: E402
-from lifelong.supernet import PIXEL_MEAN, PIXEL_STD  # noqa: E402
-from lifelong.train import (  # noqa: E402
+from lifelong.train.trainer import (  # noqa: E402
     TrainConfig,
     epoch_order,
     lr_at,
@@ -119,7 +120,6 @@ from lifelong.train import (  # noqa: E402
     training_batch,
     training_tensors,
 )
-from lifelong.versioned import write_bytes_atomic  # noqa: E402
 
 __all__ = [
     "BASELINE_FORMAT",
@@ -372,8 +372,8 @@ def export_onnx(model: _Classifier, out: str | Path | None = None, name: str = "
 def recipe_from_checkpoint(checkpoint: Any) -> TrainConfig:
     """The :class:`TrainConfig` a supernet checkpoint (a path or a loaded ``Checkpoint``) was
     trained with, its epochs counted across continuations (``lifelong train --init-from``)."""
-    from lifelong.checkpoint import load_checkpoint
-    from lifelong.train import supernet_recipe
+    from lifelong.nn.checkpoint import load_checkpoint
+    from lifelong.train.trainer import supernet_recipe
 
     ck = load_checkpoint(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
     try:
@@ -433,7 +433,7 @@ def train_baseline(
     """Train baseline ``name`` alone with the supernet's recipe, checkpointing to ``out``.
 
     Same split, sample order, augmentation stream, learning-rate curve, optimizer, gradient
-    clipping, bfloat16 autocast and label smoothing as :func:`lifelong.train.train_supernet`
+    clipping, bfloat16 autocast and label smoothing as :func:`lifelong.train.trainer.train_supernet`
     with ``config``; every step trains the one network on the labels. ``stop_after_steps`` ends early (as a kill would).
     """
     out = Path(out)
@@ -581,7 +581,7 @@ def prepare_baseline(
 ) -> BaselineModels:
     """Train (or resume, or load) baseline ``name``, export FP32, sweep the PTQ configurations
     (:func:`ptq.sweep`), keep the best as its INT8 model, and write both under ``work``."""
-    from lifelong.evaluate import predict_logits, top1
+    from lifelong.train.evaluate import predict_logits, top1
 
     trained = train_baseline(name, train_data, work / f"{name}.pt", config, progress=progress)
     model = trained.model.eval()
@@ -620,7 +620,7 @@ def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     from common import markdown_targets, target, write_results
 
-    from lifelong.data import load_fashion_mnist
+    from lifelong.data.datasets import load_fashion_mnist
     from service.paths import default_checkpoint, resolve_state_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -15,7 +15,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict[str, Any]:
-    from lifelong.profile import cpu_model
+    from lifelong.device.profile import cpu_model
 
     cpu = cpu_model()
     info: dict[str, Any] = {
@@ -48,7 +48,7 @@ def write_results(name: str, payload: dict[str, Any], out: Path | None = None) -
     """Write ``results/NAME.json`` (or ``out``) with the command, the time and the machine."""
     out = out or RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    from lifelong.space import SPACE_VERSION
+    from lifelong.space.config import SPACE_VERSION
 
     doc = {
         "benchmark": name,

@@ -30,16 +30,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_targets, target, write_results  # noqa: E402
 
-from lifelong.checkpoint import file_sha256, load_checkpoint  # noqa: E402
-from lifelong.cost import subnet_cost  # noqa: E402
-from lifelong.data import load_fashion_mnist  # noqa: E402
-from lifelong.export import export_subnet, kernel_counts, onnx_session, run_onnx  # noqa: E402
-from lifelong.latency import calibrate  # noqa: E402
-from lifelong.model_format import INPUT_NAME, INPUT_SHAPE  # noqa: E402
-from lifelong.peer import CALIBRATION_IMAGES, ort_quantize  # noqa: E402
-from lifelong.profile import profile_device  # noqa: E402
-from lifelong.space import Precision, SearchSpace  # noqa: E402
-from lifelong.supernet import recalibrate_bn  # noqa: E402
+from lifelong.data.datasets import load_fashion_mnist  # noqa: E402
+from lifelong.deploy.export import export_subnet, kernel_counts, onnx_session, run_onnx  # noqa: E402
+from lifelong.deploy.model_format import INPUT_NAME, INPUT_SHAPE  # noqa: E402
+from lifelong.deploy.peer import CALIBRATION_IMAGES, ort_quantize  # noqa: E402
+from lifelong.device.latency import calibrate  # noqa: E402
+from lifelong.device.profile import profile_device  # noqa: E402
+from lifelong.nn.checkpoint import file_sha256, load_checkpoint  # noqa: E402
+from lifelong.nn.supernet import recalibrate_bn  # noqa: E402
+from lifelong.space.config import Precision, SearchSpace  # noqa: E402
+from lifelong.space.cost import subnet_cost  # noqa: E402
 from service.paths import default_checkpoint, resolve_state_dir  # noqa: E402
 
 W8A8, FP32 = Precision(8, 8), Precision(32, 32)

@@ -103,9 +103,9 @@ from drift_stream import (  # noqa: E402
     shift_images,
 )
 
-from lifelong.checkpoint import file_sha256  # noqa: E402
-from lifelong.data import load_fashion_mnist  # noqa: E402
-from lifelong.front import Front, choose  # noqa: E402
+from lifelong.data.datasets import load_fashion_mnist  # noqa: E402
+from lifelong.nn.checkpoint import file_sha256  # noqa: E402
+from lifelong.search.front import Front, choose  # noqa: E402
 from policies import Policy, load_preset, policy_to_toml  # noqa: E402
 from tests.daemon_harness import DaemonProcess  # noqa: E402
 

@@ -18,7 +18,7 @@ Streams, per seed (the seed draws the images): a reference of 2000 training imag
 stream of 20,000 other training images; and per shift 2000 clean test images followed by
 shifted test images (gaussian noise sigma 0.2, contrast x*0.5+0.25, brightness +0.2, a
 15-degree rotation, a class-prior shift keeping classes 0-4). Each goes through a
-:class:`~lifelong.drift_monitor.DriftMonitor` with the default drift settings (window 500,
+:class:`~lifelong.drift.monitor.DriftMonitor` with the default drift settings (window 500,
 reference 2000, one false alarm per 20,000 samples for the monitor as a whole, accuracy
 drop 0.05, checks every 100 samples; ``--false-alarm-samples`` changes the ARL): embeddings to the data test, predictions to the label test, and a feedback bit
 for every sample (prediction == label) to the accuracy test. Reported per shift and
@@ -47,10 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import markdown_targets, target, write_results  # noqa: E402
 
-from lifelong.data import load_fashion_mnist  # noqa: E402
-from lifelong.drift import EmbeddingDrift  # noqa: E402
-from lifelong.drift_monitor import SHARED_DETECTORS, DriftMonitor  # noqa: E402
-from lifelong.drift_stats import Adwin  # noqa: E402
+from lifelong.data.datasets import load_fashion_mnist  # noqa: E402
+from lifelong.drift.detectors import EmbeddingDrift  # noqa: E402
+from lifelong.drift.monitor import SHARED_DETECTORS, DriftMonitor  # noqa: E402
+from lifelong.drift.stats import Adwin  # noqa: E402
 from policies import DriftSettings  # noqa: E402
 
 REFERENCE, CLEAN, BEFORE, SHIFTED = 2000, 20_000, 2000, 4000
@@ -105,7 +105,7 @@ class SupernetFeatures:
     def __init__(self, checkpoint: Path) -> None:
         import torch
 
-        from lifelong.checkpoint import load_checkpoint
+        from lifelong.nn.checkpoint import load_checkpoint
 
         torch.set_num_threads(1)
         self.torch = torch
@@ -113,7 +113,7 @@ class SupernetFeatures:
         self.net.set_active_subnet(self.net.space.largest())
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> None:
-        from lifelong.supernet import recalibrate_bn
+        from lifelong.nn.supernet import recalibrate_bn
 
         recalibrate_bn(self.net, x[:, None].astype(np.float32))
         self.net.eval()

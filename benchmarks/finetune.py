@@ -5,7 +5,7 @@
 
 Needs a trained supernet (``lifelong train``). For each budget (seconds of wall clock, 2 torch
 threads) the subnet is taken from the supernet afresh, fine-tuned alone
-(:func:`lifelong.finetune.finetune_subnet`: its learned quantizers kept, the supernet's training
+(:func:`lifelong.train.finetune.finetune_subnet`: its learned quantizers kept, the supernet's training
 split and augmentation, a cosine learning rate over the budget), its BN re-estimated, and its
 top-1 measured on the validation split and on the 10k test set. The gain per minute is the
 test top-1 gained over the budget in minutes. With ``--alone`` (``benchmarks/results/supernet.json``
@@ -28,13 +28,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, markdown_targets, target, write_results  # noqa: E402
 
-from lifelong.checkpoint import load_checkpoint  # noqa: E402
-from lifelong.data import load_fashion_mnist  # noqa: E402
-from lifelong.digest import file_sha256  # noqa: E402
-from lifelong.evaluate import predict_logits, top1  # noqa: E402
-from lifelong.finetune import FinetuneConfig, finetune_subnet  # noqa: E402
-from lifelong.supernet import recalibrate_bn  # noqa: E402
-from lifelong.train import supernet_recipe, training_tensors  # noqa: E402
+from lifelong.data.datasets import load_fashion_mnist  # noqa: E402
+from lifelong.nn.checkpoint import load_checkpoint  # noqa: E402
+from lifelong.nn.supernet import recalibrate_bn  # noqa: E402
+from lifelong.persist.digest import file_sha256  # noqa: E402
+from lifelong.train.evaluate import predict_logits, top1  # noqa: E402
+from lifelong.train.finetune import FinetuneConfig, finetune_subnet  # noqa: E402
+from lifelong.train.trainer import supernet_recipe, training_tensors  # noqa: E402
 
 TUTORIAL = "c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8"
 

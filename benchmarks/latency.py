@@ -8,14 +8,14 @@ points are timed too. Torch is not needed. To rebuild from nothing: ``lifelong t
 any v2 state), then ``lifelong profile --state-dir STATE``.
 
 What it measures, on ``--subnets`` random subnets the latency model was not fitted on (drawn
-like its fitting set, :func:`lifelong.latency.sample_mixed`, every share of integer layers,
+like its fitting set, :func:`lifelong.device.latency.sample_mixed`, every share of integer layers,
 from another seed):
 
 1. **The latency model** (:meth:`DeviceProfile.predict`) against each subnet's graph timed with
-   :class:`lifelong.profile.PairedTimer` at the profile's batch sizes: relative and absolute
+   :class:`lifelong.device.profile.PairedTimer` at the profile's batch sizes: relative and absolute
    error distributions, the share within +-10% (or 10 us where 10% is less), Kendall tau.
 2. **Threads as a choice**: each graph timed with 1 and with 2 intra-op threads as the export
-   times it (:func:`lifelong.threads.time_threads`: interleaved blocks, medians), twice: the
+   times it (:func:`lifelong.device.threads.time_threads`: interleaved blocks, medians), twice: the
    first timing chooses the faster count per model and batch, the second (fresh sessions)
    checks the choice: how much slower the chosen count is than the other there (target:
    never more than 3%).
@@ -42,15 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import markdown_targets, target, write_results  # noqa: E402
 
-from lifelong.digest import file_sha256  # noqa: E402
-from lifelong.front import Front  # noqa: E402
-from lifelong.latency import sample_mixed  # noqa: E402
-from lifelong.latency_table import LatencyTable  # noqa: E402
-from lifelong.onnx_graph import build_model  # noqa: E402
-from lifelong.predictor import kendall_tau  # noqa: E402
-from lifelong.profile import DeviceProfile, PairedTimer, device_fingerprint, random_net  # noqa: E402
-from lifelong.space import SearchSpace, SubnetConfig  # noqa: E402
-from lifelong.threads import choose_threads, time_threads  # noqa: E402
+from lifelong.deploy.onnx_graph import build_model  # noqa: E402
+from lifelong.device.latency import sample_mixed  # noqa: E402
+from lifelong.device.latency_table import LatencyTable  # noqa: E402
+from lifelong.device.profile import DeviceProfile, PairedTimer, device_fingerprint, random_net  # noqa: E402
+from lifelong.device.threads import choose_threads, time_threads  # noqa: E402
+from lifelong.persist.digest import file_sha256  # noqa: E402
+from lifelong.predictor.mlp import kendall_tau  # noqa: E402
+from lifelong.search.front import Front  # noqa: E402
+from lifelong.space.config import SearchSpace, SubnetConfig  # noqa: E402
 from service.paths import default_front, default_profile, resolve_state_dir  # noqa: E402
 
 logger = logging.getLogger("latency_benchmark")
@@ -61,7 +61,7 @@ THREAD_SLACK = 0.03
 
 
 def thread_rounds(model: bytes, batches: tuple[int, ...]) -> list[dict[str, dict[int, float]]]:
-    """Two independent timings (:func:`lifelong.threads.time_threads`) of 1 and 2 threads at each
+    """Two independent timings (:func:`lifelong.device.threads.time_threads`) of 1 and 2 threads at each
     batch: the first chooses as the export does, the second checks the choice."""
     out = []
     for _ in range(2):
@@ -71,7 +71,7 @@ def thread_rounds(model: bytes, batches: tuple[int, ...]) -> list[dict[str, dict
 
 
 def thread_choice(rounds: list[dict[str, dict[int, float]]], batches: tuple[int, ...]) -> dict[str, Any]:
-    """Chosen on round 1 (:func:`lifelong.threads.choose_threads`), checked on round 2: the
+    """Chosen on round 1 (:func:`lifelong.device.threads.choose_threads`), checked on round 2: the
     chosen count's excess over the other there."""
     first, second = rounds[0], rounds[1]
     out: dict[str, Any] = {}

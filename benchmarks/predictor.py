@@ -17,8 +17,8 @@ from pathlib import Path
 
 from common import target, write_results
 
-from lifelong.predictor_build import BuildSettings, build_predictor
-from lifelong.predictor_data import PredictorData
+from lifelong.predictor.build import BuildSettings, build_predictor
+from lifelong.predictor.samples import PredictorData
 from service.paths import default_predictor_data, resolve_state_dir
 
 

@@ -16,7 +16,7 @@ offers and keeps what serves best. :func:`sweep` does that on a BN-folded FP32 O
   latency at 2 threads. The choice is made on the test images themselves, which favours the
   baseline: the comparison it enters is the more conservative for it.
 
-Sessions are opened as the service opens them (:func:`lifelong.model_format.ort_session`).
+Sessions are opened as the service opens them (:func:`lifelong.deploy.model_format.ort_session`).
 Needs onnx, onnxruntime and numpy, not torch.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.model_format import INPUT_NAME, INPUT_SHAPE, LOGITS_OUTPUT, ort_session
+from lifelong.deploy.model_format import INPUT_NAME, INPUT_SHAPE, LOGITS_OUTPUT, ort_session
 
 __all__ = [
     "ACTIVATIONS",

@@ -18,7 +18,7 @@ the work folder):
    Percentile / Entropy); and the supernet's largest subnet at W8A8 through our exporter;
 2. the search: ``search_front`` (NSGA-II over the predictor and the profile's latency model)
    for the policy (default the ``balanced`` preset, whose budgets almost every subnet meets),
-   with measured picks (:mod:`lifelong.front_measure`): the ``--measure`` best candidates are
+   with measured picks (:mod:`lifelong.search.measure`): the ``--measure`` best candidates are
    timed on this device (their graphs with random weights) and the front is rebuilt on that
    measured latency;
 3. the front points to export: ``--points`` spread over predicted latency, and for each
@@ -28,7 +28,7 @@ the work folder):
    images) and exported with our exporter behind the parity gate on the test images, which
    gives its test top-1;
 4. every model (front points, baselines FP32 and INT8, largest W8A8) timed side by side in
-   one run with :class:`lifelong.profile.PairedTimer` (each timing paired with the profile's
+   one run with :class:`lifelong.device.profile.PairedTimer` (each timing paired with the profile's
    reference graph and scaled to its speed, so that load on the shared cores cancels),
    ``--passes`` rounds over all models, the median kept; batch 1 and 32;
 5. targets at the policy's batch size, for each baseline (INT8 for (a) and (b)): a measured
@@ -37,7 +37,7 @@ the work folder):
    too (in ``comparisons``), without targets;
    With ``--finetune-seconds`` (default the policy's ``export.finetune_seconds``), each point
    picked for a baseline is first exported as is (``supernet_top1``), then fine-tuned alone
-   (:mod:`lifelong.finetune`) and exported again: the targets use what the service would
+   (:mod:`lifelong.train.finetune`) and exported again: the targets use what the service would
    deploy, and ``finetune.comparisons_before`` keeps the comparisons on supernet weights;
 6. the predictor's error on the exported points (accuracy and latency), and the front with
    the measured figures (``Front.with_measurement``) in the work folder.
@@ -63,21 +63,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import WORK, BaselineModels, prepare_baseline, recipe_from_checkpoint  # noqa: E402
 from common import RESULTS, markdown_targets, target, write_results  # noqa: E402
 
-from lifelong.checkpoint import file_sha256, load_checkpoint  # noqa: E402
-from lifelong.cost import subnet_cost  # noqa: E402
-from lifelong.data import load_fashion_mnist  # noqa: E402
+from lifelong.data.datasets import load_fashion_mnist  # noqa: E402
+from lifelong.deploy.export import export_subnet, kernel_counts  # noqa: E402
+from lifelong.device.profile import DeviceProfile, PairedTimer, device_fingerprint  # noqa: E402
 from lifelong.errors import LifelongError, ParityError  # noqa: E402
-from lifelong.export import export_subnet, kernel_counts  # noqa: E402
-from lifelong.finetune import FinetuneConfig, finetune_subnet  # noqa: E402
-from lifelong.front import Front, FrontPoint, plot_front  # noqa: E402
-from lifelong.front_measure import MeasureSettings  # noqa: E402
-from lifelong.front_search import SearchSettings, input_record, measured_accuracies, search_front  # noqa: E402
-from lifelong.predictor import kendall_tau  # noqa: E402
-from lifelong.predictor_data import PredictorData, calibration_images  # noqa: E402
-from lifelong.profile import DeviceProfile, PairedTimer, device_fingerprint  # noqa: E402
-from lifelong.space import Precision, SearchSpace  # noqa: E402
-from lifelong.supernet import recalibrate_bn  # noqa: E402
-from lifelong.train import TrainConfig, training_tensors  # noqa: E402
+from lifelong.nn.checkpoint import file_sha256, load_checkpoint  # noqa: E402
+from lifelong.nn.supernet import recalibrate_bn  # noqa: E402
+from lifelong.predictor.mlp import kendall_tau  # noqa: E402
+from lifelong.predictor.samples import PredictorData, calibration_images  # noqa: E402
+from lifelong.search.front import Front, FrontPoint, plot_front  # noqa: E402
+from lifelong.search.front_search import SearchSettings, input_record, measured_accuracies, search_front  # noqa: E402
+from lifelong.search.measure import MeasureSettings  # noqa: E402
+from lifelong.space.config import Precision, SearchSpace  # noqa: E402
+from lifelong.space.cost import subnet_cost  # noqa: E402
+from lifelong.train.finetune import FinetuneConfig, finetune_subnet  # noqa: E402
+from lifelong.train.trainer import TrainConfig, training_tensors  # noqa: E402
 from service.paths import (  # noqa: E402
     default_checkpoint,
     default_predictor,
@@ -98,7 +98,7 @@ logger = logging.getLogger("search_benchmark")
 # -- inputs ---------------------------------------------------------------------------------------
 def load_inputs(args: argparse.Namespace) -> tuple[Any, DeviceProfile, Path, Path]:
     """The predictor and the profile, with errors that name the command making each."""
-    from lifelong.predictor import AccuracyPredictor
+    from lifelong.predictor.mlp import AccuracyPredictor
 
     state = resolve_state_dir(args.state_dir)
     predictor_path = args.predictor or default_predictor(state)
@@ -132,7 +132,7 @@ def pick_points(
 ) -> list[tuple[FrontPoint, list[str]]]:
     """The points to export: ``k`` spread over latency (:func:`spread_points`), and for each
     baseline ``name -> (latency ms, top-1)`` the two points its targets ask about, chosen as a
-    policy would (:func:`lifelong.front.choose`): on the measured latency where the front has
+    policy would (:func:`lifelong.search.front.choose`): on the measured latency where the front has
     one (measured picks), else predicted, the most accurate no slower than the baseline, and
     the fastest at least as accurate. Each point comes with why it was picked."""
     why: dict[str, list[str]] = {}
@@ -171,7 +171,7 @@ def time_side_by_side(timer: PairedTimer, models: dict[str, bytes], passes: int)
 @dataclass(frozen=True)
 class Tuning:
     """Fine-tuning of a picked point before its export, as the service does with the policy's
-    ``export.finetune_seconds`` (:mod:`lifelong.finetune`): the config and the training split."""
+    ``export.finetune_seconds`` (:mod:`lifelong.train.finetune`): the config and the training split."""
 
     config: FinetuneConfig
     x_train: torch.Tensor
@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> Path:
             "threads": THREADS,
             "test_images": n_test,
             "timing": {
-                "timer": "lifelong.profile.PairedTimer",
+                "timer": "lifelong.device.profile.PairedTimer",
                 "passes": args.passes,
                 "reference_ms": profile.reference_ms,
                 "profile_stale": stale,

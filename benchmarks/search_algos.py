@@ -11,7 +11,7 @@ Needs an accuracy predictor (``lifelong predictor build``; default
   the policy whose budgets constrain every algorithm;
 - the evaluator's throughput (predictor + latency model; the issue asks >= 20k/s on 2 cores);
 - per algorithm and seed, the hypervolume of its front in the accuracy/latency plane at one
-  fixed reference point (``lifelong.search_compare.reference_point``), its evaluations, front
+  fixed reference point (``lifelong.search.compare.reference_point``), its evaluations, front
   size and wall time; the mean and standard deviation over the seeds;
 - targets: NSGA-II's mean hypervolume at least that of each baseline, and the throughput.
 """
@@ -27,11 +27,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_targets, target, write_results  # noqa: E402
 
-from lifelong.evaluator import Constraints, PredictorEvaluator, measure_throughput  # noqa: E402
-from lifelong.front_search import file_sha256, space_for_predictor, space_hash  # noqa: E402
-from lifelong.latency_table import LatencyTable  # noqa: E402
-from lifelong.profile import DeviceProfile  # noqa: E402
-from lifelong.search_compare import compare_algorithms  # noqa: E402
+from lifelong.device.latency_table import LatencyTable  # noqa: E402
+from lifelong.device.profile import DeviceProfile  # noqa: E402
+from lifelong.search.compare import compare_algorithms  # noqa: E402
+from lifelong.search.evaluator import Constraints, PredictorEvaluator, measure_throughput  # noqa: E402
+from lifelong.search.front_search import file_sha256, space_for_predictor, space_hash  # noqa: E402
 from policies import policy_to_dict  # noqa: E402
 from service.cli_search import resolve_policy  # noqa: E402
 from service.paths import default_predictor, default_profile, resolve_state_dir  # noqa: E402
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", type=Path, default=None, help="[benchmarks/results/search_algos.json]")
     args = ap.parse_args(argv)
 
-    from lifelong.predictor import AccuracyPredictor
+    from lifelong.predictor.mlp import AccuracyPredictor
 
     state = resolve_state_dir(args.state_dir)
     predictor_path = args.predictor or default_predictor(state)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/search_threads.py      # about 3 min on 2 cores, after search.py
 
 ``benchmarks/search.py`` times every model with two onnxruntime threads. The service now
-serves each model with the count its export timed fastest (:mod:`lifelong.threads`,
+serves each model with the count its export timed fastest (:mod:`lifelong.device.threads`,
 ``target.threads = 0``), and a user running a baseline would pick its faster count too. This
 re-times the exact files of the last ``search.py`` run (``benchmarks/work/search/``: the
 baselines' INT8 and FP32, the largest subnet, the exported front points, each front file
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import RESULTS, markdown_targets, target, write_results  # noqa: E402
 
-from lifelong.model_format import META_SUBNET  # noqa: E402
-from lifelong.threads import choose_threads, time_threads  # noqa: E402
+from lifelong.deploy.model_format import META_SUBNET  # noqa: E402
+from lifelong.device.threads import choose_threads, time_threads  # noqa: E402
 
 logger = logging.getLogger("search_threads")
 

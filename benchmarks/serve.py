@@ -72,17 +72,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 from common import markdown_targets, target, write_results  # noqa: E402
 
-from lifelong.cost import subnet_cost  # noqa: E402
-from lifelong.model_format import (  # noqa: E402
+from lifelong.deploy.model_format import (  # noqa: E402
     INPUT_NAME,
     INPUT_SHAPE,
     META_CHECKPOINT,
     META_SUBNET,
     ORT_DISABLED_OPTIMIZERS,  # noqa: E402
 )
-from lifelong.onnx_graph import build_model  # noqa: E402
-from lifelong.profile import random_net  # noqa: E402
-from lifelong.space import Precision, SearchSpace  # noqa: E402
+from lifelong.deploy.onnx_graph import build_model  # noqa: E402
+from lifelong.device.profile import random_net  # noqa: E402
+from lifelong.space.config import Precision, SearchSpace  # noqa: E402
+from lifelong.space.cost import subnet_cost  # noqa: E402
 from service.api import ApiApp, MemoryFeedback  # noqa: E402
 from service.client import Client  # noqa: E402
 from service.runtime import OrtRuntime, RuntimeSettings  # noqa: E402

@@ -17,7 +17,7 @@ Writes ``benchmarks/results/supernet.json`` (or ``supernet-quick.json``): top-1 
 set after BN re-calibration on 2,000 training images, for the largest and smallest subnets and
 the tutorial CNN's member (``c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8``) at W8A8 and FP32,
 and six random W8A8 subnets; then each of those seven trained alone with the supernet's
-recipe for as many epochs (:func:`lifelong.train.supernet_recipe`), and the gaps. A subnet
+recipe for as many epochs (:func:`lifelong.train.trainer.supernet_recipe`), and the gaps. A subnet
 trained alone does not depend on the supernet's weights nor on how the supernet samples its
 subnets (:data:`SUPERNET_ONLY_KEYS`), so it is kept in ``benchmarks/work/supernet/`` under the
 digest of its own training config and reused by every supernet of the same recipe. The random
@@ -39,13 +39,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_targets, target, write_results  # noqa: E402
 
-from lifelong.checkpoint import load_checkpoint  # noqa: E402
-from lifelong.cost import subnet_cost  # noqa: E402
-from lifelong.data import load_fashion_mnist  # noqa: E402
-from lifelong.digest import file_sha256  # noqa: E402
-from lifelong.evaluate import evaluate_subnet  # noqa: E402
-from lifelong.space import Precision, SearchSpace  # noqa: E402
-from lifelong.train import TrainConfig, supernet_recipe, train_supernet  # noqa: E402
+from lifelong.data.datasets import load_fashion_mnist  # noqa: E402
+from lifelong.nn.checkpoint import load_checkpoint  # noqa: E402
+from lifelong.persist.digest import file_sha256  # noqa: E402
+from lifelong.space.config import Precision, SearchSpace  # noqa: E402
+from lifelong.space.cost import subnet_cost  # noqa: E402
+from lifelong.train.evaluate import evaluate_subnet  # noqa: E402
+from lifelong.train.trainer import TrainConfig, supernet_recipe, train_supernet  # noqa: E402
 
 W8A8, FP32 = Precision(8, 8), Precision(32, 32)
 TUTORIAL = "c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8"

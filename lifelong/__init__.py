@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lifelong.cost import SubnetCost, subnet_cost
 from lifelong.errors import (
     CheckpointError,
     DataError,
@@ -18,7 +17,7 @@ from lifelong.errors import (
     SpaceError,
     TrainingError,
 )
-from lifelong.space import (
+from lifelong.space.config import (
     ConvConfig,
     HeadConfig,
     Precision,
@@ -28,20 +27,21 @@ from lifelong.space import (
     StageSpec,
     SubnetConfig,
 )
+from lifelong.space.cost import SubnetCost, subnet_cost
 
 _LAZY = {
-    "ArrayDataset": "lifelong.data",
-    "load_dataset": "lifelong.data",
-    "load_fashion_mnist": "lifelong.data",
-    "Supernet": "lifelong.supernet",
-    "StaticSubnet": "lifelong.supernet",
-    "recalibrate_bn": "lifelong.supernet",
-    "TrainConfig": "lifelong.train",
-    "train_supernet": "lifelong.train",
-    "Checkpoint": "lifelong.checkpoint",
-    "load_checkpoint": "lifelong.checkpoint",
-    "save_checkpoint": "lifelong.checkpoint",
-    "evaluate_subnet": "lifelong.evaluate",
+    "ArrayDataset": "lifelong.data.datasets",
+    "load_dataset": "lifelong.data.datasets",
+    "load_fashion_mnist": "lifelong.data.datasets",
+    "Supernet": "lifelong.nn.supernet",
+    "StaticSubnet": "lifelong.nn.supernet",
+    "recalibrate_bn": "lifelong.nn.supernet",
+    "TrainConfig": "lifelong.train.trainer",
+    "train_supernet": "lifelong.train.trainer",
+    "Checkpoint": "lifelong.nn.checkpoint",
+    "load_checkpoint": "lifelong.nn.checkpoint",
+    "save_checkpoint": "lifelong.nn.checkpoint",
+    "evaluate_subnet": "lifelong.train.evaluate",
 }
 
 __all__ = [

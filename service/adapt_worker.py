@@ -2,10 +2,10 @@
 
 Started by :class:`service.adaptation.Adaptation` as
 ``python -m service.worker_io [priority] -- service.adapt_worker REQUEST.json``; it reads the
-request (:class:`lifelong.adapt_job.AdaptRequest`), runs :func:`lifelong.adapt_job.run_adaptation`,
+request (:class:`lifelong.jobs.adapt.AdaptRequest`), runs :func:`lifelong.jobs.adapt.run_adaptation`,
 reports progress at most every half second (and at each new phase) and, at the end, the
 result's path and headline figures. The daemon reads the full result from the file. A request
-in ``"bn"`` mode (the label-free answer) runs :func:`lifelong.bn_adapt_job.run_bn_adaptation`
+in ``"bn"`` mode (the label-free answer) runs :func:`lifelong.jobs.bn_adapt.run_bn_adaptation`
 instead.
 """
 
@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("usage: python -m service.worker_io -- service.adapt_worker REQUEST.json")
     from pathlib import Path
 
-    from lifelong.adapt_job import AdaptRequest, run_adaptation
+    from lifelong.jobs.adapt import AdaptRequest, run_adaptation
     from policies import parse_policy
 
     request = AdaptRequest.load(args[0])
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report_progress(fraction, phase, message)
 
     if request.mode == "bn":
-        from lifelong.bn_adapt_job import run_bn_adaptation
+        from lifelong.jobs.bn_adapt import run_bn_adaptation
 
         candidate = run_bn_adaptation(request, policy, progress)["candidate"]
     else:

@@ -4,7 +4,7 @@ A data, label or accuracy drift makes adaptation *pending*: the worker needs lab
 of the new data, and those arrive after the drift is detected (feedback labels through the
 API, labelled inbox files). A scheduler tick (:data:`ADAPT_TICK_S`) asks the loop to look;
 once ``adaptation.min_samples`` labels arrived since the detection, :meth:`Adaptation.tick`
-writes an :class:`~lifelong.adapt_job.AdaptRequest` (the newest ``max_samples`` of them by
+writes an :class:`~lifelong.jobs.adapt.AdaptRequest` (the newest ``max_samples`` of them by
 reference, the policy in force, the supernet version in use, the serving model) into
 ``STATE/adapt/JOB/`` and starts ``service.adapt_worker`` under the
 :class:`~service.worker.WorkerSupervisor`, time-boxed by ``adaptation.max_seconds`` and niced
@@ -25,7 +25,7 @@ was judged against the budget; against the replaced model's it is a choice, not 
 asks for a *label-free* job (``label_free=`` of :meth:`Adaptation.request`): once a drift
 window of samples has been served after the detection, the newest of them (unlabelled, from
 the daemon's memory of recent requests) go to a worker in ``"bn"`` mode
-(:mod:`lifelong.bn_adapt_job`: the serving subnet's BN statistics re-estimated on them,
+(:mod:`lifelong.jobs.bn_adapt`: the serving subnet's BN statistics re-estimated on them,
 exported behind the parity gate), seconds instead of minutes and no label. Its candidate is
 judged by :func:`decide_label_free`. The labelled adaptation stays pending meanwhile and, once
 its labels are in, replaces the first answer only by beating it on held-out local samples
@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.adapt_request import AdaptRequest
-from lifelong.supernet_versions import current_supernet
+from lifelong.jobs.adapt_request import AdaptRequest
+from lifelong.persist.supernet_versions import current_supernet
 from policies import Policy, policy_to_dict
 from service.errors import ServiceError
 from service.paths import default_front, default_predictor, default_profile

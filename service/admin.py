@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from lifelong.errors import SpaceError
-from lifelong.space import SubnetConfig
+from lifelong.space.config import SubnetConfig
 from service.api import JSON, ApiApp
 from service.errors import Forbidden, RequestError
 
@@ -45,7 +45,7 @@ NAMED_EXTREME = re.compile(r"(largest|smallest)(:w\d+a\d+)?")
 
 
 def is_subnet_name(value: str) -> bool:
-    """A subnet name in the space's grammar (:class:`lifelong.space.SubnetConfig`, one owner) or
+    """A subnet name in the space's grammar (:class:`lifelong.space.config.SubnetConfig`, one owner) or
     a named extreme; the worker checks that the subnet belongs to the supernet in use."""
     if NAMED_EXTREME.fullmatch(value):
         return True

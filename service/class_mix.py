@@ -1,9 +1,9 @@
 """The serving model's class-mix correction: a label-free answer to a change of class mix.
 
 When a drift begins, :meth:`ClassMix.judge` asks whether a change of class mix explains it
-(:func:`~lifelong.priors.class_mix_test`: the live window of embeddings against the model's
+(:func:`~lifelong.drift.priors.class_mix_test`: the live window of embeddings against the model's
 reference re-weighted per predicted class). If it does, the new class priors are estimated
-from the served probabilities alone (EM, :func:`~lifelong.priors.em_priors`) and the runtime
+from the served probabilities alone (EM, :func:`~lifelong.drift.priors.em_priors`) and the runtime
 adds ``log(q / p)`` to every logit from the next request on: no training, no labels, no
 swap. While a correction is in force, :meth:`ClassMix.refresh` re-estimates the mix from the
 latest window of served probabilities every fifth of a window and follows it; when the mix is back to the training
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lifelong.priors import class_mix_test, em_priors, total_variation
+from lifelong.drift.priors import class_mix_test, em_priors, total_variation
 
 if TYPE_CHECKING:
     from service.runtime import Runtime

@@ -131,8 +131,8 @@ def train(
     """
     import torch
 
-    from lifelong.data import load_dataset, load_fashion_mnist
-    from lifelong.train import TrainConfig, train_supernet, with_overrides
+    from lifelong.data.datasets import load_dataset, load_fashion_mnist
+    from lifelong.train.trainer import TrainConfig, train_supernet, with_overrides
 
     state = resolve_state_dir(state_dir)
     log_file = setup_logging(state, "train", verbose=False)
@@ -164,9 +164,9 @@ def train(
 
 
 def _evaluate_named(ckpt: Path, data_spec: str | None, names: list[str]) -> list[dict[str, object]]:
-    from lifelong.checkpoint import load_checkpoint
-    from lifelong.data import load_dataset, load_fashion_mnist
-    from lifelong.evaluate import evaluate_subnet
+    from lifelong.data.datasets import load_dataset, load_fashion_mnist
+    from lifelong.nn.checkpoint import load_checkpoint
+    from lifelong.train.evaluate import evaluate_subnet
 
     model = load_checkpoint(ckpt).build()
     train_data = load_dataset(data_spec, split="train") if data_spec else load_fashion_mnist("train")
@@ -246,9 +246,9 @@ def export(
     Example:
         lifelong export largest:w8a8 --out /tmp/largest-w8a8.onnx
     """
-    from lifelong.data import load_dataset, load_fashion_mnist
-    from lifelong.export_job import export_from_checkpoint
-    from lifelong.profile import DeviceProfile
+    from lifelong.data.datasets import load_dataset, load_fashion_mnist
+    from lifelong.device.profile import DeviceProfile
+    from lifelong.jobs.export import export_from_checkpoint
 
     state = resolve_state_dir(state_dir)
     ckpt = checkpoint or default_checkpoint(state)
@@ -327,9 +327,9 @@ def finetune(
     """
     import torch
 
-    from lifelong.data import load_dataset, load_fashion_mnist
-    from lifelong.export_job import export_from_checkpoint
-    from lifelong.finetune import FinetuneConfig
+    from lifelong.data.datasets import load_dataset, load_fashion_mnist
+    from lifelong.jobs.export import export_from_checkpoint
+    from lifelong.train.finetune import FinetuneConfig
 
     if threads:
         torch.set_num_threads(threads)
@@ -339,7 +339,7 @@ def finetune(
     train_data = load_dataset(data_spec, split="train") if data_spec else load_fashion_mnist("train")
     test = load_dataset(data_spec, split="test") if data_spec else load_fashion_mnist("test")
     if out is None:
-        from lifelong.checkpoint import load_checkpoint
+        from lifelong.nn.checkpoint import load_checkpoint
 
         out = state / "exports" / f"{load_checkpoint(ckpt).build().space.resolve(subnet)}.ft.onnx"
     report = export_from_checkpoint(
@@ -391,9 +391,9 @@ def profile(
     """
     import numpy as np
 
-    from lifelong.latency import calibrate
-    from lifelong.profile import DeviceProfile, device_fingerprint, profile_device
-    from lifelong.space import SearchSpace
+    from lifelong.device.latency import calibrate
+    from lifelong.device.profile import DeviceProfile, device_fingerprint, profile_device
+    from lifelong.space.config import SearchSpace
 
     path = out or default_profile(resolve_state_dir(state_dir))
     if check:
@@ -450,8 +450,8 @@ def space(sample: int, seed: int, as_json: bool) -> None:
     """
     import numpy as np
 
-    from lifelong.cost import subnet_cost
-    from lifelong.space import SearchSpace
+    from lifelong.space.config import SearchSpace
+    from lifelong.space.cost import subnet_cost
 
     s = SearchSpace()
     rng = np.random.default_rng(seed)

@@ -86,8 +86,8 @@ def collect(
         lifelong predictor collect --fp 300 --quant 400 --corner 60
         lifelong predictor collect --fp 20 --quant 20 --out /tmp/samples.json
     """
-    from lifelong.data import load_dataset
-    from lifelong.predictor_data import CollectSettings, PredictorData, collect_predictor_data
+    from lifelong.data.datasets import load_dataset
+    from lifelong.predictor.samples import CollectSettings, PredictorData, collect_predictor_data
     from service.cli_common import setup_logging
 
     state = resolve_state_dir(state_dir)
@@ -149,8 +149,8 @@ def build(
         lifelong predictor build
         lifelong predictor build --data /tmp/samples.json --holdout 100 --out /tmp/predictor.npz
     """
-    from lifelong.predictor_build import BuildSettings, build_predictor
-    from lifelong.predictor_data import PredictorData
+    from lifelong.predictor.build import BuildSettings, build_predictor
+    from lifelong.predictor.samples import PredictorData
     from service.cli_common import setup_logging
 
     state = resolve_state_dir(state_dir)
@@ -179,7 +179,7 @@ def show(path: Path | None, state_dir: Path | None, as_json: bool) -> None:
         lifelong predictor show
         lifelong predictor show --json | jq .report.transfer
     """
-    from lifelong.predictor import AccuracyPredictor
+    from lifelong.predictor.mlp import AccuracyPredictor
 
     path = path or default_predictor(resolve_state_dir(state_dir))
     meta = AccuracyPredictor.load(path).meta

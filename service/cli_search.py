@@ -33,8 +33,8 @@ from service.paths import (
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from lifelong.front import Front, FrontPoint
-    from lifelong.predictor import AccuracyPredictor
+    from lifelong.predictor.mlp import AccuracyPredictor
+    from lifelong.search.front import Front, FrontPoint
     from policies import Policy
 
 __all__ = ["front", "format_front", "load_baselines", "resolve_policy", "search"]
@@ -83,7 +83,7 @@ def _policy(spec: str | None, state_dir: Path | None) -> tuple[Policy, str]:
 
 
 def _load_predictor(path: Path) -> AccuracyPredictor:
-    from lifelong.predictor import AccuracyPredictor
+    from lifelong.predictor.mlp import AccuracyPredictor
 
     if not path.exists():
         raise CheckpointError(f"no accuracy predictor at {path}: build one with `lifelong predictor build`")
@@ -99,7 +99,7 @@ def load_baselines(path: Path) -> dict[str, tuple[float, float]]:
     """Baselines to draw: a JSON list of ``{"name", "accuracy", "latency_ms"}`` (accuracy in [0, 1],
     latency of one batch at the plotted batch size), or ``{"baselines": [...]}``.
 
-    Returns ``name -> (latency_ms, accuracy)``, as :func:`lifelong.front.plot_front` takes them.
+    Returns ``name -> (latency_ms, accuracy)``, as :func:`lifelong.search.front.plot_front` takes them.
     """
     try:
         doc = json.loads(path.read_text())
@@ -262,12 +262,12 @@ def search(
         lifelong search --policy low-latency --budget 50000 --seed 1
         lifelong search --policy /etc/lifelong/policy.toml --no-warm-start --json
     """
-    from lifelong.front import Front, choose
-    from lifelong.front_measure import MeasureSettings
-    from lifelong.front_search import SearchSettings, input_record, search_front
-    from lifelong.profile import DeviceProfile, ProfileError
+    from lifelong.device.profile import DeviceProfile, ProfileError
     from lifelong.progress import Progress
-    from lifelong.search import SearchProgress
+    from lifelong.search.front import Front, choose
+    from lifelong.search.front_search import SearchSettings, input_record, search_front
+    from lifelong.search.measure import MeasureSettings
+    from lifelong.search.nsga2 import SearchProgress
 
     state = resolve_state_dir(state_dir)
     pol, source = _policy(policy_spec, state_dir)
@@ -400,7 +400,7 @@ def front(
         lifelong front --policy battery-saver
         lifelong front --png front.png --baselines baselines.json
     """
-    from lifelong.front import Front, choose, plot_front
+    from lifelong.search.front import Front, choose, plot_front
 
     if baselines is not None and png is None:
         raise click.UsageError("--baselines is drawn on the plot: give --png too")
@@ -454,8 +454,8 @@ def _registered(state: Path) -> tuple[dict[str, list[str]], str | None]:
 
 def _measured(state: Path, predictor: object) -> dict[str, float]:
     """Measured validation top-1 from STATE's predictor data, when it is the predictor's supernet's."""
-    from lifelong.front_search import measured_accuracies
-    from lifelong.predictor_data import PredictorData
+    from lifelong.predictor.samples import PredictorData
+    from lifelong.search.front_search import measured_accuracies
 
     path = default_predictor_data(state)
     if not path.exists():

@@ -286,11 +286,11 @@ def _read_inputs(path: Path) -> Any:
         except (OSError, ValueError) as exc:
             raise click.BadParameter(f"{path} is not a readable .npy array: {exc}", param_hint="FILE") from None
     if suffix == ".npz":
-        from lifelong.data import load_npz
+        from lifelong.data.datasets import load_npz
 
         return load_npz(path).x
     if suffix in (".png", ".jpg", ".jpeg"):
-        from lifelong.data import read_image
+        from lifelong.data.datasets import read_image
 
         return read_image(path)
     raise click.BadParameter(f"{path}: expected a .npy or .npz batch, or a .png/.jpg image", param_hint="FILE")

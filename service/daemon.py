@@ -92,13 +92,13 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.calibration import domain_calibration, save_calibration
-from lifelong.drift import DriftDecision
-from lifelong.drift_signals import preference_drift
+from lifelong.data.calibration import domain_calibration, save_calibration
+from lifelong.drift.detectors import DriftDecision
+from lifelong.drift.signals import preference_drift
 from lifelong.errors import LifelongError
-from lifelong.front import Front
-from lifelong.supernet_versions import adapted_in_use, find_version, sha_in_use
-from lifelong.supernet_versions import set_current as set_current_supernet
+from lifelong.persist.supernet_versions import adapted_in_use, find_version, sha_in_use
+from lifelong.persist.supernet_versions import set_current as set_current_supernet
+from lifelong.search.front import Front
 from policies import Policy
 from service import status as status_doc
 from service.adaptation import (

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from lifelong.model_format import META_SUBNET
+from lifelong.deploy.model_format import META_SUBNET
 from service import status as status_doc
 from service.canary import decide, store_accuracy
 from service.profile_status import ProfileStatus

@@ -186,7 +186,7 @@ class _Demo:
         return doc
 
     def _prepare(self) -> None:
-        from lifelong.front import Front, choose
+        from lifelong.search.front import Front, choose
 
         initial = initial_policy()
         policy_file = self.folder / "policy-initial.toml"
@@ -326,7 +326,7 @@ class _Demo:
 
     # -- the scenario ----------------------------------------------------------------------------
     def _scenario(self) -> None:
-        from lifelong.data import load_fashion_mnist
+        from lifelong.data.datasets import load_fashion_mnist
 
         s, run = self.s, self.runner
         test = load_fashion_mnist("test")
@@ -575,7 +575,7 @@ class _Demo:
 
     # -- the report ------------------------------------------------------------------------------
     def _report(self, outcome: str) -> dict[str, Any]:
-        from lifelong.front import Front, plot_front
+        from lifelong.search.front import Front, plot_front
 
         png = None
         if self.front is not None and "initial" in self.picks:

@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from lifelong.digest import file_sha256
+from lifelong.persist.digest import file_sha256
 from service.demo_report import Step
 from service.errors import DemoError
 from service.paths import default_checkpoint, default_front, default_predictor, default_profile
 
 if TYPE_CHECKING:
-    from lifelong.front import Front, FrontPoint
+    from lifelong.search.front import Front, FrontPoint
     from policies import Policy
 
 __all__ = [
@@ -208,7 +208,7 @@ def fast_policy(front: Front, initial: Policy) -> tuple[Policy, FrontPoint] | No
     Returns:
         The policy and the point it chooses; None when no point is faster than the initial choice.
     """
-    from lifelong.front import choose
+    from lifelong.search.front import choose
 
     batch = initial.target.batch
     first = choose(front, initial)
@@ -240,7 +240,7 @@ def policy_text(policy: Policy, header: str) -> str:
 # -- models --------------------------------------------------------------------------------------
 def _checkpoint_complete(runner: StepRunner, ckpt: Path) -> bool:
     """Whether ``ckpt`` holds a finished training (asked in a subprocess: reading it needs torch)."""
-    code = "import sys; from lifelong.checkpoint import load_checkpoint; sys.exit(0 if load_checkpoint(sys.argv[1]).complete else 3)"
+    code = "import sys; from lifelong.nn.checkpoint import load_checkpoint; sys.exit(0 if load_checkpoint(sys.argv[1]).complete else 3)"
     done = subprocess.run(
         [sys.executable, "-c", code, str(ckpt)], env=runner.env, capture_output=True, text=True, check=False
     )

@@ -1,6 +1,6 @@
 """The drift check job: feed the drift monitor what serving saw, keep what it decides.
 
-:class:`DriftCheck` owns one :class:`~lifelong.drift_monitor.DriftMonitor` for the model that
+:class:`DriftCheck` owns one :class:`~lifelong.drift.monitor.DriftMonitor` for the model that
 serves. Its :meth:`~DriftCheck.run` is the scheduler job :data:`DRIFT_CHECK_JOB` (every
 ``drift.check_interval_s`` of the policy, brought forward when samples pile up): it drains
 the :class:`~service.drift_feed.DriftFeed`, feeds the monitor in slices of its check
@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lifelong.drift import DRIFT_KINDS, DriftDecision
-from lifelong.drift_monitor import DriftMonitor
+from lifelong.drift.detectors import DRIFT_KINDS, DriftDecision
+from lifelong.drift.monitor import DriftMonitor
 from lifelong.errors import DataError, DriftError
 from service.class_mix import ClassMix
 from service.drift_reference import ReferenceFiles

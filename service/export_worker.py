@@ -2,8 +2,8 @@
 
 Started by :class:`service.front_export.FrontExport` as
 ``python -m service.worker_io [priority] -- service.export_worker REQUEST.json``; it reads the
-request (:class:`lifelong.export_request.ExportRequest`), runs
-:func:`lifelong.export_job.run_export`, reports each phase and, at the end, the exported
+request (:class:`lifelong.jobs.export_request.ExportRequest`), runs
+:func:`lifelong.jobs.export.run_export`, reports each phase and, at the end, the exported
 file with its parity figures. The daemon deploys it through its validated swap.
 """
 
@@ -19,8 +19,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
         raise SystemExit("usage: python -m service.worker_io -- service.export_worker REQUEST.json")
-    from lifelong.export_job import run_export
-    from lifelong.export_request import ExportRequest
+    from lifelong.jobs.export import run_export
+    from lifelong.jobs.export_request import ExportRequest
 
     report = run_export(ExportRequest.load(args[0]), report_progress)
     report_result(report.to_dict())

@@ -8,7 +8,7 @@ records the wish (the newest answer replaces an older one); the scheduler's tick
 :class:`~service.worker.WorkerSupervisor` once no adaptation runs (both need the CPU and an
 adaptation ends with a candidate of its own). The worker exports the subnet from the supernet
 version in use (an adapted version with the calibration images it keeps beside it, see
-:mod:`lifelong.calibration`) behind the parity gate into ``STATE/export/JOB/model.onnx``.
+:mod:`lifelong.data.calibration`) behind the parity gate into ``STATE/export/JOB/model.onnx``.
 
 Its end is a loop event (:class:`ExportDone`); the daemon asks the front again with the policy
 in force and, if it still chooses that subnet, deploys the file through its validated swap.
@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lifelong.calibration import calibration_path, domain_calibration
+from lifelong.data.calibration import calibration_path, domain_calibration
 from lifelong.errors import DataError, LifelongError
-from lifelong.export_request import ExportRequest
-from lifelong.supernet_versions import adapted_in_use, current_supernet
-from lifelong.versioned import read_versioned_json, write_json_atomic
+from lifelong.jobs.export_request import ExportRequest
+from lifelong.persist.supernet_versions import adapted_in_use, current_supernet
+from lifelong.persist.versioned import read_versioned_json, write_json_atomic
 from policies import Policy, parse_policy, policy_to_dict
 from service.errors import ServiceError
 from service.paths import default_profile

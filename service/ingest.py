@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lifelong.data import FASHION_MNIST_CLASSES, IMAGE_SUFFIXES, load_npz, read_image
+from lifelong.data.datasets import FASHION_MNIST_CLASSES, IMAGE_SUFFIXES, load_npz, read_image
+from lifelong.deploy.model_format import INPUT_SHAPE
 from lifelong.errors import DataError
-from lifelong.model_format import INPUT_SHAPE
 from service.errors import NoModelError, RequestError
 from service.runtime import Prediction, Runtime
 from service.store import Sample, Store

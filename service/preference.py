@@ -2,7 +2,7 @@
 
 When the policy changes, the search need not run again: the front cached by the last search
 (``STATE/front/front.json``, :func:`~service.paths.default_front`) already holds the
-accuracy/latency/size trade-offs, and :func:`lifelong.front.choose` picks the point the new
+accuracy/latency/size trade-offs, and :func:`lifelong.search.front.choose` picks the point the new
 policy prefers. :func:`answer_preference` turns that choice into one of :data:`ACTIONS`:
 
 - ``deploy``: the chosen subnet was exported before and its ONNX model is in the registry
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lifelong.errors import LifelongError
-from lifelong.front import Front, FrontPoint, choose
+from lifelong.search.front import Front, FrontPoint, choose
 
 if TYPE_CHECKING:
     from policies import Policy
@@ -166,7 +166,7 @@ def answer_preference(
     exported from it may be deployed; one from the original supernet would throw away what
     the adaptation learnt, so the choice is then "export needed". ``domain_since``: when a
     label-free answer kept the served data's images for exports
-    (:data:`~lifelong.calibration.DOMAIN_CALIBRATION`): only models registered after it carry
+    (:data:`~lifelong.data.calibration.DOMAIN_CALIBRATION`): only models registered after it carry
     that data's BN statistics.
     """
     if front is None:

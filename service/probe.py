@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.model_format import INPUT_SHAPE
+from lifelong.deploy.model_format import INPUT_SHAPE
 from service.runtime import Runtime
 from service.store import Metric, Store
 

@@ -6,7 +6,7 @@ re-takes it), whether the device it was taken on is this one with the threads se
 (the fingerprint), and how far its latency model's figure for the serving model is from the
 p50 the daemon measures on it (the latency probe at the policy's batch size). A large gap
 means the search ranks candidates on figures that do not hold here: the measured picks and
-the export's own timing (:mod:`lifelong.front_measure`) are what the deployed choice rests on.
+the export's own timing (:mod:`lifelong.search.measure`) are what the deployed choice rests on.
 
 The profile is read once per version of its file (size and mtime); the prediction once per
 serving subnet and batch. No torch here.
@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lifelong.device.profile import DeviceProfile, device_fingerprint
 from lifelong.errors import LifelongError
-from lifelong.profile import DeviceProfile, device_fingerprint
-from lifelong.space import SearchSpace
+from lifelong.space.config import SearchSpace
 
 __all__ = ["ProfileStatus"]
 

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lifelong.model_format import META_CHECKPOINT, META_FORMAT, META_SUBNET
+from lifelong.deploy.model_format import META_CHECKPOINT, META_FORMAT, META_SUBNET
 from service.errors import RegistryError
 from service.store import Deployment, ModelRecord, Store
 

@@ -4,7 +4,7 @@
 ONNX files with onnxruntime; :class:`MemoryRuntime` runs plain numpy callables, for tests of
 the code around a runtime. Both share the swap machinery of ``_SwappingRuntime``:
 
-- a new model is opened, checked against :mod:`lifelong.model_format`, validated on a
+- a new model is opened, checked against :mod:`lifelong.deploy.model_format`, validated on a
   probe batch (shapes, dtypes, finite outputs, probabilities summing to 1, optional parity
   with expected outputs) and warmed up, all BEFORE it serves and outside the lock that
   requests take; a failure raises :class:`~service.errors.ModelLoadError` and the current
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lifelong.model_format import (
+from lifelong.deploy.model_format import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
     INPUT_SHAPE,
@@ -47,8 +47,8 @@ from lifelong.model_format import (
     META_KEYS,
     ORT_DISABLED_OPTIMIZERS,
 )
-from lifelong.model_format import MODEL_FORMAT as SUPPORTED_MODEL_FORMAT  # reads better beside a model's own
-from lifelong.threads import threads_for
+from lifelong.deploy.model_format import MODEL_FORMAT as SUPPORTED_MODEL_FORMAT  # reads better beside a model's own
+from lifelong.device.threads import threads_for
 from service.errors import InferenceError, ModelLoadError, NoModelError, RequestError
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class RuntimeSettings:
     Attributes:
         intra_op_threads: onnxruntime threads inside one operator; small, since a gateway's
             few cores are shared with the applications it serves. 0: per model, the count its
-            export timed fastest at ``batch`` (:mod:`lifelong.threads`), else
+            export timed fastest at ``batch`` (:mod:`lifelong.device.threads`), else
             :data:`AUTO_FALLBACK_THREADS`.
         batch: The batch size a per-model thread choice is taken for (the policy's).
         inter_op_threads: threads across operators (1: execution is sequential).
@@ -367,7 +367,7 @@ class _SwappingRuntime(Runtime):
         """How well ``images`` (uint8 ``(N, 28, 28)``) look like ``reference``, the kept drift
         reference of the model at ``path``: that model's embeddings of them against it, per
         dimension KS combined by Simes; the p-value. The model is opened for this call only."""
-        from lifelong.drift_stats import ks_2samp, simes_p
+        from lifelong.drift.stats import ks_2samp, simes_p
 
         model = self._open(Path(path).parent.name, str(path))
         x = as_model_input(images)
@@ -587,7 +587,7 @@ class OrtRuntime(_SwappingRuntime):
 
 
 def _signature_problems(session: Any, metadata: Mapping[str, str]) -> list[str]:
-    """Every way the session's inputs, outputs and metadata differ from lifelong.model_format."""
+    """Every way the session's inputs, outputs and metadata differ from lifelong.deploy.model_format."""
     problems = []
     inputs = session.get_inputs()
     want_in = f"one input {INPUT_NAME!r} float32 (N, {', '.join(map(str, INPUT_SHAPE))})"

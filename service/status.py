@@ -16,14 +16,14 @@ from dataclasses import asdict
 from typing import Any
 
 from lifelong.errors import SpaceError
-from lifelong.space import SubnetConfig
+from lifelong.space.config import SubnetConfig
 from service.store import Store
 
 __all__ = ["format_history", "format_status", "history", "precision_summary"]
 
 
 def precision_summary(subnet: str | None) -> dict[str, Any] | None:
-    """Per-layer precisions read from a subnet string (:mod:`lifelong.space`, no torch).
+    """Per-layer precisions read from a subnet string (:mod:`lifelong.space.config`, no torch).
 
     Returns:
         ``{"subnet", "layers", "counts": {"w8a8": 12, ...}, "stages": [{"stage", "precisions"}]}``

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.model_format import EMBEDDING_OUTPUT, LOGITS_OUTPUT
+from lifelong.deploy.model_format import EMBEDDING_OUTPUT, LOGITS_OUTPUT
 from service.errors import ModelLoadError, RecordNotFound, RegistryError
 from service.registry import Registry
 from service.runtime import Runtime

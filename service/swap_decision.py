@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lifelong.priors import total_variation
+from lifelong.drift.priors import total_variation
 from policies import Policy
 
 __all__ = [
@@ -71,7 +71,7 @@ def decide_label_free(result: Mapping[str, Any], policy: Policy) -> SwapDecision
     unless the reference's own largest share is higher) and must answer with a class mix
     closer to the one the serving model predicted on its deployment data (the drift
     reference) by :data:`LABEL_FREE_MARGIN`. Entropy is not used: the unadapted model is
-    confidently wrong under contrast (see :mod:`lifelong.bn_adapt_job`).
+    confidently wrong under contrast (see :mod:`lifelong.jobs.bn_adapt`).
     """
     cand, serving = result.get("candidate"), result.get("serving") or {}
     if not cand:

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lifelong.data import load_fashion_mnist
+from lifelong.data.datasets import load_fashion_mnist
+from lifelong.data.replay import load_replay
 from lifelong.errors import LifelongError
-from lifelong.replay import load_replay
 
 if TYPE_CHECKING:
     from service.runtime import _LoadedModel

@@ -11,7 +11,7 @@ FASHION_DIR = Path(os.environ.get("LIFELONG_FASHION_MNIST_DIR", "/usr/share/data
 @pytest.fixture(scope="session")
 def fashion_train():
     """The real Fashion-MNIST training set (the tests need the Debian package)."""
-    from lifelong.data import load_fashion_mnist
+    from lifelong.data.datasets import load_fashion_mnist
 
     if not FASHION_DIR.exists():
         pytest.skip(f"Fashion-MNIST not installed at {FASHION_DIR}: apt-get install dataset-fashion-mnist")
@@ -20,7 +20,7 @@ def fashion_train():
 
 @pytest.fixture(scope="session")
 def fashion_test():
-    from lifelong.data import load_fashion_mnist
+    from lifelong.data.datasets import load_fashion_mnist
 
     if not FASHION_DIR.exists():
         pytest.skip(f"Fashion-MNIST not installed at {FASHION_DIR}: apt-get install dataset-fashion-mnist")

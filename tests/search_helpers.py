@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lifelong.codec import SubnetCodec
-from lifelong.evaluator import FunctionEvaluator
-from lifelong.latency_table import CostTable, LatencyTable, part_key
-from lifelong.profile import DeviceProfile
-from lifelong.space import SearchSpace, SubnetConfig
+from lifelong.device.latency_table import CostTable, LatencyTable, part_key
+from lifelong.device.profile import DeviceProfile
+from lifelong.search.evaluator import FunctionEvaluator
+from lifelong.space.codec import SubnetCodec
+from lifelong.space.config import SearchSpace, SubnetConfig
 
 SPACE = SearchSpace()
 CODEC = SubnetCodec(SPACE)

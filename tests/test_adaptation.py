@@ -11,15 +11,21 @@ import pytest
 import torch
 from tiny_space import TINY_SPACE
 
-from lifelong.adapt import AdaptSettings, calibration_mix, finetune, measure_subnets
-from lifelong.adapt_job import AdaptRequest
-from lifelong.data import ArrayDataset
+from lifelong.data.datasets import ArrayDataset
+from lifelong.data.local import load_refs
+from lifelong.data.replay import build_replay, load_replay, save_replay
 from lifelong.errors import CheckpointError, DataError, FormatVersionError, TrainingError
-from lifelong.local_data import load_refs
-from lifelong.replay import build_replay, load_replay, save_replay
-from lifelong.space import Precision, SearchSpace
-from lifelong.supernet import Supernet, init_quantizers
-from lifelong.supernet_versions import adapted_in_use, adapted_path, current_supernet, list_versions, set_current
+from lifelong.jobs.adapt import AdaptRequest
+from lifelong.nn.supernet import Supernet, init_quantizers
+from lifelong.persist.supernet_versions import (
+    adapted_in_use,
+    adapted_path,
+    current_supernet,
+    list_versions,
+    set_current,
+)
+from lifelong.space.config import Precision, SearchSpace
+from lifelong.train.adapt import AdaptSettings, calibration_mix, finetune, measure_subnets
 from policies import Policy
 from policies.schema import Budgets, SwapRules
 from service.adaptation import decide_swap
@@ -100,7 +106,7 @@ def test_supernet_versions_fall_back_to_the_original_and_move_atomically(tmp_pat
 def test_a_version_is_found_by_its_content_hash(tmp_path: Path) -> None:
     import hashlib
 
-    from lifelong.supernet_versions import find_version, sha_in_use
+    from lifelong.persist.supernet_versions import find_version, sha_in_use
 
     folder = tmp_path / "supernet"
     assert sha_in_use(folder) is None, "no supernet, no version in use"
@@ -220,8 +226,8 @@ def test_finetuning_on_shifted_samples_raises_their_accuracy_and_keeps_the_repla
 
 
 def test_the_worker_picks_among_candidates_the_daemon_would_accept() -> None:
-    from lifelong.adapt import SubnetMeasurement
-    from lifelong.adapt_job import _pick
+    from lifelong.jobs.adapt import _pick
+    from lifelong.train.adapt import SubnetMeasurement
 
     space = SearchSpace(TINY_SPACE)
     names = [str(space.largest()), str(space.smallest())]
@@ -281,10 +287,10 @@ def test_the_last_adaptation_outlives_a_restart_of_the_daemon(tmp_path: Path) ->
 
 
 def test_the_adapted_front_holds_the_measured_subnets_with_their_local_accuracy() -> None:
-    from lifelong.adapt import SubnetMeasurement
-    from lifelong.adapt_job import adapted_front
-    from lifelong.front import Front, FrontPoint
-    from lifelong.space import SearchSpace
+    from lifelong.jobs.adapt import adapted_front
+    from lifelong.search.front import Front, FrontPoint
+    from lifelong.space.config import SearchSpace
+    from lifelong.train.adapt import SubnetMeasurement
 
     space = SearchSpace()
     big, small = str(space.largest()), str(space.smallest())

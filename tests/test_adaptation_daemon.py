@@ -21,13 +21,13 @@ import torch
 from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_until
 from tiny_space import TINY_SPACE, train_tiny_supernet
 
-from lifelong.calibration import calibration_path, load_calibration
-from lifelong.checkpoint import load_checkpoint
-from lifelong.export import export_subnet
-from lifelong.front import Front
-from lifelong.space import Precision, SearchSpace
-from lifelong.supernet import Supernet, recalibrate_bn
-from lifelong.supernet_versions import adapted_in_use, current_supernet
+from lifelong.data.calibration import calibration_path, load_calibration
+from lifelong.deploy.export import export_subnet
+from lifelong.nn.checkpoint import load_checkpoint
+from lifelong.nn.supernet import Supernet, recalibrate_bn
+from lifelong.persist.supernet_versions import adapted_in_use, current_supernet
+from lifelong.search.front import Front
+from lifelong.space.config import Precision, SearchSpace
 from service.status import format_status
 from service.store import Store
 
@@ -68,10 +68,10 @@ def _search_inputs(state: Path, checkpoint_sha: str) -> None:
     so that the worker re-searches and the daemon installs the adapted supernet's front."""
     from search_helpers import structured_profile
 
-    from lifelong.front_search import SearchSettings, search_front
-    from lifelong.predictor import PredictorConfig
-    from lifelong.predictor_build import BuildSettings, build_predictor
-    from lifelong.predictor_data import PredictorData, Provenance, Sample, planned_subnets
+    from lifelong.predictor.build import BuildSettings, build_predictor
+    from lifelong.predictor.mlp import PredictorConfig
+    from lifelong.predictor.samples import PredictorData, Provenance, Sample, planned_subnets
+    from lifelong.search.front_search import SearchSettings, search_front
     from policies import Policy
     from service.paths import default_front, default_predictor, default_profile
 

@@ -17,11 +17,11 @@ import onnx
 import pytest
 import torch
 
-from lifelong.data import ArrayDataset
+from lifelong.data.datasets import ArrayDataset
+from lifelong.deploy.export import onnx_session, run_onnx
+from lifelong.deploy.model_format import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OUTPUT, META_SUBNET
 from lifelong.errors import FormatVersionError, TrainingError
-from lifelong.export import onnx_session, run_onnx
-from lifelong.model_format import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OUTPUT, META_SUBNET
-from lifelong.train import TrainConfig
+from lifelong.train.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,9 +191,9 @@ def test_checkpoint_of_another_format_version_is_refused(tmp_path: Path) -> None
 
 
 def test_recipe_is_read_from_the_supernet_checkpoint(tmp_path: Path) -> None:
-    from lifelong.checkpoint import Checkpoint, save_checkpoint
     from lifelong.errors import CheckpointError
-    from lifelong.space import SpaceConfig
+    from lifelong.nn.checkpoint import Checkpoint, save_checkpoint
+    from lifelong.space.config import SpaceConfig
 
     trained = TrainConfig(epochs=7, lr=0.05, batch_size=64)
     path = save_checkpoint(

@@ -15,7 +15,7 @@ import pytest
 from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_until
 from tiny_models import write_linear_fashion
 
-from lifelong.model_format import INPUT_NAME
+from lifelong.deploy.model_format import INPUT_NAME
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from lifelong.checkpoint import load_checkpoint
-from lifelong.space import SearchSpace
-from lifelong.train import supernet_recipe
+from lifelong.nn.checkpoint import load_checkpoint
+from lifelong.space.config import SearchSpace
+from lifelong.train.trainer import supernet_recipe
 from service.cli import cli
 
 

@@ -19,12 +19,12 @@ import pytest
 from click.testing import CliRunner, Result
 from search_helpers import CODEC, COSTS, SPACE, landscape, samples, structured_profile, true_accuracy
 
-from lifelong.features import SubnetFeatures
-from lifelong.front import Front, choose
-from lifelong.front_search import SearchSettings, file_sha256, search_front, space_hash
-from lifelong.predictor import AccuracyPredictor, PredictorConfig
-from lifelong.profile import DeviceProfile
-from lifelong.search_compare import ALGORITHMS, compare_algorithms, reference_point
+from lifelong.device.profile import DeviceProfile
+from lifelong.predictor.features import SubnetFeatures
+from lifelong.predictor.mlp import AccuracyPredictor, PredictorConfig
+from lifelong.search.compare import ALGORITHMS, compare_algorithms, reference_point
+from lifelong.search.front import Front, choose
+from lifelong.search.front_search import SearchSettings, file_sha256, search_front, space_hash
 from policies import PolicyValidationError, load_policy, load_preset
 from service.cli import cli
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lifelong.codec import MODES, SubnetCodec
+from lifelong.device.latency_table import part_key
+from lifelong.device.profile import subnet_keys, table_keys
 from lifelong.errors import SpaceError
-from lifelong.latency_table import part_key
-from lifelong.profile import subnet_keys, table_keys
-from lifelong.space import (
+from lifelong.space.codec import MODES, SubnetCodec
+from lifelong.space.config import (
     ConvConfig,
     HeadConfig,
     Precision,

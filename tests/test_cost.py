@@ -5,12 +5,12 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from lifelong.codec import SubnetCodec
-from lifelong.cost import conv_resolution, feature_count, subnet_cost
-from lifelong.latency_table import CostTable
-from lifelong.onnx_graph import build_model
-from lifelong.profile import random_net
-from lifelong.space import Precision, SearchSpace
+from lifelong.deploy.onnx_graph import build_model
+from lifelong.device.latency_table import CostTable
+from lifelong.device.profile import random_net
+from lifelong.space.codec import SubnetCodec
+from lifelong.space.config import Precision, SearchSpace
+from lifelong.space.cost import conv_resolution, feature_count, subnet_cost
 
 SPACE = SearchSpace()
 TUTORIAL = "c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8"

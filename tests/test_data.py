@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import lifelong.data as data_module
-from lifelong.data import (
+import lifelong.data.datasets as data_module
+from lifelong.data.datasets import (
     DEFAULT_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,
     ArrayDataset,

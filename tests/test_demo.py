@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from daemon_harness import remove, short_dir
 from tiny_models import write_classifier
 
-from lifelong.front import Front, FrontPoint, choose
+from lifelong.search.front import Front, FrontPoint, choose
 from policies import load_preset, parse_policy_text
 from service.cli import cli
 from service.client import Client

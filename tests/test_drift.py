@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from lifelong.drift import DRIFT_KINDS, DriftDecision, EmbeddingDrift, LabelShift
-from lifelong.drift_monitor import DriftMonitor
-from lifelong.drift_signals import AccuracyDrift, LatencyDrift, policy_digest, preference_drift
-from lifelong.drift_stats import (
+from lifelong.drift.detectors import DRIFT_KINDS, DriftDecision, EmbeddingDrift, LabelShift
+from lifelong.drift.monitor import DriftMonitor
+from lifelong.drift.signals import AccuracyDrift, LatencyDrift, policy_digest, preference_drift
+from lifelong.drift.stats import (
     Adwin,
     binom_cdf,
     bonferroni_p,
@@ -446,12 +446,12 @@ def test_monitor_without_policy_cannot_compare_policies() -> None:
 
 
 def test_drift_modules_export_what_they_define() -> None:
-    import lifelong.drift
-    import lifelong.drift_monitor
-    import lifelong.drift_signals
-    import lifelong.drift_stats
+    import lifelong.drift.detectors
+    import lifelong.drift.monitor
+    import lifelong.drift.signals
+    import lifelong.drift.stats
 
-    for module in (lifelong.drift, lifelong.drift_monitor, lifelong.drift_signals, lifelong.drift_stats):
+    for module in (lifelong.drift.detectors, lifelong.drift.monitor, lifelong.drift.signals, lifelong.drift.stats):
         assert sorted(module.__all__, key=str.lower) == sorted(set(module.__all__), key=str.lower)
         assert all(getattr(module, name, None) is not None for name in module.__all__), module.__name__
         defined = {
@@ -465,6 +465,6 @@ def test_drift_modules_export_what_they_define() -> None:
 
 
 def test_drift_modules_import_neither_torch_nor_scipy() -> None:
-    code = "import lifelong.drift_monitor, sys; print(sorted(m for m in ('torch', 'scipy') if m in sys.modules))"
+    code = "import lifelong.drift.monitor, sys; print(sorted(m for m in ('torch', 'scipy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -19,8 +19,8 @@ import pytest
 from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_until
 from tiny_models import write_classifier
 
-from lifelong.drift_signals import preference_drift
-from lifelong.front import Front, FrontPoint
+from lifelong.drift.signals import preference_drift
+from lifelong.search.front import Front, FrontPoint
 from policies import Policy
 from policies.schema import Budgets, DriftSettings, Objective
 from service.api import FeedbackLabel, MemoryFeedback

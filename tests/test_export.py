@@ -10,11 +10,8 @@ import torch
 from click.testing import CliRunner
 from tiny_space import SMALL_SPACE
 
-import lifelong.export as export_mod
-from lifelong.checkpoint import Checkpoint, save_checkpoint
-from lifelong.cost import subnet_cost
-from lifelong.errors import ParityError
-from lifelong.export import (
+import lifelong.deploy.export as export_mod
+from lifelong.deploy.export import (
     calibrate_gap_step,
     check_parity,
     export_subnet,
@@ -23,9 +20,12 @@ from lifelong.export import (
     run_onnx,
     subnet_to_onnx,
 )
-from lifelong.model_format import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OUTPUT, META_CHECKPOINT, META_SUBNET
-from lifelong.space import Precision, SearchSpace
-from lifelong.supernet import Supernet, init_quantizers, recalibrate_bn
+from lifelong.deploy.model_format import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OUTPUT, META_CHECKPOINT, META_SUBNET
+from lifelong.errors import ParityError
+from lifelong.nn.checkpoint import Checkpoint, save_checkpoint
+from lifelong.nn.supernet import Supernet, init_quantizers, recalibrate_bn
+from lifelong.space.config import Precision, SearchSpace
+from lifelong.space.cost import subnet_cost
 from service.cli import cli
 
 
@@ -222,7 +222,7 @@ def test_torch_simulation_of_the_requantized_form_matches_onnx(supernet: Superne
     simulated = check_parity(sub, data, x, y, step)
     plain = check_parity(sub, data, x, y)
     assert simulated.agreement >= 0.995 and simulated.max_logit_diff <= plain.max_logit_diff + 1e-6, (simulated, plain)
-    from lifelong.evaluate import predict_logits
+    from lifelong.train.evaluate import predict_logits
 
     before = predict_logits(sub, x)
     with export_mod.simulate_requant(sub, step):

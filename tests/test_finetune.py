@@ -9,12 +9,12 @@ import torch
 from click.testing import CliRunner
 from tiny_space import TINY_SPACE
 
-from lifelong.checkpoint import Checkpoint, save_checkpoint
 from lifelong.errors import TrainingError
-from lifelong.finetune import FinetuneConfig, finetune_subnet
-from lifelong.space import Precision, SearchSpace
-from lifelong.supernet import Supernet, init_quantizers, recalibrate_bn
-from lifelong.train import TrainConfig
+from lifelong.nn.checkpoint import Checkpoint, save_checkpoint
+from lifelong.nn.supernet import Supernet, init_quantizers, recalibrate_bn
+from lifelong.space.config import Precision, SearchSpace
+from lifelong.train.finetune import FinetuneConfig, finetune_subnet
+from lifelong.train.trainer import TrainConfig
 from policies import parse_policy_text
 from service.cli import cli
 

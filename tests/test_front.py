@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lifelong.errors import DataError, FormatVersionError
-from lifelong.front import Front, FrontPoint, choose, plot_front
+from lifelong.search.front import Front, FrontPoint, choose, plot_front
 from policies import Budgets, Objective, Policy, Target, load_preset, preset_names
 
 MB = 1_000_000

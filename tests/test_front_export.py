@@ -19,14 +19,14 @@ import pytest
 from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_until
 from tiny_space import TINY_SPACE, train_tiny_supernet
 
-from lifelong.calibration import calibration_path, load_calibration, save_calibration
+from lifelong.data.calibration import calibration_path, load_calibration, save_calibration
+from lifelong.device.profile import DeviceProfile
 from lifelong.errors import DataError, FormatVersionError, SpaceError
-from lifelong.export_job import export_from_checkpoint
-from lifelong.export_request import ExportRequest
-from lifelong.front import Front, FrontPoint
-from lifelong.profile import DeviceProfile
-from lifelong.space import Precision, SearchSpace
-from lifelong.supernet_versions import adapted_path, set_current
+from lifelong.jobs.export import export_from_checkpoint
+from lifelong.jobs.export_request import ExportRequest
+from lifelong.persist.supernet_versions import adapted_path, set_current
+from lifelong.search.front import Front, FrontPoint
+from lifelong.space.config import Precision, SearchSpace
 from policies import Policy
 from service.front_export import FrontExport
 from service.paths import default_profile
@@ -235,9 +235,9 @@ def test_a_policy_whose_choice_was_never_exported_is_exported_in_a_worker_and_sw
 def test_an_export_from_an_adapted_supernet_uses_its_calibration_images(export_state, fashion_test, tmp_path) -> None:
     import shutil
 
-    from lifelong.digest import file_sha256
-    from lifelong.export import onnx_session
-    from lifelong.model_format import META_CHECKPOINT
+    from lifelong.deploy.export import onnx_session
+    from lifelong.deploy.model_format import META_CHECKPOINT
+    from lifelong.persist.digest import file_sha256
     from service.front_export import ExportDone
 
     run, source_state, _, small = export_state

@@ -11,12 +11,12 @@ import pytest
 from search_helpers import CODEC, COSTS, SPACE, samples, structured_profile, true_accuracy
 
 from lifelong.errors import DataError
-from lifelong.evaluator import Constraints, Metrics
-from lifelong.features import SubnetFeatures
-from lifelong.front import Front, FrontPoint, choose
-from lifelong.front_measure import MeasuredPool, MeasureSettings, candidate_pool, measured_front
-from lifelong.front_search import SearchSettings, search_front
-from lifelong.predictor import AccuracyPredictor, PredictorConfig
+from lifelong.predictor.features import SubnetFeatures
+from lifelong.predictor.mlp import AccuracyPredictor, PredictorConfig
+from lifelong.search.evaluator import Constraints, Metrics
+from lifelong.search.front import Front, FrontPoint, choose
+from lifelong.search.front_search import SearchSettings, search_front
+from lifelong.search.measure import MeasuredPool, MeasureSettings, candidate_pool, measured_front
 from policies import load_policy, load_preset
 
 

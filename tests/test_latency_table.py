@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from search_helpers import CODEC, COSTS, SPACE, samples, structured_profile
 
-from lifelong.codec import SubnetCodec
-from lifelong.cost import activation_trace, peak_activation_bytes, subnet_cost
-from lifelong.latency_table import CostTable, LatencyTable
-from lifelong.profile import ProfileError, subnet_keys
-from lifelong.space import Precision, SearchSpace, SpaceConfig, StageSpec, SubnetConfig
+from lifelong.device.latency_table import CostTable, LatencyTable
+from lifelong.device.profile import ProfileError, subnet_keys
+from lifelong.space.codec import SubnetCodec
+from lifelong.space.config import Precision, SearchSpace, SpaceConfig, StageSpec, SubnetConfig
+from lifelong.space.cost import activation_trace, peak_activation_bytes, subnet_cost
 
 A8, F32 = Precision(8, 8), Precision(32, 32)
 

@@ -5,11 +5,11 @@ import onnx
 import pytest
 import torch
 
+from lifelong.deploy.export import onnx_session, run_onnx, subnet_to_onnx
+from lifelong.deploy.peer import ort_quantize
 from lifelong.errors import ExportError
-from lifelong.export import onnx_session, run_onnx, subnet_to_onnx
-from lifelong.peer import ort_quantize
-from lifelong.space import Precision, SearchSpace
-from lifelong.supernet import Supernet, init_quantizers, recalibrate_bn
+from lifelong.nn.supernet import Supernet, init_quantizers, recalibrate_bn
+from lifelong.space.config import Precision, SearchSpace
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 from search_helpers import CODEC, SPACE, encoding_truth, samples, true_accuracy
 
 from lifelong.errors import CheckpointError, DataError, FormatVersionError
-from lifelong.features import ANALYTIC_FEATURES, SubnetFeatures
-from lifelong.predictor import AccuracyPredictor, PredictorConfig, kendall_tau, limit_blas_threads, rmse
+from lifelong.predictor.features import ANALYTIC_FEATURES, SubnetFeatures
+from lifelong.predictor.mlp import AccuracyPredictor, PredictorConfig, kendall_tau, limit_blas_threads, rmse
 
 # the default (APQ-sized) network, trained briefly: a larger step and batch keep the test fast
 FAST = PredictorConfig(lr=3e-3, weight_decay=1.0, batch_size=128, max_epochs=100, patience=30, seed=0)
@@ -206,8 +206,8 @@ def test_limit_blas_threads_sets_and_restores() -> None:
 
 def test_search_modules_import_neither_torch_nor_matplotlib() -> None:
     code = (
-        "import sys, lifelong.predictor, lifelong.codec, lifelong.features, lifelong.evaluator, lifelong.pareto, "
-        "lifelong.search, lifelong.front, lifelong.latency_table; "
+        "import sys, lifelong.predictor.mlp, lifelong.space.codec, lifelong.predictor.features, lifelong.search.evaluator, lifelong.search.pareto, "
+        "lifelong.search.nsga2, lifelong.search.front, lifelong.device.latency_table; "
         "print('torch' in sys.modules, 'matplotlib' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

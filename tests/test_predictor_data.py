@@ -15,16 +15,15 @@ from click.testing import CliRunner
 from search_helpers import SPACE, samples, structured_profile, true_accuracy
 from tiny_space import TINY_SPACE
 
-from lifelong.checkpoint import Checkpoint, file_sha256, save_checkpoint
-from lifelong.data import ArrayDataset
+from lifelong.data.datasets import ArrayDataset
+from lifelong.device.latency_table import LatencyTable
 from lifelong.errors import DataError, FormatVersionError
-from lifelong.evaluate import evaluate_subnet
-from lifelong.evaluator import PredictorEvaluator
-from lifelong.features import SubnetFeatures
-from lifelong.latency_table import LatencyTable
-from lifelong.predictor import AccuracyPredictor, PredictorConfig
-from lifelong.predictor_build import MIN_CORNER_HOLDOUT, BuildSettings, build_predictor
-from lifelong.predictor_data import (
+from lifelong.nn.checkpoint import Checkpoint, file_sha256, save_checkpoint
+from lifelong.nn.supernet import Supernet, init_quantizers
+from lifelong.predictor.build import MIN_CORNER_HOLDOUT, BuildSettings, build_predictor
+from lifelong.predictor.features import SubnetFeatures
+from lifelong.predictor.mlp import AccuracyPredictor, PredictorConfig
+from lifelong.predictor.samples import (
     CORNER_MUTATION,
     PREDICTOR_DATA_FORMAT,
     CollectSettings,
@@ -37,8 +36,9 @@ from lifelong.predictor_data import (
     label_noise,
     planned_subnets,
 )
-from lifelong.space import Precision, SearchSpace, SpaceConfig, SubnetConfig
-from lifelong.supernet import Supernet, init_quantizers
+from lifelong.search.evaluator import PredictorEvaluator
+from lifelong.space.config import Precision, SearchSpace, SpaceConfig, SubnetConfig
+from lifelong.train.evaluate import evaluate_subnet
 from service.cli import cli
 
 SPLIT = {"val_fraction": 0.25, "seed": 3}  # what the tiny checkpoint says its training held out
@@ -286,7 +286,7 @@ def test_build_trains_on_fp_transfers_and_reports_on_the_holdout(tmp_path: Path)
 def test_measured_subnets_keep_their_measurement_in_the_search() -> None:
     """The predictor is smooth: it rates the largest subnet's neighbours near the largest. The
     subnets the data measured get their measurement, and only with the predictor's checkpoint."""
-    from lifelong.front_search import SearchSettings, measured_accuracies, search_front
+    from lifelong.search.front_search import SearchSettings, measured_accuracies, search_front
     from policies import load_preset
 
     data = _synthetic_data(150, 140, n_corner=30)
@@ -438,7 +438,7 @@ def test_cli_collect_extends_a_file_with_corners_and_reports_them(tiny, tmp_path
 
 def test_predictor_modules_and_cli_do_not_import_torch() -> None:
     code = (
-        "import sys, lifelong.predictor_data, lifelong.predictor_build, service.cli_predictor; "
+        "import sys, lifelong.predictor.samples, lifelong.predictor.build, service.cli_predictor; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lifelong.priors import adjust_logits, class_mix_test, em_priors, fit_bcts, softmax
+from lifelong.drift.priors import adjust_logits, class_mix_test, em_priors, fit_bcts, softmax
 
 
 def _features(x: np.ndarray) -> np.ndarray:

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lifelong.errors import FormatVersionError
-from lifelong.latency import LatencyCheck, calibrate, fit_correction
-from lifelong.profile import (
+from lifelong.device.latency import LatencyCheck, calibrate, fit_correction
+from lifelong.device.profile import (
     DeviceProfile,
     ProfileError,
     device_fingerprint,
@@ -18,7 +17,8 @@ from lifelong.profile import (
     subnet_keys,
     table_keys,
 )
-from lifelong.space import Precision, SearchSpace
+from lifelong.errors import FormatVersionError
+from lifelong.space.config import Precision, SearchSpace
 from service.cli import cli
 
 SPACE = SearchSpace()
@@ -215,8 +215,8 @@ def test_every_kind_of_w8a8_row_is_timed_as_integer_kernels() -> None:
     A head's fully connected layers run as integer Gemms behind the flatten or the requantized
     global pool.
     """
-    from lifelong.export import kernel_counts
-    from lifelong.profile import _entries
+    from lifelong.deploy.export import kernel_counts
+    from lifelong.device.profile import _entries
 
     def kind(key: str) -> str:
         if key.startswith("head:"):
@@ -245,8 +245,8 @@ def test_part_rows_and_random_nets_run() -> None:
     """Each kind of row and a few whole random subnets build and run in onnxruntime."""
     import onnxruntime as ort
 
-    from lifelong.onnx_graph import build_model
-    from lifelong.profile import _entries, random_net
+    from lifelong.deploy.onnx_graph import build_model
+    from lifelong.device.profile import _entries, random_net
 
     done: set[tuple[str, str]] = set()
     for e in _entries(SPACE):

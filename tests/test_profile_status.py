@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from search_helpers import SPACE, structured_profile
 
-from lifelong.profile import device_fingerprint
+from lifelong.device.profile import device_fingerprint
 from service.profile_status import ProfileStatus
 from service.status import _profile_line
 

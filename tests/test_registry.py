@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import service.registry as registry_module
-from lifelong.model_format import META_CHECKPOINT, META_FORMAT, META_SUBNET, MODEL_FORMAT
+from lifelong.deploy.model_format import META_CHECKPOINT, META_FORMAT, META_SUBNET, MODEL_FORMAT
 from service.errors import RegistryError
 from service.registry import REGISTRY_FORMAT, Registry
 from service.store import ModelRecord, Store
@@ -29,7 +29,7 @@ DAY = 86400.0
 
 
 def onnx_bytes(seed: int, hidden: int = 16, subnet: str = "s16w8a8_hw8a8") -> bytes:
-    """A real model that follows lifelong.model_format: image -> Flatten -> MatMul -> Relu -> MatMul."""
+    """A real model that follows lifelong.deploy.model_format: image -> Flatten -> MatMul -> Relu -> MatMul."""
     rng = np.random.default_rng(seed)
     w1 = numpy_helper.from_array((rng.standard_normal((784, hidden)) * 0.05).astype(np.float32), "w1")
     w2 = numpy_helper.from_array((rng.standard_normal((hidden, 10)) * 0.1).astype(np.float32), "w2")

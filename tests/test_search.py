@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 from search_helpers import CODEC, SPACE, landscape, samples, structured_profile
 
+from lifelong.device.latency_table import LatencyTable
+from lifelong.device.profile import ProfileError
 from lifelong.errors import DataError
-from lifelong.evaluator import (
+from lifelong.predictor.features import SubnetFeatures
+from lifelong.predictor.mlp import AccuracyPredictor, PredictorConfig
+from lifelong.search.evaluator import (
     Constraints,
     Evaluator,
     FunctionEvaluator,
@@ -15,12 +19,14 @@ from lifelong.evaluator import (
     PredictorEvaluator,
     measure_throughput,
 )
-from lifelong.features import SubnetFeatures
-from lifelong.latency_table import LatencyTable
-from lifelong.pareto import crowding_distance, dominance, hypervolume, non_dominated, ranks_by_constraint_domination
-from lifelong.predictor import AccuracyPredictor, PredictorConfig
-from lifelong.profile import ProfileError
-from lifelong.search import SearchProgress, nsga2, random_search, regularized_evolution
+from lifelong.search.nsga2 import SearchProgress, nsga2, random_search, regularized_evolution
+from lifelong.search.pareto import (
+    crowding_distance,
+    dominance,
+    hypervolume,
+    non_dominated,
+    ranks_by_constraint_domination,
+)
 from policies import load_preset
 
 EVALUATIONS = 3000
@@ -143,7 +149,7 @@ def test_warm_start_from_a_cached_front(evaluator: FunctionEvaluator, caplog: py
     cold = nsga2(SPACE, evaluator, population=40, generations=20, seed=4)
     assert len(cold.front) > 40, "the test wants a front larger than the population"
     seeds = ["c99.k3w8a8.p_c1.k3w8a8.p_hg.ow8a8", "not a subnet"] + cold.names
-    with caplog.at_level(logging.WARNING, logger="lifelong.search"):
+    with caplog.at_level(logging.WARNING, logger="lifelong.search.nsga2"):
         warm = nsga2(SPACE, evaluator, population=40, generations=1, initial=seeds, seed=5)
     assert warm.warm_started == 40
     assert "skipping c99.k3w8a8" in caplog.text and "skipping not a subnet" in caplog.text
@@ -224,8 +230,8 @@ def test_evaluations_per_second(real_evaluator: PredictorEvaluator) -> None:
 def test_the_sandwich_corners_compete_for_the_first_population(evaluator: FunctionEvaluator) -> None:
     """The most accurate subnet is a corner no random draw reaches; seeded as a contender it
     reaches the front, without displacing the warm start."""
-    from lifelong.front_search import corner_subnets
-    from lifelong.space import Precision
+    from lifelong.search.front_search import corner_subnets
+    from lifelong.space.config import Precision
 
     largest = SPACE.largest(Precision())
     corners = corner_subnets(SPACE)

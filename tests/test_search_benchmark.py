@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.front import Front, FrontPoint
+from lifelong.search.front import Front, FrontPoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lifelong.errors import SpaceError
-from lifelong.space import (
+from lifelong.space.config import (
     SPACE_VERSION,
     ConvConfig,
     HeadConfig,

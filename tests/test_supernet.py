@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from lifelong.cost import subnet_cost
-from lifelong.quant import ActQuantizer, WeightQuantizer, fake_quant, qrange, transfer_precision
-from lifelong.space import Precision, SearchSpace
-from lifelong.supernet import Supernet, init_quantizers, recalibrate_bn
+from lifelong.nn.quant import ActQuantizer, WeightQuantizer, fake_quant, qrange, transfer_precision
+from lifelong.nn.supernet import Supernet, init_quantizers, recalibrate_bn
+from lifelong.space.config import Precision, SearchSpace
+from lifelong.space.cost import subnet_cost
 
 
 @pytest.fixture(scope="module")

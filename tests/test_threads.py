@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 from tiny_models import write_classifier
 
-from lifelong.onnx_graph import build_model
-from lifelong.profile import random_net
-from lifelong.space import SearchSpace
-from lifelong.threads import META_THREADS, choose_threads, threads_for, time_threads, write_thread_choice
+from lifelong.deploy.onnx_graph import build_model
+from lifelong.device.profile import random_net
+from lifelong.device.threads import META_THREADS, choose_threads, threads_for, time_threads, write_thread_choice
+from lifelong.space.config import SearchSpace
 from policies import PolicyValidationError, Target
 from service.runtime import AUTO_FALLBACK_THREADS, OrtRuntime, RuntimeSettings
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from tiny_space import SMALL_SPACE
 
-from lifelong.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from lifelong.digest import file_sha256
 from lifelong.errors import CheckpointError, FormatVersionError, TrainingError
-from lifelong.train import TrainConfig, _augment, lr_at, phase_of, supernet_recipe, train_supernet
+from lifelong.nn.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from lifelong.persist.digest import file_sha256
+from lifelong.train.trainer import TrainConfig, _augment, lr_at, phase_of, supernet_recipe, train_supernet
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(
@@ -44,9 +44,9 @@ def test_a_step_without_the_sandwich_trains_only_sampled_subnets_on_labels() -> 
     sandwich, the largest comes first and the students' loss mixes labels in as configured."""
     import numpy as np
 
-    from lifelong.space import Precision, SearchSpace
-    from lifelong.supernet import Supernet
-    from lifelong.train import _sandwich_step, _uniform_step
+    from lifelong.nn.supernet import Supernet
+    from lifelong.space.config import Precision, SearchSpace
+    from lifelong.train.trainer import _sandwich_step, _uniform_step
 
     space = SearchSpace(SMALL_SPACE)
     model = Supernet(space).train()
@@ -203,9 +203,9 @@ def test_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
 
 
 def test_checkpoint_round_trip_builds_the_same_model(tmp_path: Path) -> None:
-    from lifelong.checkpoint import Checkpoint
-    from lifelong.space import SearchSpace
-    from lifelong.supernet import Supernet
+    from lifelong.nn.checkpoint import Checkpoint
+    from lifelong.nn.supernet import Supernet
+    from lifelong.space.config import SearchSpace
 
     torch.manual_seed(0)
     model = Supernet(SearchSpace(SMALL_SPACE))
@@ -225,9 +225,9 @@ def test_kill_during_training_then_resume(fashion_train, tmp_path: Path) -> None
         f"""
         import logging, sys
         logging.basicConfig(level=logging.INFO, stream=sys.stdout)
-        from lifelong.data import load_fashion_mnist
-        from lifelong.space import SpaceConfig
-        from lifelong.train import TrainConfig, train_supernet
+        from lifelong.data.datasets import load_fashion_mnist
+        from lifelong.space.config import SpaceConfig
+        from lifelong.train.trainer import TrainConfig, train_supernet
         cfg = TrainConfig(epochs=3, warmup_epochs=1, int8_epochs=1, batch_size=32, max_train_samples=192,
                           val_fraction=0.0, checkpoint_every=2)
         space = SpaceConfig.from_dict({SMALL_SPACE.to_dict()!r})
@@ -263,9 +263,9 @@ def test_data_parallel_training_with_torchrun_gloo(tmp_path: Path) -> None:
             f"""
             import os, torch
             torch.set_num_threads(1)
-            from lifelong.data import load_fashion_mnist
-            from lifelong.space import SpaceConfig
-            from lifelong.train import TrainConfig, train_supernet
+            from lifelong.data.datasets import load_fashion_mnist
+            from lifelong.space.config import SpaceConfig
+            from lifelong.train.trainer import TrainConfig, train_supernet
             cfg = TrainConfig(epochs=2, warmup_epochs=1, int8_epochs=1, batch_size=32, max_train_samples=128,
                               val_fraction=0.0, checkpoint_every=100)
             space = SpaceConfig.from_dict({SMALL_SPACE.to_dict()!r})
@@ -283,8 +283,8 @@ def test_data_parallel_training_with_torchrun_gloo(tmp_path: Path) -> None:
     assert ddp.complete and ddp.train["step"] == 8
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    from lifelong.space import SearchSpace
-    from lifelong.supernet import Supernet
+    from lifelong.nn.supernet import Supernet
+    from lifelong.space.config import SearchSpace
 
     init = dict(Supernet(SearchSpace(SMALL_SPACE)).named_parameters())
     moved = 0

@@ -1,4 +1,4 @@
-"""lifelong.versioned: versioned JSON files read with checks and written atomically."""
+"""lifelong.persist.versioned: versioned JSON files read with checks and written atomically."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from lifelong.adapt_request import ADAPT_REQUEST_FORMAT, AdaptRequest
+from lifelong.device.profile import PROFILE_FORMAT, DeviceProfile, ProfileError
 from lifelong.errors import CheckpointError, DataError, FormatVersionError, LifelongError
-from lifelong.front import FRONT_FORMAT, Front
-from lifelong.predictor_data import PREDICTOR_DATA_FORMAT, PredictorData
-from lifelong.profile import PROFILE_FORMAT, DeviceProfile, ProfileError
-from lifelong.supernet_versions import POINTER_FORMAT, current_supernet
-from lifelong.versioned import read_versioned_json, write_json_atomic
+from lifelong.jobs.adapt_request import ADAPT_REQUEST_FORMAT, AdaptRequest
+from lifelong.persist.supernet_versions import POINTER_FORMAT, current_supernet
+from lifelong.persist.versioned import read_versioned_json, write_json_atomic
+from lifelong.predictor.samples import PREDICTOR_DATA_FORMAT, PredictorData
+from lifelong.search.front import FRONT_FORMAT, Front
 
 DOC = {"kind": "lifelong-thing", "format_version": 3, "values": [1, 2.5, None], "name": "é"}
 
@@ -159,7 +159,7 @@ def test_a_process_killed_before_the_rename_leaves_the_old_file(tmp_path: Path) 
     path = write_json_atomic(tmp_path / "thing.json", DOC)
     script = (
         "import os, sys\n"
-        "from lifelong.versioned import write_json_atomic\n"
+        "from lifelong.persist.versioned import write_json_atomic\n"
         "os.replace = lambda *a: os._exit(9)  # killed between writing and renaming\n"
         "write_json_atomic(sys.argv[1], {'kind': 'lifelong-thing', 'format_version': 3, 'name': 'half'})\n"
     )

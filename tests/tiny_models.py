@@ -1,4 +1,4 @@
-"""Small ONNX classifiers that follow (or deliberately break) :mod:`lifelong.model_format`.
+"""Small ONNX classifiers that follow (or deliberately break) :mod:`lifelong.deploy.model_format`.
 
 Built with :mod:`onnx.helper` only, so runtime and API tests need neither torch nor a
 trained supernet. A valid model is ``image (N,1,28,28) -> Flatten -> Gemm -> Relu`` (the
@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lifelong.model_format import (
+from lifelong.deploy.model_format import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
     LOGITS_OUTPUT,
@@ -42,7 +42,7 @@ BROKEN_KINDS = (
     "missing_output",  # no "embedding" output
     "nan",  # logits contain NaN
     "no_metadata",  # metadata_props missing
-    "future_format",  # lifelong.model_format newer than this code reads
+    "future_format",  # lifelong.deploy.model_format newer than this code reads
 )
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lifelong.data import ArrayDataset
-from lifelong.space import SpaceConfig, StageSpec
+from lifelong.data.datasets import ArrayDataset
+from lifelong.space.config import SpaceConfig, StageSpec
 
 __all__ = ["SMALL_SPACE", "TINY_SPACE", "train_tiny_supernet"]
 
@@ -32,7 +32,7 @@ def train_tiny_supernet(train: ArrayDataset, out: Path, *, epochs: int = 1, samp
     """A briefly trained supernet of :data:`TINY_SPACE` at ``out`` (seconds; full precision only)."""
     import torch
 
-    from lifelong.train import TrainConfig, train_supernet
+    from lifelong.train.trainer import TrainConfig, train_supernet
 
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=epochs, warmup_epochs=epochs, int8_epochs=0, batch_size=64, max_train_samples=samples,

@@ -1,0 +1,100 @@
+"""The adaptation request: what the daemon asks of one adaptation worker, as a JSON file.
+
+Kept apart from :mod:`lifelong.jobs.adapt` (which needs torch) so that the serving process
+writes the same dataclass the worker reads: one definition of the format, versioned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lifelong.errors import DataError, FormatVersionError
+from lifelong.persist.versioned import read_versioned_json, write_json_atomic
+
+__all__ = ["ADAPT_MODES", "ADAPT_REQUEST_FORMAT", "AdaptRequest"]
+
+ADAPT_REQUEST_FORMAT = 1
+ADAPT_MODES = ("finetune", "bn")
+_KIND = "lifelong-adapt-request"
+
+
+@dataclass(frozen=True)
+class AdaptRequest:
+    """What the daemon asks of one adaptation (written as JSON, see :meth:`save`).
+
+    Attributes:
+        samples: ``(ref, label)`` of labelled local samples, newest first.
+        checkpoint: The supernet version in use.
+        supernet_dir: Where adapted versions are written (``STATE/supernet``).
+        out_dir: This job's folder: the candidate model and the result go there.
+        policy: The policy in force (``policies.policy_to_dict``).
+        replay: The replay buffer file (built there from ``train_data`` if missing).
+        replay_size: Its size when built.
+        train_data: The original training data spec (``lifelong.data.datasets.load_dataset``), or
+            None for Fashion-MNIST.
+        front, predictor, profile: The cached front, the accuracy predictor and the device
+            profile (each may be None or missing: the search step is then skipped).
+        serving: The serving model: ``{"model_id", "subnet", "path"}`` (its ONNX file).
+        trigger: Why (the drift, in words).
+        max_seconds: The policy's time box; the job plans to finish within it.
+        steps: Fine-tuning steps.
+        candidates: Subnets measured for real after fine-tuning (the serving one included).
+        search_evaluations: Predictor evaluations of the warm-started search.
+        holdout_share: Share of local samples held out for validation.
+        threads: torch threads.
+        seed: Splits, batches, subnets.
+        mode: ``"finetune"`` (labelled: fine-tune with replay, re-search, export) or ``"bn"``
+            (label-free: re-estimate the serving subnet's batch-norm statistics on
+            ``unlabelled`` and export it; :mod:`lifelong.jobs.bn_adapt`).
+        unlabelled: ``"bn"`` mode: an ``.npz`` with ``x``, uint8 ``(N, 28, 28)`` local images.
+        reference_mix: ``"bn"`` mode: the serving model's predicted-class shares on the data
+            it was deployed on (its drift reference), for the label-free checks.
+    """
+
+    samples: tuple[tuple[str, int], ...]
+    checkpoint: str
+    supernet_dir: str
+    out_dir: str
+    policy: dict[str, Any]
+    replay: str
+    replay_size: int = 2000
+    train_data: str | None = None
+    front: str | None = None
+    predictor: str | None = None
+    profile: str | None = None
+    serving: dict[str, Any] | None = None
+    trigger: str = ""
+    max_seconds: float = 300.0
+    steps: int = 200
+    candidates: int = 6
+    search_evaluations: int = 4000
+    holdout_share: float = 0.3
+    threads: int = 2
+    seed: int = 0
+    mode: str = "finetune"
+    unlabelled: str | None = None
+    reference_mix: tuple[float, ...] | None = None
+    format_version: int = ADAPT_REQUEST_FORMAT
+
+    def save(self, path: str | Path) -> Path:
+        return write_json_atomic(path, {"kind": _KIND, **asdict(self)}, durable=False, indent=1)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AdaptRequest:
+        path = Path(path)
+        try:
+            d = read_versioned_json(path, kind=_KIND, version=ADAPT_REQUEST_FORMAT, what="adaptation request")
+        except FormatVersionError as exc:  # a DataError here, as the worker expects
+            raise DataError(f"{path}: request format {exc.found!r}, expected {exc.supported}") from exc
+        del d["kind"]
+        try:
+            d["samples"] = tuple((str(r), int(y)) for r, y in d["samples"])
+            if d.get("reference_mix") is not None:
+                d["reference_mix"] = tuple(float(v) for v in d["reference_mix"])
+            if d.get("mode", "finetune") not in ADAPT_MODES:
+                raise ValueError(f"mode {d['mode']!r} is not one of {ADAPT_MODES}")
+            return cls(**d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: malformed adaptation request ({exc})") from exc
