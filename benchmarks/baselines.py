@@ -621,7 +621,7 @@ def main(argv: list[str] | None = None) -> None:
     from common import markdown_targets, target, write_results
 
     from lifelong.data.datasets import load_fashion_mnist
-    from service.paths import default_checkpoint, resolve_state_dir
+    from service.state.paths import default_checkpoint, resolve_state_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=None,

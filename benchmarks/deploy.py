@@ -40,7 +40,7 @@ from lifelong.nn.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from lifelong.nn.supernet import recalibrate_bn  # noqa: E402
 from lifelong.space.config import Precision, SearchSpace  # noqa: E402
 from lifelong.space.cost import subnet_cost  # noqa: E402
-from service.paths import default_checkpoint, resolve_state_dir  # noqa: E402
+from service.state.paths import default_checkpoint, resolve_state_dir  # noqa: E402
 
 W8A8, FP32 = Precision(8, 8), Precision(32, 32)
 THREADS = 2

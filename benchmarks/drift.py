@@ -16,7 +16,7 @@ and the adaptation limits of the options. The policy's chosen front point is exp
 (``lifelong export``, cached under ``benchmarks/work/drift/cache``, keyed by the
 checkpoint's hash) and deployed through the daemon's admin API (:meth:`Client.deploy`).
 
-Then the Fashion-MNIST test set is streamed through :class:`service.client.Client` over the
+Then the Fashion-MNIST test set is streamed through :class:`service.api.client.Client` over the
 Unix socket: ``predict`` requests of ``--batch`` uint8 images at ``--rate`` samples/s, and
 ``feedback`` labels for a random ``--feedback-fraction`` of the samples. The test set is
 split once per scenario (seeded): 8000 images feed the stream, 2000 are held out and only
@@ -51,7 +51,7 @@ the share of the lost accuracy recovered (:func:`recovered_fraction`); seconds f
 detection to the swap (the ``adaptation:`` deployment in the history, else the first
 answer of the new model); every exception of the streaming client; and the clean test-set
 accuracy of the new model (its ONNX file from ``STATE/models/ID/model.onnx``, run with
-:class:`service.runtime.OrtRuntime` offline) against the original's.
+:class:`service.serving.runtime.OrtRuntime` offline) against the original's.
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def main() -> None:
     args = ap.parse_args()
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
     if args.features == "supernet":
-        from service.paths import default_checkpoint, resolve_state_dir
+        from service.state.paths import default_checkpoint, resolve_state_dir
 
         feats: Any = SupernetFeatures(args.checkpoint or default_checkpoint(resolve_state_dir(None)))
     else:

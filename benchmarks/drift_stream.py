@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import target  # noqa: E402
 
-from service.client import Client  # noqa: E402
-from service.demo_stream import SHIFTS as CAMERA_SHIFTS  # noqa: E402
-from service.demo_stream import shift_images as camera_shift  # noqa: E402
-from service.runtime import OrtRuntime, RuntimeSettings  # noqa: E402
+from service.api.client import Client  # noqa: E402
+from service.demo.stream import SHIFTS as CAMERA_SHIFTS  # noqa: E402
+from service.demo.stream import shift_images as camera_shift  # noqa: E402
+from service.serving.runtime import OrtRuntime, RuntimeSettings  # noqa: E402
 
 SHIFTS = ("noise", "contrast", "brightness", "rotation", "class-prior")
 DRIFT_KINDS = ("data", "label", "accuracy", "environment")
@@ -53,7 +53,7 @@ class BenchmarkError(RuntimeError):
 def shift_images(name: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``uint8 (N, 28, 28)`` images under the shift ``name``, still ``uint8 (N, 28, 28)``.
 
-    The demo's transforms (:func:`service.demo_stream.shift_images`) at this benchmark's
+    The demo's transforms (:func:`service.demo.stream.shift_images`) at this benchmark's
     strengths: ``noise``: gaussian noise of sigma ``NOISE_SIGMA`` (of full scale);
     ``contrast``: pixels squeezed to ``x * 0.5 + 0.25``; ``brightness``: ``+ 0.2``, clipped;
     ``rotation``: 15 degrees, bilinear; ``clean`` and ``class-prior`` leave the pixels alone

@@ -51,7 +51,7 @@ from lifelong.persist.digest import file_sha256  # noqa: E402
 from lifelong.predictor.mlp import kendall_tau  # noqa: E402
 from lifelong.search.front import Front  # noqa: E402
 from lifelong.space.config import SearchSpace, SubnetConfig  # noqa: E402
-from service.paths import default_front, default_profile, resolve_state_dir  # noqa: E402
+from service.state.paths import default_front, default_profile, resolve_state_dir  # noqa: E402
 
 logger = logging.getLogger("latency_benchmark")
 

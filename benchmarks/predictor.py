@@ -19,7 +19,7 @@ from common import target, write_results
 
 from lifelong.predictor.build import BuildSettings, build_predictor
 from lifelong.predictor.samples import PredictorData
-from service.paths import default_predictor_data, resolve_state_dir
+from service.state.paths import default_predictor_data, resolve_state_dir
 
 
 def main() -> None:

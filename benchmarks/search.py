@@ -78,7 +78,7 @@ from lifelong.space.config import Precision, SearchSpace  # noqa: E402
 from lifelong.space.cost import subnet_cost  # noqa: E402
 from lifelong.train.finetune import FinetuneConfig, finetune_subnet  # noqa: E402
 from lifelong.train.trainer import TrainConfig, training_tensors  # noqa: E402
-from service.paths import (  # noqa: E402
+from service.state.paths import (  # noqa: E402
     default_checkpoint,
     default_predictor,
     default_predictor_data,
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from policies import PolicyError
-    from service.cli_search import resolve_policy
+    from service.cli.search import resolve_policy
 
     torch.set_num_threads(THREADS)
     name = "search-quick" if args.quick else "search"

@@ -33,8 +33,8 @@ from lifelong.search.compare import compare_algorithms  # noqa: E402
 from lifelong.search.evaluator import Constraints, PredictorEvaluator, measure_throughput  # noqa: E402
 from lifelong.search.front_search import file_sha256, space_for_predictor, space_hash  # noqa: E402
 from policies import policy_to_dict  # noqa: E402
-from service.cli_search import resolve_policy  # noqa: E402
-from service.paths import default_predictor, default_profile, resolve_state_dir  # noqa: E402
+from service.cli.search import resolve_policy  # noqa: E402
+from service.state.paths import default_predictor, default_profile, resolve_state_dir  # noqa: E402
 
 THROUGHPUT_TARGET = 20_000
 

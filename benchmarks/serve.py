@@ -13,11 +13,11 @@ files instead. The swap partner of the first model is the same architecture with
 weights (for a file: the same file with one more metadata key), so the swap test changes
 the model, not the work per request.
 
-The daemon runs as a real subprocess (``python -m service.cli serve``, its own state
+The daemon runs as a real subprocess (``python -m service.cli.main serve``, its own state
 directory, a Unix socket, 2 onnxruntime threads, 4 API threads, the latency probe pushed
 out of the way, and a policy whose rollback thresholds are out of reach: the benchmark
 swaps models of different speeds on purpose, and every leg checks that the model it
-measures is the one answering). Requests go through :class:`service.client.Client`: one
+measures is the one answering). Requests go through :class:`service.api.client.Client`: one
 keep-alive connection per client, reused for every request (the JSON says how many
 connections the clients opened). The API is sent what an application sends: uint8 pixels
 ``(N, 28, 28)`` as ``.npy``; raw onnxruntime gets the float32 ``(N, 1, 28, 28)`` its
@@ -27,7 +27,7 @@ graph takes.
    alternating blocks so that all see the same load: ``api`` (request and answer through
    the daemon), ``wsgi`` (the daemon's API app called in this process, with the client's
    encoding and decoding: the API less HTTP and the socket), ``runtime``
-   (:class:`service.runtime.OrtRuntime` in this process: input conversion, session run,
+   (:class:`service.serving.runtime.OrtRuntime` in this process: input conversion, session run,
    softmax, checks) and ``raw`` (``session.run`` of a session
    opened with the runtime's own options: threads capped, spinning off). The daemon's own
    ``latency_ms`` (its session time) is kept too, and a ``GET /v1/health`` round trip gives
@@ -83,9 +83,9 @@ from lifelong.deploy.onnx_graph import build_model  # noqa: E402
 from lifelong.device.profile import random_net  # noqa: E402
 from lifelong.space.config import Precision, SearchSpace  # noqa: E402
 from lifelong.space.cost import subnet_cost  # noqa: E402
-from service.api import ApiApp, MemoryFeedback  # noqa: E402
-from service.client import Client  # noqa: E402
-from service.runtime import OrtRuntime, RuntimeSettings  # noqa: E402
+from service.api.app import ApiApp, MemoryFeedback  # noqa: E402
+from service.api.client import Client  # noqa: E402
+from service.serving.runtime import OrtRuntime, RuntimeSettings  # noqa: E402
 from tests.daemon_harness import DaemonProcess, short_dir  # noqa: E402
 
 THREADS = 2  # onnxruntime intra-op threads, in the daemon and in the raw sessions
@@ -642,7 +642,7 @@ def main() -> None:
                 )
         client.deploy(model=ids[models[0].label], reason="benchmark")
         persistent = {
-            "client": "service.client.Client over the Unix socket (service.http_wire, HTTP/1.1 keep-alive)",
+            "client": "service.api.client.Client over the Unix socket (service.api.http_wire, HTTP/1.1 keep-alive)",
             "connections_opened": counter.opened,
             "requests": sum(o["api"]["n"] for by in overheads.values() for o in by.values()),
         }

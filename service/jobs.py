@@ -16,7 +16,7 @@ time:
 
 The daemon passes the work in as plain callables; they run on the scheduler's thread pool,
 must return soon, and should do nothing heavier than a numpy computation or a store write.
-Long work (training, adaptation, export) belongs in :mod:`service.worker` processes, which
+Long work (training, adaptation, export) belongs in :mod:`service.workers.supervisor` processes, which
 a job may start but must not wait for. :attr:`Scheduler.stopping` is set by
 :meth:`Scheduler.shutdown` for jobs that loop.
 

@@ -1,6 +1,6 @@
 """Runs the real daemon as a subprocess for tests: a real socket, a real notify socket, a real state dir.
 
-:class:`DaemonProcess` starts ``python -m service.cli serve`` (or the installed ``lifelong``
+:class:`DaemonProcess` starts ``python -m service.cli.main serve`` (or the installed ``lifelong``
 script) with ``$NOTIFY_SOCKET`` bound by a :class:`NotifyListener` (an AF_UNIX datagram
 socket, as systemd binds it) and ``$WATCHDOG_USEC`` set, waits for ``READY=1``, and keeps the
 daemon's log in the state directory. :func:`commit_model` prepares a state directory offline
@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.client import Client
-from service.paths import admin_socket_for
-from service.registry import Registry
-from service.store import Store
+from service.api.client import Client
+from service.state.paths import admin_socket_for
+from service.state.registry import Registry
+from service.state.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ class DaemonProcess:
         policy: The policy file (default ``STATE/policy.toml``).
         env: Extra environment (a fault-injection point, say).
         args: Extra ``serve`` options.
-        script: Run the installed ``lifelong`` script instead of ``python -m service.cli``.
+        script: Run the installed ``lifelong`` script instead of ``python -m service.cli.main``.
         systemd_dirs: Pass no paths on the command line; set STATE_/RUNTIME_/CONFIGURATION_DIRECTORY.
         watchdog_s: ``$WATCHDOG_USEC`` in seconds (None: no watchdog).
     """
@@ -133,7 +133,11 @@ class DaemonProcess:
             env["WATCHDOG_USEC"] = str(int(self.watchdog_s * 1e6))
         for var in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "CONFIGURATION_DIRECTORY"):
             env.pop(var, None)
-        exe = [str(Path(sys.executable).parent / "lifelong")] if self.script else [sys.executable, "-m", "service.cli"]
+        exe = (
+            [str(Path(sys.executable).parent / "lifelong")]
+            if self.script
+            else [sys.executable, "-m", "service.cli.main"]
+        )
         if self.systemd_dirs is not None:
             env |= {
                 "STATE_DIRECTORY": str(self.state_dir),

@@ -28,7 +28,7 @@ from lifelong.space.config import Precision, SearchSpace
 from lifelong.train.adapt import AdaptSettings, calibration_mix, finetune, measure_subnets
 from policies import Policy
 from policies.schema import Budgets, SwapRules
-from service.adaptation import decide_swap
+from service.workers.adaptation import decide_swap
 
 
 def _data(n: int, seed: int = 0) -> ArrayDataset:
@@ -242,8 +242,8 @@ def test_the_worker_picks_among_candidates_the_daemon_would_accept() -> None:
 
 
 def test_adaptation_requests_wait_out_a_cooldown_after_the_last_one(tmp_path: Path) -> None:
-    from service.adaptation import Adaptation
-    from service.store import Store
+    from service.state.store import Store
+    from service.workers.adaptation import Adaptation
 
     (tmp_path / "supernet").mkdir()
     (tmp_path / "supernet" / "supernet.pt").write_bytes(b"x")
@@ -261,8 +261,8 @@ def test_adaptation_requests_wait_out_a_cooldown_after_the_last_one(tmp_path: Pa
 
 
 def test_the_last_adaptation_outlives_a_restart_of_the_daemon(tmp_path: Path) -> None:
-    from service.adaptation import Adaptation
-    from service.store import Store
+    from service.state.store import Store
+    from service.workers.adaptation import Adaptation
 
     store = Store.open(tmp_path)
     try:

@@ -28,8 +28,8 @@ from lifelong.nn.supernet import Supernet, recalibrate_bn
 from lifelong.persist.supernet_versions import adapted_in_use, current_supernet
 from lifelong.search.front import Front
 from lifelong.space.config import Precision, SearchSpace
-from service.status import format_status
-from service.store import Store
+from service.daemon.documents import format_status
+from service.state.store import Store
 
 # Latencies of a model this small are a few tens of microseconds, noise on a busy machine: the
 # latency rule of the swap decision is tested apart (test_adaptation.py).
@@ -73,7 +73,7 @@ def _search_inputs(state: Path, checkpoint_sha: str) -> None:
     from lifelong.predictor.samples import PredictorData, Provenance, Sample, planned_subnets
     from lifelong.search.front_search import SearchSettings, search_front
     from policies import Policy
-    from service.paths import default_front, default_predictor, default_profile
+    from service.state.paths import default_front, default_predictor, default_profile
 
     space = SearchSpace(TINY_SPACE)
     rng = np.random.default_rng(0)

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from tiny_models import write_classifier, write_corrupt
 
-from service.api import ApiApp, MemoryFeedback
-from service.api_server import ApiServer, ApiSettings
-from service.client import Client
+from service.api.app import ApiApp, MemoryFeedback
+from service.api.client import Client
+from service.api.server import ApiServer, ApiSettings
 from service.errors import (
     AddressInUse,
     DaemonUnreachable,
@@ -30,7 +30,7 @@ from service.errors import (
     RecordNotFound,
     RequestError,
 )
-from service.runtime import MemoryRuntime, OrtRuntime, RuntimeSettings
+from service.serving.runtime import MemoryRuntime, OrtRuntime, RuntimeSettings
 
 FAVOUR = {"a": 3, "b": 7, "c": 5}
 MAX_BODY = 256 * 1024
@@ -426,7 +426,7 @@ def test_measure_latency_and_throughput(served) -> None:
 
 
 def test_npy_bodies_read_by_the_fast_path_equal_np_load_and_others_fall_back() -> None:
-    from service.api import _npy, _npy_fast
+    from service.api.app import _npy, _npy_fast
 
     def body(a: np.ndarray) -> bytes:
         buf = io.BytesIO()
@@ -602,7 +602,7 @@ def test_corrupt_npy_and_npz_bodies_are_request_errors_whatever_numpy_raises() -
     """np.load raises ValueError, SyntaxError, TokenError, TypeError... on a corrupt header."""
     import random
 
-    from service.api import _npy, _npz
+    from service.api.app import _npy, _npz
 
     npy, npz = io.BytesIO(), io.BytesIO()
     np.save(npy, np.zeros((1, 28, 28), np.uint8))

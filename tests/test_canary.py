@@ -13,8 +13,9 @@ from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_
 from tiny_models import write_classifier
 
 from policies import SwapRules
-from service.api import FeedbackLabel
-from service.canary import (
+from service.api.app import FeedbackLabel
+from service.api.feedback import StoreFeedback
+from service.daemon.canary import (
     MIN_BASELINE_REQUESTS,
     PROMOTE,
     ROLLBACK,
@@ -28,12 +29,11 @@ from service.canary import (
     paired_baseline,
     quantile_bounds,
 )
+from service.daemon.documents import format_history, format_status, precision_summary
 from service.errors import InferenceError
-from service.feedback import StoreFeedback
-from service.live import LiveFigures, LiveMonitor
-from service.runtime import MemoryRuntime, RuntimeSettings
-from service.status import format_history, format_status, precision_summary
-from service.store import Store
+from service.serving.live import LiveFigures, LiveMonitor
+from service.serving.runtime import MemoryRuntime, RuntimeSettings
+from service.state.store import Store
 
 RULES = SwapRules(canary_window=200, rollback_accuracy_drop=0.02, rollback_latency_factor=1.5)
 rng = np.random.default_rng(0)  # images only
@@ -391,8 +391,8 @@ def test_a_replaced_model_without_live_figures_is_timed_beside_the_new_one_not_t
     tmp_path,
 ) -> None:
     """The idle probe said 0.2 ms; under load both models are slower: the paired timing is the baseline."""
-    from service.registry import Registry
-    from service.runtime import OrtRuntime
+    from service.serving.runtime import OrtRuntime
+    from service.state.registry import Registry
 
     registry = Registry(tmp_path)
     slow = registry.add(write_classifier(tmp_path / "slow.onnx", slow_matmuls=4, slow_size=128)).id

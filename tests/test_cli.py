@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from lifelong.nn.checkpoint import load_checkpoint
 from lifelong.space.config import SearchSpace
 from lifelong.train.trainer import supernet_recipe
-from service.cli import cli
+from service.cli.main import cli
 
 
 def _commands(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

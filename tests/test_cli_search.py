@@ -26,7 +26,7 @@ from lifelong.search.compare import ALGORITHMS, compare_algorithms, reference_po
 from lifelong.search.front import Front, choose
 from lifelong.search.front_search import SearchSettings, file_sha256, search_front, space_hash
 from policies import PolicyValidationError, load_policy, load_preset
-from service.cli import cli
+from service.cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET, POPULATION = 1500, 30
@@ -254,7 +254,7 @@ def test_front_plot_with_baselines_and_the_errors(state: Path, tmp_path: Path, s
 def test_the_search_command_runs_without_torch(state: Path, tmp_path: Path) -> None:
     """The service searches in its own process, which must never import torch (measured picks included)."""
     code = (
-        "import sys; from service.cli import cli; "
+        "import sys; from service.cli.main import cli; "
         f"cli.main(['search', '--state-dir', {str(state)!r}, '--out', {str(tmp_path / 'f.json')!r}, "
         "'--budget', '100', '--population', '20', '--measure', '4'], standalone_mode=False); "
         "print('torch' in sys.modules)"

@@ -16,8 +16,8 @@ from PIL import Image
 from tiny_models import write_classifier, write_corrupt
 
 from policies import load_preset
-from service.cli import cli
-from service.paths import admin_socket_for
+from service.cli.main import cli
+from service.state.paths import admin_socket_for
 
 FAVOUR = {"a": 3, "b": 7}
 PRESETS = Path(__file__).resolve().parents[1] / "policies" / "presets"

@@ -21,11 +21,11 @@ from daemon_harness import DaemonProcess, commit_model, remove, short_dir, wait_
 from PIL import Image
 from tiny_models import write_classifier, write_corrupt
 
-from service.client import Client
-from service.daemon import PAUSE_POINTS
+from service.api.client import Client
+from service.daemon.core import PAUSE_POINTS
 from service.errors import DaemonUnreachable, Forbidden, ModelLoadError, PayloadTooLarge, RecordNotFound, RequestError
-from service.registry import Registry
-from service.store import Store
+from service.state.registry import Registry
+from service.state.store import Store
 
 FAVOUR = {"a": 3, "b": 7}
 VALID_POLICY = 'format_version = 1\nname = "{name}"\n[target]\nthreads = {threads}\n'
@@ -524,7 +524,7 @@ def test_serve_under_the_units_command_line_uses_systemds_directories(models, di
 
 def test_serve_imports_no_torch_and_cli_help_is_light() -> None:
     code = (
-        "import sys; from click.testing import CliRunner; from service.cli import cli; import service.daemon;"
+        "import sys; from click.testing import CliRunner; from service.cli.main import cli; import service.daemon.core;"
         "r = CliRunner().invoke(cli, ['serve', '--help']); assert r.exit_code == 0, r.output;"
         "print('torch' in sys.modules)"
     )

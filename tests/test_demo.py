@@ -18,12 +18,11 @@ from tiny_models import write_classifier
 
 from lifelong.search.front import Front, FrontPoint, choose
 from policies import load_preset, parse_policy_text
-from service.cli import cli
-from service.client import Client
-from service.demo import DemoSettings
-from service.demo_daemon import DemoDaemon
-from service.demo_prepare import StepRunner, fast_policy, initial_policy, policy_text
-from service.demo_report import (
+from service.api.client import Client
+from service.cli.main import cli
+from service.demo.daemon import DemoDaemon
+from service.demo.prepare import StepRunner, fast_policy, initial_policy, policy_text
+from service.demo.report import (
     Step,
     Timeline,
     build_report,
@@ -33,7 +32,8 @@ from service.demo_report import (
     status_facts,
     write_report,
 )
-from service.demo_stream import SHIFTS, PhaseTally, Streamer, shift_images
+from service.demo.run import DemoSettings
+from service.demo.stream import SHIFTS, PhaseTally, Streamer, shift_images
 from service.errors import DemoError
 
 SUBNETS = [

@@ -23,14 +23,14 @@ from lifelong.drift.signals import preference_drift
 from lifelong.search.front import Front, FrontPoint
 from policies import Policy
 from policies.schema import Budgets, DriftSettings, Objective
-from service.api import FeedbackLabel, MemoryFeedback
-from service.drift_check import DriftCheck
-from service.drift_feed import DriftFeed, TappedFeedback
-from service.preference import FrontCache, answer_preference, slowed_policy
-from service.registry import Registry
-from service.runtime import MemoryRuntime, RuntimeSettings
-from service.status import format_status
-from service.store import Store
+from service.api.app import FeedbackLabel, MemoryFeedback
+from service.daemon.documents import format_status
+from service.drift.check import DriftCheck
+from service.drift.feed import DriftFeed, TappedFeedback
+from service.drift.preference import FrontCache, answer_preference, slowed_policy
+from service.serving.runtime import MemoryRuntime, RuntimeSettings
+from service.state.registry import Registry
+from service.state.store import Store
 
 DRIFT = DriftSettings(window=50, reference_window=50, false_alarm_samples=200_000, check_interval_s=0.2)
 POLICY = Policy(drift=DRIFT, budgets=Budgets(latency_ms_p95=5.0))
@@ -583,8 +583,8 @@ def test_a_policy_edit_whose_choice_was_never_exported_is_recorded_and_serving_g
 def test_lifelong_front_marks_the_points_in_the_registry_and_the_one_serving(models, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from service.cli import cli
-    from service.store import registered_subnets
+    from service.cli.main import cli
+    from service.state.store import registered_subnets
 
     state = tmp_path / "state"
     assert registered_subnets(state) == {}, "no store: nothing registered, nothing created"

@@ -26,7 +26,7 @@ from lifelong.nn.checkpoint import Checkpoint, save_checkpoint
 from lifelong.nn.supernet import Supernet, init_quantizers, recalibrate_bn
 from lifelong.space.config import Precision, SearchSpace
 from lifelong.space.cost import subnet_cost
-from service.cli import cli
+from service.cli.main import cli
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from lifelong.space.config import Precision, SearchSpace
 from lifelong.train.finetune import FinetuneConfig, finetune_subnet
 from lifelong.train.trainer import TrainConfig
 from policies import parse_policy_text
-from service.cli import cli
+from service.cli.main import cli
 
 W8A8 = Precision(8, 8)
 

@@ -28,11 +28,11 @@ from lifelong.persist.supernet_versions import adapted_path, set_current
 from lifelong.search.front import Front, FrontPoint
 from lifelong.space.config import Precision, SearchSpace
 from policies import Policy
-from service.front_export import FrontExport
-from service.paths import default_profile
-from service.status import format_status
-from service.store import Store
-from service.worker import WorkerSupervisor
+from service.daemon.documents import format_status
+from service.state.paths import default_profile
+from service.state.store import Store
+from service.workers.front_export import FrontExport
+from service.workers.supervisor import WorkerSupervisor
 
 # -- in-process ----------------------------------------------------------------------------------
 
@@ -238,7 +238,7 @@ def test_an_export_from_an_adapted_supernet_uses_its_calibration_images(export_s
     from lifelong.deploy.export import onnx_session
     from lifelong.deploy.model_format import META_CHECKPOINT
     from lifelong.persist.digest import file_sha256
-    from service.front_export import ExportDone
+    from service.workers.front_export import ExportDone
 
     run, source_state, _, small = export_state
     state = tmp_path / "state"
@@ -279,7 +279,7 @@ def test_an_export_from_an_adapted_supernet_uses_its_calibration_images(export_s
 def test_retention_removes_old_worker_job_folders_but_not_running_or_recent_ones(tmp_path: Path) -> None:
     import os
 
-    from service.front_export import prune_job_folders
+    from service.workers.front_export import prune_job_folders
 
     old = time.time() - 40 * 86400
     for name in ("adapt/adapt-1", "adapt/adapt-2", "export/export-1", "export/export-2"):
@@ -296,7 +296,7 @@ def test_retention_removes_old_worker_job_folders_but_not_running_or_recent_ones
 
 def test_an_export_wish_is_kept_on_disk_while_wanted_and_read_back_once(exporter) -> None:
     from lifelong.errors import LifelongError
-    from service.front_export import ExportWish
+    from service.workers.front_export import ExportWish
 
     fe, state = exporter
     policy = Policy(name="tight")
@@ -335,8 +335,8 @@ def test_a_daemon_restarted_while_an_export_was_wanted_resumes_it_and_an_operato
 ) -> None:
     from click.testing import CliRunner
 
-    from service.cli import cli
-    from service.front_export import ExportWish
+    from service.cli.main import cli
+    from service.workers.front_export import ExportWish
 
     small = export_state[3]
     run = short_dir("llfr")

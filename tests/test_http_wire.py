@@ -1,4 +1,4 @@
-"""The client's HTTP/1.1 reader (service/http_wire.py) against canned answers on a real socket."""
+"""The client's HTTP/1.1 reader (service/api/http_wire.py) against canned answers on a real socket."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from service.http_wire import Closed, Connection, ProtocolError
+from service.api.http_wire import Closed, Connection, ProtocolError
 
 
 def _server(answers: list[bytes]) -> tuple[int, threading.Thread, list[bytes]]:

@@ -28,7 +28,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("lifelong", "service", "policies")
-WORKERS = {"service.export_worker", "service.adapt_worker", "service.worker_io"}
+WORKERS = {"service.workers.export_worker", "service.workers.adapt_worker", "service.workers.worker_io"}
 """Worker entry points: separate processes, which load torch inside ``main`` when they run."""
 POLICY_READERS = {"lifelong.jobs.adapt", "lifelong.jobs.bn_adapt"}
 """Library jobs that run on a policy handed to them (in a worker process)."""
@@ -111,7 +111,7 @@ def chain_to(module: str, target: str) -> list[str] | None:
 
 def test_the_reader_finds_the_repository_and_follows_chains() -> None:
     mods = _modules()
-    assert "lifelong.space.config" in mods and "service.daemon" in mods and "policies" in mods
+    assert "lifelong.space.config" in mods and "service.daemon.core" in mods and "policies" in mods
     assert "torch" in imports_of("lifelong.nn.supernet")
     chain = chain_to("lifelong.jobs.export", "torch")
     assert chain is not None and chain[0] == "lifelong.jobs.export" and chain[-1] == "torch"
@@ -140,76 +140,74 @@ def test_nothing_the_serving_process_loads_reaches_torch(module: str) -> None:
 def test_modules_that_say_they_are_torch_free_are() -> None:
     claims = ("No torch here", "Torch-free", "torch-free")
     claimed = [m for m, p in _modules().items() if any(c in (ast.get_docstring(ast.parse(p.read_text())) or "") for c in claims)]  # fmt: skip
-    assert {"lifelong.device.threads", "service.profile_status"} <= set(claimed), claimed
+    assert {"lifelong.device.threads", "service.daemon.profile_status"} <= set(claimed), claimed
     bad = {m: chain_to(m, "torch") for m in claimed if chain_to(m, "torch") is not None}
     assert not bad, {m: " -> ".join(c or []) for m, c in bad.items()}
 
 
-LIBRARY = ROOT / "lifelong"
-SUBPACKAGES = sorted(p.parent.name for p in LIBRARY.glob("*/__init__.py"))
-TOP_MODULES = sorted(p.stem for p in LIBRARY.glob("*.py") if p.stem != "__init__")
+def _subpackages(top: str) -> list[str]:
+    return sorted(p.parent.name for p in (ROOT / top).glob("*/__init__.py"))
+
+
+def _top_modules(top: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / top).glob("*.py") if p.stem != "__init__")
 
 
 @cache
-def package_rule(package: str) -> tuple[frozenset[str] | None, frozenset[str] | None]:
-    """``(may_import, torch_exempt)`` read from ``lifelong/<package>/__init__.py``: the
-    sibling packages and top-level modules it may import at module level (None: any), and
+def package_rule(top: str, package: str) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """``(may_import, torch_exempt)`` read from ``<top>/<package>/__init__.py``: the sibling
+    packages and top-level modules of ``top`` it may import at module level (None: any), and
     the modules exempt from "never imports torch" (None: the package imports torch)."""
-    doc = ast.get_docstring(ast.parse((LIBRARY / package / "__init__.py").read_text())) or ""
+    doc = ast.get_docstring(ast.parse((ROOT / top / package / "__init__.py").read_text())) or ""
     said = re.search(r"May import: (.*?)\.\n", doc, re.S)
-    assert said, f"lifelong/{package}/__init__.py does not say what it may import ('May import: ...')"
+    assert said, f"{top}/{package}/__init__.py does not say what it may import ('May import: ...')"
     text = re.sub(r"\([^)]*\)", "", said.group(1))
-    may = None if "any package" in text else frozenset(re.findall(r"\b(\w+)\b", text)) & set(SUBPACKAGES + TOP_MODULES)
-    torch = re.search(r"Never imports torch(?:, except ``(\w+)``)?", doc)
-    exempt = None if torch is None else frozenset(filter(None, [torch.group(1)]))
+    siblings = set(_subpackages(top) + _top_modules(top))
+    may = None if "any package" in text else frozenset(re.findall(r"\b(\w+)\b", text)) & siblings
+    torch = re.search(r"Never imports torch(?:, except ((?:``\w+``(?:, )?)+))?", doc)
+    exempt = None if torch is None else frozenset(re.findall(r"``(\w+)``", torch.group(1) or ""))
     return may, exempt
 
 
 def forbidden_imports(module: str, imported: frozenset[str]) -> list[str]:
-    """The ``lifelong`` modules that ``module`` imports at module level against its
-    package's rule."""
+    """The modules of its own top-level package that ``module`` imports at module level
+    against its sub-package's rule."""
     parts = module.split(".")
-    if len(parts) < 3 or parts[0] != "lifelong":
+    if len(parts) < 3 or parts[0] not in ("lifelong", "service"):
         return []
-    own, (may, _) = parts[1], package_rule(parts[1])
+    top, own = parts[0], parts[1]
+    may, _ = package_rule(top, own)
     if may is None:
         return []
-    return sorted(m for m in imported if m.startswith("lifelong.") and m.split(".")[1] not in {own, *may})
+    return sorted(m for m in imported if m.startswith(top + ".") and m.split(".")[1] not in {own, *may})
 
 
-def test_every_subpackage_states_its_rule() -> None:
-    assert {
-        "space",
-        "nn",
-        "train",
-        "data",
-        "deploy",
-        "device",
-        "predictor",
-        "search",
-        "drift",
-        "jobs",
-        "persist",
-    } <= set(SUBPACKAGES)
-    for package in SUBPACKAGES:
-        may, _ = package_rule(package)
-        assert may is None or package not in may
-
-
-@pytest.mark.parametrize("module", sorted(m for m in _modules() if m.count(".") >= 2 and m.startswith("lifelong.")))
-def test_each_subpackage_imports_only_what_its_docstring_allows(module: str) -> None:
-    bad = forbidden_imports(module, imports_of(module))
-    assert not bad, (
-        f"{module} imports {bad}; lifelong/{module.split('.')[1]}/__init__.py allows {sorted(package_rule(module.split('.')[1])[0] or [])}"
-    )
+IN_SUBPACKAGES = sorted(m for m in _modules() if m.count(".") >= 2 and m.split(".")[0] in ("lifelong", "service"))
 
 
 def _said_torch_free(module: str) -> bool:
-    _, exempt = package_rule(module.split(".")[1])
-    return exempt is not None and module.split(".")[2] not in exempt
+    top, package, name = module.split(".")[:3]
+    _, exempt = package_rule(top, package)
+    return exempt is not None and name not in exempt
 
 
-@pytest.mark.parametrize("module", sorted(m for m in _modules() if m.count(".") >= 2 and m.startswith("lifelong.") and _said_torch_free(m)))  # fmt: skip
+def test_every_subpackage_states_its_rule() -> None:
+    assert {"space", "nn", "train", "data", "deploy", "device", "predictor", "search", "drift", "jobs", "persist"} <= set(_subpackages("lifelong"))  # fmt: skip
+    assert {"daemon", "serving", "state", "drift", "workers", "api", "cli", "demo"} <= set(_subpackages("service"))
+    for top in ("lifelong", "service"):
+        for package in _subpackages(top):
+            may, _ = package_rule(top, package)
+            assert may is None or package not in may
+
+
+@pytest.mark.parametrize("module", IN_SUBPACKAGES)
+def test_each_subpackage_imports_only_what_its_docstring_allows(module: str) -> None:
+    top, package = module.split(".")[:2]
+    bad = forbidden_imports(module, imports_of(module))
+    assert not bad, f"{module} imports {bad}; {top}/{package}/__init__.py allows {sorted(package_rule(top, package)[0] or [])}"  # fmt: skip
+
+
+@pytest.mark.parametrize("module", [m for m in IN_SUBPACKAGES if _said_torch_free(m)])
 def test_subpackages_that_never_import_torch_do_not(module: str) -> None:
     chain = chain_to(module, "torch")
     assert chain is None, "torch in a torch-free package: " + " -> ".join(chain or [])
@@ -219,14 +217,14 @@ def test_a_forbidden_import_is_caught_and_a_lazy_one_is_not() -> None:
     source = """
 from lifelong.space.config import SubnetConfig
 from lifelong.nn.supernet import Supernet
+from service.daemon.core import Daemon
 
 def later():
     from lifelong.train.trainer import TrainConfig
 """
     imported = frozenset(_top_level_imports(ast.parse(source).body))
-    assert forbidden_imports("lifelong.space.fake", imported) == [
-        "lifelong.nn.supernet",
-        "lifelong.nn.supernet.Supernet",
-    ]
+    assert forbidden_imports("lifelong.space.fake", imported) == ["lifelong.nn.supernet", "lifelong.nn.supernet.Supernet"]  # fmt: skip
     assert forbidden_imports("lifelong.jobs.fake", imported) == [], "jobs may import any package"
-    assert package_rule("deploy")[1] == {"export"} and package_rule("nn")[1] is None
+    assert forbidden_imports("service.state.fake", imported) == ["service.daemon.core", "service.daemon.core.Daemon"]  # fmt: skip
+    assert package_rule("lifelong", "deploy")[1] == {"export"} and package_rule("lifelong", "nn")[1] is None
+    assert package_rule("service", "workers")[1] == {"adapt_worker", "export_worker", "worker_io"}

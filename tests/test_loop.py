@@ -7,32 +7,32 @@ import time
 
 import pytest
 
-import service.admin
-import service.daemon
-import service.daemon_settings
-import service.feedback
-import service.ingest
-import service.loop
-import service.policy_state
-import service.probe
-import service.status
-import service.swap
-from service.daemon_settings import DaemonSettings
+import service.api.admin
+import service.api.feedback
+import service.daemon.core
+import service.daemon.documents
+import service.daemon.loop
+import service.daemon.settings
+import service.daemon.swap
+import service.serving.ingest
+import service.serving.probe
+import service.state.policy_state
+from service.daemon.loop import EventLoop, Reload, Stop
+from service.daemon.sdnotify import Notifier
+from service.daemon.settings import DaemonSettings
 from service.errors import DaemonBusy, RecordNotFound, SettingsError
-from service.loop import EventLoop, Reload, Stop
-from service.sdnotify import Notifier
 
 NEW_MODULES = [
-    service.admin,
-    service.daemon,
-    service.daemon_settings,
-    service.feedback,
-    service.ingest,
-    service.loop,
-    service.policy_state,
-    service.probe,
-    service.status,
-    service.swap,
+    service.api.admin,
+    service.daemon.core,
+    service.daemon.settings,
+    service.api.feedback,
+    service.serving.ingest,
+    service.daemon.loop,
+    service.state.policy_state,
+    service.serving.probe,
+    service.daemon.documents,
+    service.daemon.swap,
 ]
 
 

@@ -1,8 +1,8 @@
-"""The idle heap trim (service/memory_trim.py): once per idle spell, never while busy."""
+"""The idle heap trim (service/daemon/memory_trim.py): once per idle spell, never while busy."""
 
 from __future__ import annotations
 
-from service.memory_trim import IdleTrim, malloc_trim
+from service.daemon.memory_trim import IdleTrim, malloc_trim
 
 
 def test_trims_once_per_idle_spell_and_never_while_the_service_works() -> None:

@@ -296,7 +296,7 @@ def test_policies_imports_only_the_standard_library() -> None:
 def test_the_service_refuses_a_linked_foreign_or_world_writable_policy_file_and_quotes_none_of_it(tmp_path) -> None:
     import os
 
-    from service.policy_state import PolicyState
+    from service.state.policy_state import PolicyState
 
     secret = tmp_path / "secret.toml"
     secret.write_text('password = "hunter2"\n[budgets]\nlatency_ms_p95 = "hunter3"\n')

@@ -39,7 +39,7 @@ from lifelong.predictor.samples import (
 from lifelong.search.evaluator import PredictorEvaluator
 from lifelong.space.config import Precision, SearchSpace, SpaceConfig, SubnetConfig
 from lifelong.train.evaluate import evaluate_subnet
-from service.cli import cli
+from service.cli.main import cli
 
 SPLIT = {"val_fraction": 0.25, "seed": 3}  # what the tiny checkpoint says its training held out
 FAST = PredictorConfig(lr=3e-3, max_epochs=60, patience=15)
@@ -319,7 +319,7 @@ def test_measured_subnets_keep_their_measurement_in_the_search() -> None:
     on_validation = found.front.info["validation_measured"]
     assert best in on_validation and set(on_validation) <= set(measured)
     assert set(on_validation) == {p.subnet for p in found.front.points if p.subnet in measured}
-    from service.cli_search import _point_line, format_front
+    from service.cli.search import _point_line, format_front
 
     table = format_front(found.front, load_preset("balanced"), found.front[best])
     (row,) = [line for line in table.splitlines() if line.endswith(best)]
@@ -438,7 +438,7 @@ def test_cli_collect_extends_a_file_with_corners_and_reports_them(tiny, tmp_path
 
 def test_predictor_modules_and_cli_do_not_import_torch() -> None:
     code = (
-        "import sys, lifelong.predictor.samples, lifelong.predictor.build, service.cli_predictor; "
+        "import sys, lifelong.predictor.samples, lifelong.predictor.build, service.cli.predictor; "
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -19,7 +19,7 @@ from lifelong.device.profile import (
 )
 from lifelong.errors import FormatVersionError
 from lifelong.space.config import Precision, SearchSpace
-from service.cli import cli
+from service.cli.main import cli
 
 SPACE = SearchSpace()
 

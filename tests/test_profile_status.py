@@ -12,8 +12,8 @@ import pytest
 from search_helpers import SPACE, structured_profile
 
 from lifelong.device.profile import device_fingerprint
-from service.profile_status import ProfileStatus
-from service.status import _profile_line
+from service.daemon.documents import _profile_line
+from service.daemon.profile_status import ProfileStatus
 
 
 def test_a_missing_profile_says_how_to_take_one(tmp_path: Path) -> None:

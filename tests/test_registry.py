@@ -18,11 +18,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import service.registry as registry_module
+import service.state.registry as registry_module
 from lifelong.deploy.model_format import META_CHECKPOINT, META_FORMAT, META_SUBNET, MODEL_FORMAT
 from service.errors import RegistryError
-from service.registry import REGISTRY_FORMAT, Registry
-from service.store import ModelRecord, Store
+from service.state.registry import REGISTRY_FORMAT, Registry
+from service.state.store import ModelRecord, Store
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = 86400.0
@@ -63,8 +63,8 @@ def leftovers(reg: Registry) -> list[str]:
 CHILD = """
 import sys
 from pathlib import Path
-from service.registry import Registry
-from service.store import Store
+from service.state.registry import Registry
+from service.state.store import Store
 op, state, arg = sys.argv[1:4]
 reg = Registry(state)
 if op == "add":
@@ -113,7 +113,7 @@ def test_all_is_the_public_api() -> None:
 
 
 def test_the_serving_side_modules_do_not_import_torch() -> None:
-    code = "import service.registry, service.store, service.migrations, sys; print('torch' in sys.modules)"
+    code = "import service.state.registry, service.state.store, service.state.migrations, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
 

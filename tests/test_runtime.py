@@ -12,7 +12,7 @@ import pytest
 from tiny_models import BROKEN_KINDS, write_classifier, write_corrupt
 
 from service.errors import InferenceError, ModelLoadError, NoModelError, RequestError
-from service.runtime import MemoryRuntime, OrtRuntime, RuntimeSettings, as_model_input
+from service.serving.runtime import MemoryRuntime, OrtRuntime, RuntimeSettings, as_model_input
 
 rng = np.random.default_rng(0)
 
@@ -242,6 +242,6 @@ def test_stats_count_predictions_and_latency(runtime: OrtRuntime) -> None:
 
 
 def test_serving_modules_never_import_torch() -> None:
-    code = "import service.runtime, service.api, service.client, sys; print('torch' in sys.modules)"
+    code = "import service.serving.runtime, service.api.app, service.api.client, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

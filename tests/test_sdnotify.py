@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from service import sdnotify
+from service.daemon import sdnotify
+from service.daemon.sdnotify import Notifier, watchdog_interval
 from service.errors import SettingsError
-from service.sdnotify import Notifier, watchdog_interval
 
 
 def _short_dir(tmp_path: Path) -> Path:
@@ -120,7 +120,7 @@ def test_outside_systemd_everything_is_a_quiet_no_op(monkeypatch: pytest.MonkeyP
 
 
 def test_a_relative_address_is_refused_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="service.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="service.daemon.sdnotify"):
         n = Notifier("run/notify")
     assert not n.enabled and n.ready() is False
     assert "run/notify" in caplog.text
@@ -133,7 +133,7 @@ def test_a_vanished_socket_is_logged_and_never_raised(tmp_path: Path, caplog: py
     assert n.watchdog()
     sock.close()
     os.unlink(address)
-    with caplog.at_level(logging.WARNING, logger="service.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="service.daemon.sdnotify"):
         assert n.watchdog() is False
     assert "gone.sock" in caplog.text and "WATCHDOG=1" in caplog.text
     # and it recovers once systemd's socket is back

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-import service.store as store_module
+import service.state.store as store_module
 from service.errors import MigrationError, RecordNotFound, StoreError
-from service.migrations import MIGRATIONS, SCHEMA_VERSION, Migrations
-from service.store import Metric, ModelRecord, Sample, Store, StoreSettings
+from service.state.migrations import MIGRATIONS, SCHEMA_VERSION, Migrations
+from service.state.store import Metric, ModelRecord, Sample, Store, StoreSettings
 
 TABLES = {"models", "deployments", "searches", "drift_events", "samples", "metrics", "jobs", "_migrations"}
 
@@ -105,7 +105,7 @@ def test_migrate_refuses_a_connection_with_implicit_transactions() -> None:
 
 def test_two_processes_opening_a_fresh_file_at_once(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    code = f"from service.store import Store; s = Store({str(path)!r}); print(s.applied_now); s.close()"
+    code = f"from service.state.store import Store; s = Store({str(path)!r}); print(s.applied_now); s.close()"
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
@@ -331,7 +331,7 @@ def test_a_worker_process_writes_while_the_daemon_reads(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     Store(path).close()
     code = (
-        f"from service.store import Store; s = Store({str(path)!r})\n"
+        f"from service.state.store import Store; s = Store({str(path)!r})\n"
         "j = s.start_job('adapt')\n"
         "for i in range(50): s.update_job(j.id, progress=i / 50)\n"
         "s.finish_job(j.id)\n"

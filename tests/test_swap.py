@@ -11,14 +11,14 @@ import pytest
 from tiny_models import write_classifier
 
 from lifelong.errors import DataError
-from service.api import FeedbackLabel
+from service.api.app import FeedbackLabel
+from service.api.feedback import StoreFeedback
+from service.daemon.swap import Swapper
 from service.errors import ModelLoadError, RecordNotFound, RegistryError
-from service.feedback import StoreFeedback
-from service.ingest import RecentInputs, class_label, ingest_file
-from service.registry import Registry
-from service.runtime import OrtRuntime, Prediction, RuntimeSettings
-from service.store import Store
-from service.swap import Swapper
+from service.serving.ingest import RecentInputs, class_label, ingest_file
+from service.serving.runtime import OrtRuntime, Prediction, RuntimeSettings
+from service.state.registry import Registry
+from service.state.store import Store
 
 FAVOUR = {"a": 3, "b": 7, "c": 5}
 
@@ -173,7 +173,7 @@ def test_a_model_that_does_not_fit_the_task_is_refused_with_the_figure_and_remov
     from onnx import numpy_helper
     from tiny_models import write_linear_fashion
 
-    from service.task_check import TaskCheck
+    from service.serving.task_check import TaskCheck
 
     store, registry, runtime, swapper = parts
     held = fashion_test.head(1000)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from service.worker import WorkerSettings
+from service.workers.supervisor import WorkerSettings
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "lifelong.service"
 INSTALLED_EXEC = "/opt/lifelong/.venv/bin/lifelong"

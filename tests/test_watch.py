@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from watchdog.observers.inotify import InotifyEmitter
 
+from service.daemon.watch import InboxFile, InboxWatcher, PolicyChanged, PolicyWatcher, WatchSettings
 from service.errors import SettingsError, WatchError
-from service.watch import InboxFile, InboxWatcher, PolicyChanged, PolicyWatcher, WatchSettings
 
 SETTLE_MS = 120
 MODES = {
@@ -156,7 +156,7 @@ def test_inotify_limits_fall_back_to_polling_which_still_delivers(
     monkeypatch.setattr(InotifyEmitter, "on_thread_start", limit_reached)
     q: queue.Queue[object] = queue.Queue()
     settings = WatchSettings(settle_ms=SETTLE_MS, poll_interval_s=0.05)
-    with caplog.at_level(logging.WARNING, logger="service.watch"):
+    with caplog.at_level(logging.WARNING, logger="service.daemon.watch"):
         w = InboxWatcher(inbox, q, settings)
         w.start()
     try:
@@ -238,7 +238,7 @@ def test_a_removed_policy_is_logged_then_its_return_reported(
     policy: tuple[Path, queue.Queue[object]], caplog: pytest.LogCaptureFixture
 ) -> None:
     path, q = policy
-    with caplog.at_level(logging.WARNING, logger="service.watch"):
+    with caplog.at_level(logging.WARNING, logger="service.daemon.watch"):
         path.unlink()
         assert _collect(q, 4 * SETTLE_MS / 1000) == []
     assert "was removed" in caplog.text

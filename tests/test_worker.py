@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from service.errors import SettingsError, WorkerError
-from service.worker import WorkerHandle, WorkerProgress, WorkerSettings, WorkerState, WorkerSupervisor
-from service.worker_io import REPORT_FD_ENV
+from service.workers.supervisor import WorkerHandle, WorkerProgress, WorkerSettings, WorkerState, WorkerSupervisor
+from service.workers.worker_io import REPORT_FD_ENV
 
 FAST = WorkerSettings(time_limit_s=30, kill_grace_s=0.5, orphan_check_s=0.2)
 
 MODULES = {
     "wk_success": """
         import os, sys
-        from service.worker_io import report_progress, report_result
+        from service.workers.worker_io import report_progress, report_result
         for i in range(3):
             report_progress((i + 1) / 3, phase="train", message=f"step {i + 1}")
         print("stdout noise goes to the log, not the channel")
@@ -49,7 +49,7 @@ MODULES = {
     """,
     "wk_hang": """
         import signal, subprocess, sys, time
-        from service.worker_io import report_progress
+        from service.workers.worker_io import report_progress
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the grandchild too
         g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         report_progress(0.1, "hang", str(g.pid))
@@ -57,7 +57,7 @@ MODULES = {
     """,
     "wk_sleep": """
         import sys, time
-        from service.worker_io import report_progress
+        from service.workers.worker_io import report_progress
         try:
             report_progress(0.0, "waiting", "ready")
             time.sleep(120)
@@ -66,7 +66,7 @@ MODULES = {
     """,
     "wk_garbage": """
         import os
-        from service.worker_io import report_result
+        from service.workers.worker_io import report_result
         fd = int(os.environ["LIFELONG_WORKER_FD"])
         os.write(fd, b'not json\\n{"v": 99, "progress": 0.5}\\n{"v": 1, "progress": 7}\\n[1, 2]\\n')
         report_result({"ok": True})
@@ -235,7 +235,7 @@ def test_garbage_on_the_channel_and_broken_callbacks_are_survived(
     def bad_callback(h: WorkerHandle, *rest: object) -> None:
         raise RuntimeError("daemon bug")
 
-    with caplog.at_level(logging.WARNING, logger="service.worker"):
+    with caplog.at_level(logging.WARNING, logger="service.workers.supervisor"):
         h = sup.start("wk_garbage", env=_env(workers), on_progress=bad_callback, on_done=bad_callback)
         assert h.wait(20) is WorkerState.SUCCEEDED
         time.sleep(0.1)  # on_done runs right after the state is final
@@ -255,7 +255,7 @@ def test_garbage_on_the_channel_and_broken_callbacks_are_survived(
 def test_a_worker_whose_supervisor_died_ends_itself(workers: Path, tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import os, sys, time
-        from service.worker import WorkerSettings, WorkerSupervisor
+        from service.workers.supervisor import WorkerSettings, WorkerSupervisor
         sup = WorkerSupervisor({str(tmp_path / "logs")!r}, WorkerSettings(orphan_check_s=0.2, kill_grace_s=0.5))
         h = sup.start("wk_sleep", [{str(tmp_path / "marker")!r}], env={{"PYTHONPATH": {str(workers)!r} + os.pathsep + os.pathsep.join(sys.path)}})
         while h.progress is None:
@@ -276,7 +276,7 @@ def test_a_worker_whose_supervisor_died_ends_itself(workers: Path, tmp_path: Pat
 
 def test_reports_go_to_stdout_when_run_by_hand() -> None:
     env = {k: v for k, v in os.environ.items() if k != REPORT_FD_ENV}
-    code = "from service.worker_io import *; report_progress(0.5, 'p', 'm'); report_result({'a': 1}); report_error('e')"
+    code = "from service.workers.worker_io import *; report_progress(0.5, 'p', 'm'); report_result({'a': 1}); report_error('e')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, timeout=60)
     assert [json.loads(line) for line in out.stdout.splitlines()] == [
         {"v": 1, "progress": 0.5, "phase": "p", "message": "m"},
@@ -286,7 +286,7 @@ def test_reports_go_to_stdout_when_run_by_hand() -> None:
 
 
 def test_bad_requests_are_refused(sup: WorkerSupervisor, workers: Path) -> None:
-    from service.worker_io import report_progress
+    from service.workers.worker_io import report_progress
 
     with pytest.raises(SettingsError, match="'not a module'"):
         sup.start("not a module")
@@ -308,6 +308,6 @@ def test_bad_requests_are_refused(sup: WorkerSupervisor, workers: Path) -> None:
 
 
 def test_the_serving_side_does_not_import_torch() -> None:
-    code = "import service.worker, service.jobs, service.watch, service.sdnotify, sys; print('torch' in sys.modules)"
+    code = "import service.workers.supervisor, service.jobs, service.daemon.watch, service.daemon.sdnotify, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "False"

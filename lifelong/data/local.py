@@ -1,7 +1,7 @@
 """Local samples by reference: the images the service stored, read back for adaptation.
 
 The service keeps each local sample as a reference, ``FILE#INDEX`` for a row of an ``.npz``
-batch or the path of an image file (see ``service.ingest`` and ``service.feedback``). The
+batch or the path of an image file (see ``service.serving.ingest`` and ``service.api.feedback``). The
 adaptation worker gets ``(ref, label)`` pairs and reads them here, each batch file once.
 """
 

@@ -24,7 +24,7 @@ same answer (statistics of the data then served) brings the original statistics 
 
 Prediction entropy is no label-free judge here: the unadapted model is *confidently* wrong
 under contrast (mean entropy 0.25 against 0.41 adapted). What the result carries instead,
-for the daemon's decision (:func:`service.adaptation.decide_label_free`), is each model's
+for the daemon's decision (:func:`service.workers.adaptation.decide_label_free`), is each model's
 predicted-class mix on the local images, to be compared with the mix the serving model
 predicted on the data it was deployed on: a shifted input collapses a model onto a few
 classes, and BN re-estimation that works spreads its answers back out.

@@ -5,7 +5,7 @@ Load the checkpoint, take the subnet, re-calibrate its batch norm (on the first 
 images, or on the calibration images an adapted version keeps beside it), and export it
 behind the parity gate (:func:`lifelong.deploy.export.export_subnet`). Needs torch: the serving
 process never imports this module; it writes an :class:`~lifelong.jobs.export_request.ExportRequest`
-and starts ``service.export_worker``.
+and starts ``service.workers.export_worker``.
 """
 
 from __future__ import annotations
