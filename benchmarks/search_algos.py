@@ -11,7 +11,7 @@ Needs an accuracy predictor (``lifelong predictor build``; default
   the policy whose budgets constrain every algorithm;
 - the evaluator's throughput (predictor + latency model; the issue asks >= 20k/s on 2 cores);
 - per algorithm and seed, the hypervolume of its front in the accuracy/latency plane at one
-  fixed reference point (``lifelong.search.compare.reference_point``), its evaluations, front
+  fixed reference point (``lifelong.search.reference.reference_point``), its evaluations, front
   size and wall time; the mean and standard deviation over the seeds;
 - targets: NSGA-II's mean hypervolume at least that of each baseline, and the throughput.
 """
@@ -26,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_targets, target, write_results  # noqa: E402
+from search_baselines import compare_algorithms  # noqa: E402
 
 from lifelong.device.latency_table import LatencyTable  # noqa: E402
 from lifelong.device.profile import DeviceProfile  # noqa: E402
-from lifelong.search.compare import compare_algorithms  # noqa: E402
 from lifelong.search.evaluator import Constraints, PredictorEvaluator, measure_throughput  # noqa: E402
 from lifelong.search.front_search import file_sha256, space_for_predictor, space_hash  # noqa: E402
 from policies import policy_to_dict  # noqa: E402

@@ -6,16 +6,15 @@ statistics, so that folding BN into the convolutions is actually exercised.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from benchmark_modules import load
 
 from lifelong.data.datasets import ArrayDataset
 from lifelong.deploy.export import onnx_session, run_onnx
@@ -23,18 +22,7 @@ from lifelong.deploy.model_format import EMBEDDING_OUTPUT, INPUT_NAME, LOGITS_OU
 from lifelong.errors import FormatVersionError, TrainingError
 from lifelong.train.trainer import TrainConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_module():
-    spec = importlib.util.spec_from_file_location("baselines_benchmark", ROOT / "benchmarks" / "baselines.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-B = _load_module()
+B = load("baselines")
 NAMES = sorted(B.BASELINES)
 
 
@@ -218,7 +206,7 @@ def test_calibration_images_come_from_the_training_part_of_the_split() -> None:
 
 
 def test_ptq_sweep_gives_one_row_per_configuration(tmp_path: Path) -> None:
-    import ptq  # benchmarks/ is on sys.path once baselines.py is loaded
+    ptq = load("ptq")
 
     fp32 = B.export_onnx(_randomised("tutorial"), None, "tutorial")
     rng = np.random.default_rng(0)

@@ -16,19 +16,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_modules import load
 from click.testing import CliRunner, Result
 from search_helpers import CODEC, COSTS, SPACE, landscape, samples, structured_profile, true_accuracy
 
 from lifelong.device.profile import DeviceProfile
 from lifelong.predictor.features import SubnetFeatures
 from lifelong.predictor.mlp import AccuracyPredictor, PredictorConfig
-from lifelong.search.compare import ALGORITHMS, compare_algorithms, reference_point
 from lifelong.search.front import Front, choose
 from lifelong.search.front_search import SearchSettings, file_sha256, search_front, space_hash
+from lifelong.search.reference import reference_point
 from policies import PolicyValidationError, load_policy, load_preset
 from service.cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+ALGORITHMS = load("search_baselines").ALGORITHMS
+compare_algorithms = load("search_baselines").compare_algorithms
 BUDGET, POPULATION = 1500, 30
 
 # Binding budgets for the structured profile (latency 0.07-0.22 ms, 15 kB-3.5 MB of weights).

@@ -4,6 +4,7 @@ import logging
 
 import numpy as np
 import pytest
+from benchmark_modules import load
 from search_helpers import CODEC, SPACE, landscape, samples, structured_profile
 
 from lifelong.device.latency_table import LatencyTable
@@ -19,7 +20,7 @@ from lifelong.search.evaluator import (
     PredictorEvaluator,
     measure_throughput,
 )
-from lifelong.search.nsga2 import SearchProgress, nsga2, random_search, regularized_evolution
+from lifelong.search.nsga2 import SearchProgress, nsga2
 from lifelong.search.pareto import (
     crowding_distance,
     dominance,
@@ -30,6 +31,8 @@ from lifelong.search.pareto import (
 from policies import load_preset
 
 EVALUATIONS = 3000
+random_search = load("search_baselines").random_search
+regularized_evolution = load("search_baselines").regularized_evolution
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ policy's batch size and model bytes, with the policy's budgets as hard constrain
 warm-started from the cached front when that front comes from the same search space. The
 result is a :class:`~lifelong.search.front.Front` whose ``info`` is the search's record: seed,
 budget, evaluations and evaluations per second, hypervolume (at the fixed reference of
-:func:`lifelong.search.compare.reference_point`), the policy, and whatever the caller adds
+:func:`lifelong.search.reference.reference_point`), the policy, and whatever the caller adds
 (the predictor's and profile's file hashes, see :func:`input_record`), so a front can always
 be traced to what made it.
 
@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 from lifelong.device.latency_table import LatencyTable
 from lifelong.errors import DataError
 from lifelong.persist.digest import file_sha256
-from lifelong.search.compare import reference_point
 from lifelong.search.evaluator import Constraints, Metrics, PredictorEvaluator
 from lifelong.search.front import Front
 from lifelong.search.measure import MeasureSettings, candidate_pool, measure_pool, measured_front
 from lifelong.search.nsga2 import SearchProgress, SearchResult, nsga2
+from lifelong.search.reference import reference_point
 from lifelong.space.config import SearchSpace, SpaceConfig, SubnetConfig
 
 if TYPE_CHECKING:  # types only: lifelong imports no policy code at run time

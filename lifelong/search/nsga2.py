@@ -1,4 +1,4 @@
-"""Multi-objective search of the space: NSGA-II, and the baselines it is compared with.
+"""Multi-objective search of the space: NSGA-II over an archive of evaluated subnets.
 
 :func:`nsga2` is NSGA-II (Deb, Pratap, Agarwal and Meyarivan, "A fast and elitist
 multiobjective genetic algorithm: NSGA-II", IEEE TEVC 2002) over three objectives: predicted
@@ -9,16 +9,11 @@ the one with the smaller violation wins, and feasible ones compare by Pareto ran
 distance. Parents are picked by binary tournament; children come from the search space's own
 uniform crossover and per-gene mutation, so every child is a valid subnet.
 
-Baselines at the same number of candidate evaluations:
+The baselines it was measured against at the same number of candidate evaluations (uniform
+random search, and the regularised evolution of OFA/APQ) live in
+``benchmarks/search_baselines.py``: they are measurements, not something the service runs.
 
-- :func:`random_search`: uniform samples of the space;
-- :func:`regularized_evolution`: aging evolution (Real, Aggarwal, Huang and Le, "Regularized
-  evolution for image classifier architecture search", AAAI 2019), the single-objective
-  evolution that OFA (Cai et al., ICLR 2020) and APQ (Wang et al., CVPR 2020) run to maximise
-  accuracy under one latency budget. To trace a front it is run once per latency target,
-  each run with an equal share of the evaluations.
-
-Every algorithm evaluates through an :class:`~lifelong.search.evaluator.Evaluator`; evaluations are
+Every search evaluates through an :class:`~lifelong.search.evaluator.Evaluator`; evaluations are
 cached by subnet name and counted once per distinct subnet, and the returned front is the set
 of non-dominated feasible subnets among *everything evaluated*, so results compare fairly.
 :func:`lifelong.search.pareto.hypervolume` measures a front in the accuracy/latency plane.
@@ -40,11 +35,12 @@ from lifelong.search.pareto import crowding_by_rank, hypervolume, non_dominated,
 from lifelong.space.config import SearchSpace, SubnetConfig
 
 __all__ = [
+    "Archive",
+    "Progress",
     "SearchProgress",
     "SearchResult",
+    "fill_population",
     "nsga2",
-    "random_search",
-    "regularized_evolution",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,8 +88,10 @@ class SearchResult:
         return [str(c) for c in self.front]
 
 
-class _Archive:
-    """Every distinct subnet evaluated, its metrics, and the evaluation budget."""
+class Archive:
+    """Every distinct subnet evaluated, its metrics, and the evaluation budget: what every
+    search (NSGA-II here, the baselines in ``benchmarks/search_baselines.py``) evaluates
+    through, so that results at equal evaluations compare fairly."""
 
     def __init__(self, evaluator: Evaluator, constraints: Constraints, budget: int) -> None:
         self.evaluator, self.constraints, self.budget = evaluator, constraints, budget
@@ -193,7 +191,11 @@ def _initial(space: SearchSpace, initial: Sequence[SubnetConfig | str]) -> list[
     return out
 
 
-def _fill(space: SearchSpace, rng: np.random.Generator, cfgs: list[SubnetConfig], n: int) -> list[SubnetConfig]:
+def fill_population(
+    space: SearchSpace, rng: np.random.Generator, cfgs: list[SubnetConfig], n: int
+) -> list[SubnetConfig]:
+    """``cfgs`` topped up to ``n`` distinct subnets with uniform samples (fewer if the space
+    runs dry)."""
     seen = {str(c) for c in cfgs}
     for _ in range(50 * n):
         if len(cfgs) >= n:
@@ -256,13 +258,13 @@ def nsga2(
         raise ValueError(f"max_evaluations ({budget}) must be at least the population ({population})")
     constraints = constraints or Constraints()
     rng = np.random.default_rng(seed)
-    archive = _Archive(evaluator, constraints, budget)
+    archive = Archive(evaluator, constraints, budget)
     t0 = time.perf_counter()
     seeds = _initial(space, initial)
     if len(seeds) > population:  # keep the spread of a front ordered by latency
         seeds = [seeds[i] for i in np.unique(np.linspace(0, len(seeds) - 1, population).round().astype(int))]
     with limit_blas_threads(blas_threads):
-        pop = archive.evaluate(_fill(space, rng, list(seeds), population))
+        pop = archive.evaluate(fill_population(space, rng, list(seeds), population))
         taken = {str(archive.cfgs[i]) for i in pop}
         extra = [c for c in _initial(space, contenders) if str(c) not in taken]
         if extra:  # they compete with the first population for its places
@@ -303,102 +305,4 @@ def nsga2(
         "nsga2: %d evaluations in %.1f s, %d feasible, front of %d",
         result.evaluations, result.seconds, result.feasible, len(result.front),
     )  # fmt: skip
-    return result
-
-
-# -- baselines ----------------------------------------------------------------------------------
-def random_search(
-    space: SearchSpace,
-    evaluator: Evaluator,
-    constraints: Constraints | None = None,
-    *,
-    max_evaluations: int = 10_000,
-    batch: int = 500,
-    seed: int = 0,
-    progress: Progress | None = None,
-    blas_threads: int | None = 1,
-) -> SearchResult:
-    """Uniformly sampled distinct subnets, evaluated in batches: the baseline of baselines."""
-    constraints = constraints or Constraints()
-    rng = np.random.default_rng(seed)
-    archive = _Archive(evaluator, constraints, max_evaluations)
-    t0, step, stale = time.perf_counter(), 0, 0
-    with limit_blas_threads(blas_threads):
-        while archive.left > 0 and stale < 10:
-            before = archive.evaluations
-            archive.evaluate([space.sample(rng) for _ in range(min(batch, archive.left))])
-            stale = stale + 1 if archive.evaluations == before else 0  # a tiny space runs dry
-            step += 1
-            if progress is not None:
-                progress(archive.progress("random", step, t0))
-    return archive.result("random", list(range(archive.evaluations)), step, t0, seed)
-
-
-def regularized_evolution(
-    space: SearchSpace,
-    evaluator: Evaluator,
-    constraints: Constraints | None = None,
-    *,
-    max_evaluations: int = 10_000,
-    latency_targets: int | Sequence[float] = 4,
-    population: int = 100,
-    sample_size: int = 25,
-    mutation_prob: float = 0.1,
-    batch: int = 16,
-    seed: int = 0,
-    progress: Progress | None = None,
-    blas_threads: int | None = 1,
-) -> SearchResult:
-    """Aging evolution (Real et al. 2019) maximising accuracy under a latency target.
-
-    Each step takes ``batch`` tournaments of ``sample_size`` random members of the population,
-    mutates each winner, evaluates the children together and retires the oldest members
-    (``batch`` children per step stand for Real et al.'s parallel workers). The fitness is the
-    predicted accuracy of a candidate within the target and the constraints, and minus its
-    violation otherwise.
-
-    ``latency_targets``: latency limits, one run each with an equal share of the evaluations;
-    an int ``k`` spreads ``k`` targets over the latency quantiles (10% to 90%) of a random
-    initial population, capped by the constraints' latency limit.
-    """
-    constraints = constraints or Constraints()
-    rng = np.random.default_rng(seed)
-    archive = _Archive(evaluator, constraints, max_evaluations)
-    t0 = time.perf_counter()
-    with limit_blas_threads(blas_threads):
-        first = archive.evaluate(_fill(space, rng, [], min(population, max_evaluations)))
-        if isinstance(latency_targets, int):
-            lat = archive.metrics.latency_ms[first]
-            targets = list(np.quantile(lat, np.linspace(0.1, 0.9, latency_targets))) if latency_targets > 1 else []
-            targets = targets or [constraints.latency_ms or float(lat.max())]
-        else:
-            targets = [float(t) for t in latency_targets]
-        if constraints.latency_ms is not None:
-            targets = [min(t, constraints.latency_ms) for t in targets]
-        share, step, stale = archive.left // len(targets), 0, 0
-        for k, target in enumerate(targets):
-            run = Constraints(target, constraints.model_bytes, constraints.peak_memory_bytes, constraints.batch)
-            stop = archive.evaluations + share if k < len(targets) - 1 else archive.budget
-            pop = list(first)  # every run starts from the same random population
-
-            def fitness(idx: list[int], run: Constraints = run) -> np.ndarray:
-                m = archive.metrics.take(idx)
-                v = run.violation(m)
-                return np.where(v <= 0, m.accuracy, -v)
-
-            while archive.evaluations < stop and stale < 100:  # a tiny space may run dry
-                before = archive.evaluations
-                fit = fitness(pop)
-                children = []
-                for _ in range(min(batch, stop - archive.evaluations)):
-                    contenders = rng.choice(len(pop), size=min(sample_size, len(pop)), replace=False)
-                    parent = archive.cfgs[pop[contenders[np.argmax(fit[contenders])]]]
-                    children.append(space.mutate(parent, rng, mutation_prob))
-                pop = (pop + archive.evaluate(children))[-population:]  # the oldest die
-                stale = stale + 1 if archive.evaluations == before else 0
-                step += 1
-                if progress is not None:
-                    progress(archive.progress("regularized_evolution", step, t0))
-    result = archive.result("regularized_evolution", pop, step, t0, seed)
-    result.info["latency_targets"] = [float(t) for t in targets]
     return result

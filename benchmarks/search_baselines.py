@@ -1,23 +1,20 @@
-"""NSGA-II against its baselines at equal numbers of predictor evaluations, by hypervolume.
+"""Search baselines, and NSGA-II against them at equal numbers of predictor evaluations.
 
-The issue asks whether NSGA-II earns its place: at the same number of candidate evaluations
-(predictor + latency model calls, the search's only real cost), does it find a better
-accuracy/latency front than :func:`~lifelong.search.nsga2.random_search` and than the regularised
-evolution of OFA/APQ (:func:`~lifelong.search.nsga2.regularized_evolution`)? One run says little,
-so :func:`compare_algorithms` runs each algorithm over several seeds and reports the mean and
-standard deviation of the hypervolume of its front.
-
-Hypervolumes compare only under one reference point. :func:`reference_point` fixes it before
-any algorithm runs, from a seeded uniform sample of the space (its worst predicted accuracy,
-and its worst latency or the latency budget, whichever is lower), so that it depends on the
-space, the evaluator and the constraints, never on what an algorithm found; the same inputs
-give the same reference in every comparison and every search record.
+The question is whether NSGA-II (``lifelong.search.nsga2``) earns its place: at the same number
+of candidate evaluations (predictor + latency model calls, the search's only real cost), does
+it find a better accuracy/latency front than uniform :func:`random_search` and than the
+regularised evolution of OFA/APQ (:func:`regularized_evolution`)? One run says little, so
+:func:`compare_algorithms` runs each algorithm over several seeds and reports the mean and
+standard deviation of the hypervolume of its front, at the fixed reference of
+:func:`lifelong.search.reference.reference_point`. Run by ``benchmarks/search_algos.py``; kept
+out of the library because the service never runs them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,52 +23,111 @@ import numpy as np
 
 from lifelong.predictor.mlp import limit_blas_threads
 from lifelong.search.evaluator import Constraints, Evaluator
-from lifelong.search.nsga2 import SearchResult, nsga2, random_search, regularized_evolution
+from lifelong.search.nsga2 import Archive, Progress, SearchResult, fill_population, nsga2
+from lifelong.search.reference import reference_point
 from lifelong.space.config import SearchSpace
-
-__all__ = [
-    "ALGORITHMS",
-    "REFERENCE_SAMPLES",
-    "REFERENCE_SEED",
-    "AlgorithmScore",
-    "Comparison",
-    "compare_algorithms",
-    "reference_point",
-]
 
 logger = logging.getLogger(__name__)
 
 ALGORITHMS = ("nsga2", "random_search", "regularized_evolution")
 """The algorithms :func:`compare_algorithms` knows, by the names its results use."""
 
-REFERENCE_SAMPLES = 1000
-REFERENCE_SEED = 20_260_101  # fixed: the reference must not move with the search's seed
 
-
-def reference_point(
+def random_search(
     space: SearchSpace,
     evaluator: Evaluator,
     constraints: Constraints | None = None,
     *,
-    samples: int = REFERENCE_SAMPLES,
-    seed: int = REFERENCE_SEED,
-) -> tuple[float, float]:
-    """A fixed ``(accuracy, latency_ms)`` reference for hypervolumes of fronts of ``space``.
-
-    The worst predicted accuracy of ``samples`` uniformly sampled subnets, and their worst
-    latency, capped by the constraints' latency limit (points past it are infeasible anyway,
-    and a limit far above every subnet would only add the same empty area to every front).
-    These evaluations are not counted against any algorithm's budget.
-    """
-    if samples < 2:
-        raise ValueError(f"samples must be >= 2, got {samples}")
+    max_evaluations: int = 10_000,
+    batch: int = 500,
+    seed: int = 0,
+    progress: Progress | None = None,
+    blas_threads: int | None = 1,
+) -> SearchResult:
+    """Uniformly sampled distinct subnets, evaluated in batches: the baseline of baselines."""
+    constraints = constraints or Constraints()
     rng = np.random.default_rng(seed)
-    with limit_blas_threads(1):
-        m = evaluator.evaluate([space.sample(rng) for _ in range(samples)])
-    latency = float(m.latency_ms.max())
-    if constraints is not None and constraints.latency_ms is not None:
-        latency = min(latency, float(constraints.latency_ms))
-    return float(m.accuracy.min()), latency
+    archive = Archive(evaluator, constraints, max_evaluations)
+    t0, step, stale = time.perf_counter(), 0, 0
+    with limit_blas_threads(blas_threads):
+        while archive.left > 0 and stale < 10:
+            before = archive.evaluations
+            archive.evaluate([space.sample(rng) for _ in range(min(batch, archive.left))])
+            stale = stale + 1 if archive.evaluations == before else 0  # a tiny space runs dry
+            step += 1
+            if progress is not None:
+                progress(archive.progress("random", step, t0))
+    return archive.result("random", list(range(archive.evaluations)), step, t0, seed)
+
+
+def regularized_evolution(
+    space: SearchSpace,
+    evaluator: Evaluator,
+    constraints: Constraints | None = None,
+    *,
+    max_evaluations: int = 10_000,
+    latency_targets: int | Sequence[float] = 4,
+    population: int = 100,
+    sample_size: int = 25,
+    mutation_prob: float = 0.1,
+    batch: int = 16,
+    seed: int = 0,
+    progress: Progress | None = None,
+    blas_threads: int | None = 1,
+) -> SearchResult:
+    """Aging evolution (Real et al. 2019) maximising accuracy under a latency target.
+
+    Each step takes ``batch`` tournaments of ``sample_size`` random members of the population,
+    mutates each winner, evaluates the children together and retires the oldest members
+    (``batch`` children per step stand for Real et al.'s parallel workers). The fitness is the
+    predicted accuracy of a candidate within the target and the constraints, and minus its
+    violation otherwise.
+
+    ``latency_targets``: latency limits, one run each with an equal share of the evaluations;
+    an int ``k`` spreads ``k`` targets over the latency quantiles (10% to 90%) of a random
+    initial population, capped by the constraints' latency limit.
+    """
+    constraints = constraints or Constraints()
+    rng = np.random.default_rng(seed)
+    archive = Archive(evaluator, constraints, max_evaluations)
+    t0 = time.perf_counter()
+    with limit_blas_threads(blas_threads):
+        first = archive.evaluate(fill_population(space, rng, [], min(population, max_evaluations)))
+        if isinstance(latency_targets, int):
+            lat = archive.metrics.latency_ms[first]
+            targets = list(np.quantile(lat, np.linspace(0.1, 0.9, latency_targets))) if latency_targets > 1 else []
+            targets = targets or [constraints.latency_ms or float(lat.max())]
+        else:
+            targets = [float(t) for t in latency_targets]
+        if constraints.latency_ms is not None:
+            targets = [min(t, constraints.latency_ms) for t in targets]
+        share, step, stale = archive.left // len(targets), 0, 0
+        for k, target in enumerate(targets):
+            run = Constraints(target, constraints.model_bytes, constraints.peak_memory_bytes, constraints.batch)
+            stop = archive.evaluations + share if k < len(targets) - 1 else archive.budget
+            pop = list(first)  # every run starts from the same random population
+
+            def fitness(idx: list[int], run: Constraints = run) -> np.ndarray:
+                m = archive.metrics.take(idx)
+                v = run.violation(m)
+                return np.where(v <= 0, m.accuracy, -v)
+
+            while archive.evaluations < stop and stale < 100:  # a tiny space may run dry
+                before = archive.evaluations
+                fit = fitness(pop)
+                children = []
+                for _ in range(min(batch, stop - archive.evaluations)):
+                    contenders = rng.choice(len(pop), size=min(sample_size, len(pop)), replace=False)
+                    parent = archive.cfgs[pop[contenders[np.argmax(fit[contenders])]]]
+                    children.append(space.mutate(parent, rng, mutation_prob))
+                pop = (pop + archive.evaluate(children))[-population:]  # the oldest die
+                stale = stale + 1 if archive.evaluations == before else 0
+                step += 1
+                if progress is not None:
+                    progress(archive.progress("regularized_evolution", step, t0))
+    result = archive.result("regularized_evolution", pop, step, t0, seed)
+    result.info["latency_targets"] = [float(t) for t in targets]
+    return result
 
 
 @dataclass(frozen=True)
