@@ -32,7 +32,11 @@ feedback label ever reached. Scenarios (``--scenarios``, comma separated):
   until a drift episode begins (at most ``--detect-limit`` samples), then on until the
   adaptation ends (the status ``adaptation`` key, see ``/work/notes/adapt_contract.md``) or
   the serving model changes, for at most ``--timeout`` seconds after detection; after a swap,
-  ``--post-samples`` held-out shifted samples.
+  ``--post-samples`` held-out shifted samples. With feedback labels, the first answer is the
+  label-free one; the stream goes on until the labelled adaptation that stayed pending ends
+  (``labelled``: its outcome and seconds after detection). Then the data returns: after a
+  swap, ``--return-samples`` clean held-out samples (``return``: after how many the original
+  model served again, and the clean test accuracy of the model serving 500 samples in).
 - ``preference``: after ``--shift-at`` clean samples the policy file is rewritten with the
   budgets and objective of another preset for which the cached front chooses another
   subnet (exported and registered at setup); measures the seconds from the file's save to
@@ -114,6 +118,7 @@ LIFELONG = Path(sys.executable).parent / "lifelong"
 SCENARIOS = ("none", *SHIFTS, "preference", "cpu")
 PREFERENCE_PRESETS = ("battery-saver", "low-latency", "accuracy-first")
 HELD_OUT = 2000  # test images kept out of the stream until a swap
+RETURN_WITHIN = 500  # the return phase's target: the original's clean accuracy back within these samples
 
 
 # -- setup ---------------------------------------------------------------------------------------
@@ -365,8 +370,46 @@ class Scenario:
         self.out["wait"] = self._wait_adaptation(streamer, poller, shifted, t_detect)
         print(f"{self.name}: {self.out['wait']}", flush=True)
         swapped = self._new_model()
+        if swapped is not None and a.feedback_fraction > 0:
+            self.out["labelled"] = self._wait_labelled(streamer, poller, shifted, t_detect)
+            print(f"{self.name}: labelled answer: {self.out['labelled']['outcome']}", flush=True)
         if swapped is not None or getattr(self, "t_corrected", None) is not None:
             streamer.run(self.source(self.held_out, self.name), "post", samples=a.post_samples)
+        if swapped is not None and a.return_samples:
+            self.t_return = time.time()
+            self.out["return_at"] = self.record.answered
+            print(f"{self.name}: the data returns to clean for {a.return_samples} samples", flush=True)
+            streamer.run(self.source(self.held_out, "clean"), "return", samples=a.return_samples)
+
+    def _wait_labelled(
+        self, streamer: Streamer, poller: StatusPoller, shifted: Callable, t_detect: float
+    ) -> dict[str, Any]:
+        """After the label-free first answer: stream shifted samples (with their feedback labels)
+        until the labelled adaptation that stayed pending ends, or the timeout after detection."""
+        swapped = self._new_model()
+        assert swapped is not None
+        t_first = self.record.first_answer[swapped]
+        found: dict[str, Any] = {}
+
+        def done() -> bool:
+            snap = poller.latest() or {}
+            adapt = snap.get("adaptation") or {}
+            last = adapt.get("last")
+            if last and (last.get("finished") or 0) >= t_first:
+                found.update(outcome=last.get("outcome"), reason=last.get("reason"), finished=last.get("finished"))
+                return True
+            if adapt.get("state") == "idle" and snap.get("t", 0) > t_first + 10:
+                found.update(outcome="none", reason="no labelled adaptation pending after the first answer")
+                return True
+            return False
+
+        streamer.run(shifted, "shifted", until=done, seconds=max(0.0, t_detect + self.args.timeout - time.time()))
+        if not found:
+            found.update(outcome="timeout", reason=f"no labelled answer within {self.args.timeout:g} s of detection")
+        fin = found.get("finished")
+        found["detection_to_labelled_s"] = None if fin is None else fin - t_detect
+        found["serving_after"] = self.record.models[self.record.chunks[-1][1]] if self.record.chunks else None
+        return found
 
     def _new_model(self) -> str | None:
         """The first model other than the one deployed at setup that answered after the shift."""
@@ -592,6 +635,36 @@ class Scenario:
                            "note": "the model did not change: a logit correction, removed when the mix returns"}  # fmt: skip
         forgetting.setdefault("clean_drop_pt", None)
         out["forgetting"] = forgetting
+        if getattr(self, "t_return", None) is not None:
+            out["return"] = self._analyse_return()
+
+    def _analyse_return(self) -> dict[str, Any]:
+        """The data back to clean after an adaptation: when did the original model serve again,
+        and how far is the model serving 500 samples in from the original's clean accuracy?"""
+        rec, a = self.record, self.record.arrays()
+        keep = a["phase"] == PHASES.index("return")
+        models, hits = a["model"][keep], (a["y"][keep] == a["pred"][keep])
+        orig = rec.models.index(self.model_a) if self.model_a in rec.models else -1
+        back = np.flatnonzero(models == orig)
+        at = min(RETURN_WITHIN, len(models) - 1)
+        model_at = rec.models[int(models[at])] if len(models) else None
+        out: dict[str, Any] = {
+            "samples": int(keep.sum()),
+            "original_back_after_samples": int(back[0]) if len(back) else None,
+            "model_at_500": model_at,
+            "stream_accuracy_first_500": float(hits[:RETURN_WITHIN].mean()) if len(hits) else None,
+            "stream_accuracy_after_500": float(hits[RETURN_WITHIN:].mean()) if len(hits) > RETURN_WITHIN else None,
+            "original_clean_accuracy": self.setup.clean_accuracy,
+        }
+        if model_at == self.model_a:
+            acc = self.setup.clean_accuracy
+        elif model_at is not None and (self.state / "models" / model_at / "model.onnx").is_file():
+            acc = clean_accuracy(self.state / "models" / model_at / "model.onnx", self.setup.x, self.setup.y)
+        else:
+            acc = None
+        out["clean_accuracy_at_500"] = acc
+        out["clean_gap_pt_at_500"] = None if acc is None else 100 * (self.setup.clean_accuracy - acc)
+        return out
 
 
 def stop_hogs(hogs: list[subprocess.Popen[bytes]]) -> None:
@@ -631,7 +704,9 @@ def summary_line(name: str, r: dict[str, Any]) -> str:
         f"{name}: detected after {d['delay_samples']} samples ({d['first_kind']}), episodes before shift "
         f"{r['episodes_before_shift']}; accuracy clean {acc['clean_stream']}, shifted {acc['shifted_before_swap']}, "
         f"after swap {acc['shifted_after_swap']}; swap {ad['detection_to_swap_s']} s after detection; "
-        f"{ad['outcome']}; errors {r['request_errors']}"
+        f"{ad['outcome']}; labelled {(r.get('labelled') or {}).get('outcome')} "
+        f"{(r.get('labelled') or {}).get('detection_to_labelled_s')} s; return gap "
+        f"{(r.get('return') or {}).get('clean_gap_pt_at_500')} pt; errors {r['request_errors']}"
     )
 
 
@@ -687,6 +762,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--post-samples", type=int, default=None, help="held-out shifted samples after a swap [2000; quick 500]"
     )
     ap.add_argument("--feedback-fraction", type=float, default=0.3)
+    ap.add_argument(
+        "--return-samples", type=int, default=None,
+        help="clean held-out samples after the adaptation: does the original come back? [1500; quick 600; 0: skip]",
+    )  # fmt: skip
     ap.add_argument("--rate", type=float, default=None, help="samples per second [100; quick 200]")
     ap.add_argument("--batch", type=int, default=8, help="images per predict request (the cpu run sends 1)")
     ap.add_argument(
@@ -709,6 +788,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ("samples", 20_000, 3000),
         ("shift_at", 3000, 2500),
         ("post_samples", 2000, 500),
+        ("return_samples", 1500, 600),
         ("rate", 100.0, 200.0),
         ("timeout", 420.0, 60.0),
         ("contention_seconds", 90.0, 30.0),

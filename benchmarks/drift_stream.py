@@ -33,7 +33,7 @@ from service.serving.runtime import OrtRuntime, RuntimeSettings  # noqa: E402
 
 SHIFTS = ("noise", "contrast", "brightness", "rotation", "class-prior")
 DRIFT_KINDS = ("data", "label", "accuracy", "environment")
-PHASES = ("clean", "shifted", "post")
+PHASES = ("clean", "shifted", "post", "return")
 """Stream phases: before the shift, after it (served by the original model until a swap), after a swap."""
 
 # shift strengths, as in benchmarks/drift_detectors.py (there on float pixels in [0, 1])
@@ -168,6 +168,23 @@ def build_targets(results: dict[str, dict[str, Any]], labelled: bool = True) -> 
                 f"{name}: detection to first answer (s, {os.cpu_count()} cores)", s, "<= 30", _met(s, lambda v: v <= 30)
             )
         )
+        lab = r.get("labelled")
+        if labelled and lab is not None:
+            t = lab.get("detection_to_labelled_s")
+            out.append(
+                target(f"{name}: detection to the labelled answer (s)", t, "<= 120", _met(t, lambda v: v <= 120))
+            )
+        ret = r.get("return")
+        if ret is not None:
+            g = ret.get("clean_gap_pt_at_500")
+            out.append(
+                target(
+                    f"{name}: data back to clean: clean accuracy gap to the original 500 samples in (pt)",
+                    g,
+                    "<= 0.5",
+                    _met(g, lambda v: v <= 0.5),
+                )
+            )
         drop = r["forgetting"]["clean_drop_pt"]
         out.append(
             target(

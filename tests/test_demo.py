@@ -260,6 +260,7 @@ def test_report_has_the_accuracy_of_every_phase_the_timeline_and_what_did_not_ha
     assert doc["seconds"] == 100.0 and list(doc["accuracy"]) == [
         "clean",
         "shifted",
+        "label-free",
         "adapted",
         "preference",
         "re-exported",
@@ -279,6 +280,7 @@ def test_report_has_the_accuracy_of_every_phase_the_timeline_and_what_did_not_ha
         "summary (100 s, completed):",
         "  accuracy before the shift: 86.0% on 3000 samples",
         "  accuracy after the shift, before adaptation: 61.0% on 1000 samples",
+        "  accuracy after the label-free answer (BN statistics of the new data): -",
         "  accuracy after adaptation: -",
         "  accuracy after the preference change: -",
         "  accuracy after the budget was relaxed again (a model exported from the supernet in use): -",

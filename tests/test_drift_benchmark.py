@@ -173,6 +173,22 @@ def test_targets_met_and_missed():
     assert not t["request errors, all scenarios"]["met"]  # a scenario that failed is not "no errors"
 
 
+def test_targets_of_the_labelled_answer_and_the_return_to_clean_data():
+    base = {"detection": {"delay_samples": 300}, "adaptation": {"detection_to_swap_s": 20.0},
+            "accuracy": {"lost": 0.3, "recovered_fraction": 0.9}, "forgetting": {"clean_drop_pt": 0.2}}  # fmt: skip
+    results = {"noise": base | {"labelled": {"detection_to_labelled_s": 95.0}, "return": {"clean_gap_pt_at_500": 0.0}}}
+    t = {x["name"]: x for x in D.build_targets(results)}
+    assert t["noise: detection to the labelled answer (s)"]["met"]
+    assert t["noise: data back to clean: clean accuracy gap to the original 500 samples in (pt)"]["met"]
+    results["noise"]["labelled"]["detection_to_labelled_s"] = None  # timed out: a miss, not a pass
+    results["noise"]["return"]["clean_gap_pt_at_500"] = 41.0  # the adapted model still served
+    t = {x["name"]: x for x in D.build_targets(results)}
+    assert not t["noise: detection to the labelled answer (s)"]["met"]
+    assert not t["noise: data back to clean: clean accuracy gap to the original 500 samples in (pt)"]["met"]
+    without = {x["name"] for x in D.build_targets(results, labelled=False)}
+    assert "noise: detection to the labelled answer (s)" not in without, "no labels: no labelled answer to time"
+
+
 # -- the streamer, against a fake client -----------------------------------------------------------
 class FakeClient:
     """Answers class 0 from model "a" for the first 16 samples, then from "b"; fails the 3rd request."""

@@ -33,6 +33,7 @@ REPORT_FORMAT = 1
 PHASES = (
     ("clean", "before the shift"),
     ("shifted", "after the shift, before adaptation"),
+    ("label-free", "after the label-free answer (BN statistics of the new data)"),
     ("adapted", "after adaptation"),
     ("preference", "after the preference change"),
     ("re-exported", "after the budget was relaxed again (a model exported from the supernet in use)"),

@@ -77,6 +77,8 @@ PREFERENCE_WAIT_S = 60.0
 """How long to wait for the daemon to answer the new policy."""
 EXPORT_WAIT_S = 180.0
 """How long to wait for the daemon to export the front's choice from the adapted supernet and swap."""
+LABELLED_WAIT_S = 240.0
+"""How long to wait for the labelled answer after the label-free one."""
 _SERVICE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STATE_DIRECTORY", "RUNTIME_DIRECTORY",
                 "CONFIGURATION_DIRECTORY", "LIFELONG_SOCKET", "LIFELONG_POLICY", "LIFELONG_STATE_DIR")  # fmt: skip
 
@@ -388,6 +390,11 @@ class _Demo:
         swapped = False
         if found:
             swapped = self._wait_adaptation(pool_a, shift_at)
+        if swapped and (self.adaptation or {}).get("mode") == "bn":
+            with run.step(f"measure the label-free answer on {s.measure_samples} shifted images it never saw") as note:
+                self._stream("label-free", pool_b, min_samples=s.measure_samples, timeout=s.timeout, shift=s.shift)
+                note.detail = f"accuracy {100 * (self.streamer.tallies['label-free'].accuracy or 0):.1f}%"
+            self._wait_labelled(pool_a, float(self.adaptation.get("finished") or time.time()))
         if swapped:
             with run.step(f"measure the adapted model on {s.measure_samples} shifted images it never saw") as note:
                 self._stream("adapted", pool_b, min_samples=s.measure_samples, timeout=s.timeout, shift=s.shift)
@@ -527,6 +534,47 @@ class _Demo:
             if not done and last is None and not swapped and supported:
                 self.notes.append(f"the adaptation did not finish within {limit:.0f} s")
         return swapped
+
+    def _wait_labelled(self, pool: np.ndarray, after: float) -> None:
+        """After the label-free first answer: the labelled adaptation stayed pending; wait for
+        its outcome (it replaces the first answer only if better on held-out local samples)."""
+        s = self.s
+        limit = min(s.timeout, LABELLED_WAIT_S)
+        with self.runner.step(
+            "wait for the labelled answer: fine-tune with replay once the labels are in, swapped in only if "
+            f"it beats the label-free answer on held-out local samples (at most {limit:.0f} s)"
+        ) as note:
+            t0, known = time.monotonic(), set(self.names)
+
+            def last_after(f: dict[str, Any]) -> dict[str, Any] | None:
+                last = (f["adaptation"] or {}).get("last") or {}
+                return last if float(last.get("finished") or 0) > after else None
+
+            def started(f: dict[str, Any]) -> bool:
+                return (f["adaptation"] or {}).get("state") == "running" or last_after(f) is not None
+
+            self._stream("shifted", pool, until=started, timeout=limit, shift=s.shift, expect=known)
+            left = max(0.0, limit - (time.monotonic() - t0))
+            self._stream("shifted", pool, until=lambda f: last_after(f) is not None, timeout=left,
+                         rate=s.rate / 5, shift=s.shift, expect=known)  # fmt: skip
+            facts = status_facts(self.last_status)
+            last = last_after(facts)
+            if last is None:
+                note.outcome = "timed out"
+                note.detail = f"no labelled answer within {limit:.0f} s; the label-free answer serves on"
+                self.notes.append(note.detail)
+                return
+            self.milestones["labelled_outcome"] = last.get("outcome")
+            self.milestones["labelled_seconds"] = last.get("seconds")
+            note.detail = f"{last.get('outcome')}: {last.get('reason')}"
+            serving = facts["model"]
+            if last.get("outcome") == "swapped" and serving is not None and serving not in known:
+                self.names[serving] = "adapted (labelled)"
+                cand = last.get("candidate") or {}
+                self.models.setdefault(serving, {}).update(
+                    {"name": "adapted (labelled)", "subnet": cand.get("subnet"),
+                     "local_accuracy": cand.get("local_accuracy"), "latency_ms": cand.get("latency_ms")}
+                )  # fmt: skip
 
     def _preference(self, pool: np.ndarray, shift: str | None) -> None:
         s = self.s

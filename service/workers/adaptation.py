@@ -106,7 +106,7 @@ class AdaptationDone:
 
 def _summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """What the store's ``searches`` row keeps of an adaptation's result."""
-    return {k: result.get(k) for k in ("candidate", "serving", "seconds", "phases")}
+    return {k: result.get(k) for k in ("candidate", "serving", "seconds", "phases", "mode")}
 
 
 def _last_record(
@@ -117,6 +117,7 @@ def _last_record(
     return {
         "outcome": outcome,
         "reason": reason,
+        "mode": None if result is None else result.get("mode", "finetune"),  # bn: the label-free answer
         "trigger": trigger,
         "started": started,
         "finished": finished,
