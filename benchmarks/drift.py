@@ -394,8 +394,8 @@ class Scenario:
         def done() -> bool:
             snap = poller.latest() or {}
             adapt = snap.get("adaptation") or {}
-            last = adapt.get("last")
-            if last and (last.get("finished") or 0) >= t_first:
+            last = adapt.get("last")  # the label-free job's own record says mode "bn"
+            if last and last.get("mode") == "finetune" and (last.get("finished") or 0) >= t_detect:
                 found.update(outcome=last.get("outcome"), reason=last.get("reason"), finished=last.get("finished"))
                 return True
             if adapt.get("state") == "idle" and snap.get("t", 0) > t_first + 10:

@@ -198,6 +198,7 @@ def test_the_label_free_decision_wants_answers_spread_like_the_reference_and_no_
 # -- fine-tuning ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_finetuning_on_shifted_samples_raises_their_accuracy_and_keeps_the_replay(fashion_train, tmp_path) -> None:
     """From random weights, so that the figures can only rise by learning (full precision: a
     random network's quantizer steps are not meaningful; the trained supernet's are)."""

@@ -31,6 +31,8 @@ from lifelong.space.config import Precision, SearchSpace
 from service.daemon.documents import format_status
 from service.state.store import Store
 
+pytestmark = pytest.mark.slow  # daemons that run real adaptation workers (about 50 s): `pytest -m slow`, run by CI
+
 # Latencies of a model this small are a few tens of microseconds, noise on a busy machine: the
 # latency rule of the swap decision is tested apart (test_adaptation.py).
 POLICY = """format_version = 1

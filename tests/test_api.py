@@ -503,6 +503,7 @@ def test_one_client_holding_200_idle_or_half_sent_connections_does_not_stall_the
         hog.communicate(b"", timeout=10)
 
 
+@pytest.mark.slow
 def test_a_half_sent_request_is_closed_after_the_idle_timeout(models, sock_dir) -> None:
     runtime = OrtRuntime(RuntimeSettings(warmup_runs=1, max_batch=4))
     runtime.swap("a", models["a"])

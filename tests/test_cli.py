@@ -45,6 +45,7 @@ def test_space_command_text_and_json() -> None:
     assert data["subnets"][0]["macs"] > data["subnets"][1]["macs"]
 
 
+@pytest.mark.slow
 def test_train_then_eval_from_the_cli(fashion_train, tmp_path: Path) -> None:
     runner = CliRunner()
     args = ["train", "--state-dir", str(tmp_path), "--epochs", "1", "--batch-size", "32", "--max-samples", "64"]

@@ -254,6 +254,7 @@ def test_front_plot_with_baselines_and_the_errors(state: Path, tmp_path: Path, s
     assert f"error: no front cached at {tmp_path / 'front' / 'front.json'}: run `lifelong search` first" in none.output
 
 
+@pytest.mark.slow
 def test_the_search_command_runs_without_torch(state: Path, tmp_path: Path) -> None:
     """The service searches in its own process, which must never import torch (measured picks included)."""
     code = (
@@ -315,6 +316,7 @@ def test_search_algos_benchmark_writes_its_results(
     assert "| target | value | goal | met |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_measured_picks_time_the_candidates_and_the_front_table_says_so(state: Path, tmp_path: Path) -> None:
     out = tmp_path / "front.json"
     result = _invoke(

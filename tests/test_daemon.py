@@ -22,7 +22,7 @@ from PIL import Image
 from tiny_models import write_classifier, write_corrupt
 
 from service.api.client import Client
-from service.daemon.core import PAUSE_POINTS
+from service.daemon.fault_injection import PAUSE_POINTS
 from service.errors import DaemonUnreachable, Forbidden, ModelLoadError, PayloadTooLarge, RecordNotFound, RequestError
 from service.state.registry import Registry
 from service.state.store import Store
@@ -89,6 +89,7 @@ def assert_consistent(state: Path, expect: str | None) -> None:
 # -- hot swaps under load ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fifty_swaps_under_eight_predicting_threads_lose_no_request(models, dirs) -> None:
     state, run = dirs
     a_id = commit_model(state, models["a"])
@@ -149,6 +150,7 @@ def test_fifty_swaps_under_eight_predicting_threads_lose_no_request(models, dirs
 COMMITTED = {"registry-write": "a", "registry-rename": "a", "swap": "a", "deploy-pending": "a", "pointer": "b"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["registry-write", "swap", "deploy-pending", "pointer"])
 def test_kill_9_mid_change_restarts_on_the_last_committed_model(models, dirs, point: str) -> None:
     assert set(COMMITTED) == set(PAUSE_POINTS)
@@ -448,6 +450,7 @@ def test_start_without_a_model_and_with_an_invalid_policy(dirs) -> None:
         assert d.stop() == 0
 
 
+@pytest.mark.slow
 def test_sighup_reloads_the_policy_and_sigterm_drains_requests_in_flight(models, dirs) -> None:
     state, run = dirs
     slow = commit_model(state, models["slow"])

@@ -76,6 +76,7 @@ def test_finetune_config_reports_every_problem() -> None:
     assert "lr must be" in str(err.value) and "batch_size must be" in str(err.value)
 
 
+@pytest.mark.slow
 def test_finetune_command_shows_the_gain_and_exports(tiny, fashion_train, tmp_path: Path) -> None:
     model, *_ = tiny
     recipe = TrainConfig(val_fraction=0.9, seed=3)  # a small training split keeps the test fast

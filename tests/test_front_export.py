@@ -34,6 +34,8 @@ from service.state.store import Store
 from service.workers.front_export import FrontExport
 from service.workers.supervisor import WorkerSupervisor
 
+pytestmark = pytest.mark.slow  # daemons that run real export workers (about 30 s): `pytest -m slow`, run by CI
+
 # -- in-process ----------------------------------------------------------------------------------
 
 

@@ -92,6 +92,7 @@ def test_measure_settings_name_what_is_wrong() -> None:
         MeasureSettings(candidates=-1, slack=0.5)
 
 
+@pytest.mark.slow
 def test_a_search_with_measured_picks_times_real_graphs_and_chooses_on_them() -> None:
     features = SubnetFeatures(SPACE, codec=CODEC, costs=COSTS)
     cfgs = samples(300, seed=21)

@@ -134,6 +134,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
     remove(run)
 
 
+@pytest.mark.slow
 def test_random_requests_on_both_sockets_never_get_a_5xx_or_hang(daemon: DaemonProcess) -> None:
     r = random.Random(SEED)
     sockets = {"api": str(daemon.socket), "admin": str(daemon.admin_socket)}

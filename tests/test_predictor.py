@@ -101,6 +101,7 @@ def test_transfer_with_50_quantized_samples_beats_training_from_scratch(
     assert transferred.meta == {"trained_on": "quantized"}
 
 
+@pytest.mark.slow
 def test_analytic_features_help_when_accuracy_follows_compute() -> None:
     train, test = samples(1000, seed=51), samples(300, seed=52)
     y = true_accuracy(train) + np.random.default_rng(53).normal(0, 0.002, len(train))

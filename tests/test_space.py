@@ -66,6 +66,7 @@ SMALL = SpaceConfig(
 )
 
 
+@pytest.mark.slow
 def test_size_matches_enumeration_and_sampling_on_a_small_space() -> None:
     small = SearchSpace(SMALL)
     every = _enumerate(small)

@@ -89,6 +89,7 @@ def test_augment_keeps_shape_and_content() -> None:
     assert (y.flatten(1).max(1).values <= x.flatten(1).max(1).values + 1e-6).all()
 
 
+@pytest.mark.slow
 def test_training_learns_checkpoints_and_resumes_identically(fashion_train, tmp_path: Path) -> None:
     data = fashion_train.head(96)
     cfg = TrainConfig(**TINY)
@@ -110,6 +111,7 @@ def test_training_learns_checkpoints_and_resumes_identically(fashion_train, tmp_
         train_supernet(data, tmp_path / "c.pt", TrainConfig(**{**TINY, "lr": 0.01}), space=SMALL_SPACE, progress=False)
 
 
+@pytest.mark.slow
 def test_continuing_a_supernet_keeps_its_learned_quantizers(fashion_train, tmp_path: Path) -> None:
     data = fashion_train.head(96)
     base = train_supernet(data, tmp_path / "a.pt", TrainConfig(**TINY), space=SMALL_SPACE, progress=False).checkpoint
@@ -168,6 +170,7 @@ def test_continuing_needs_a_complete_supernet(fashion_train, tmp_path: Path) -> 
         )
 
 
+@pytest.mark.slow
 def test_training_reduces_loss(fashion_train, tmp_path: Path) -> None:
     cfg = TrainConfig(
         epochs=2, warmup_epochs=2, int8_epochs=0, batch_size=64, max_train_samples=512, val_fraction=0.0, lr=0.05
@@ -218,6 +221,7 @@ def test_checkpoint_round_trip_builds_the_same_model(tmp_path: Path) -> None:
     torch.testing.assert_close(rebuilt(x), model(x))
 
 
+@pytest.mark.slow
 def test_kill_during_training_then_resume(fashion_train, tmp_path: Path) -> None:
     """A real process killed with SIGKILL mid-training resumes from its last checkpoint."""
     ckpt = tmp_path / "k.pt"
@@ -255,6 +259,7 @@ def test_kill_during_training_then_resume(fashion_train, tmp_path: Path) -> None
     assert final.complete and final.train["step"] == 18 and len(final.record) >= 1
 
 
+@pytest.mark.slow
 def test_data_parallel_training_with_torchrun_gloo(tmp_path: Path) -> None:
     """Two gloo processes train one supernet: replicas end with identical weights, rank 0 writes."""
     script = tmp_path / "ddp.py"

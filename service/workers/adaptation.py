@@ -77,9 +77,6 @@ WORKER_MODULE = "service.workers.adapt_worker"
 LABEL_FREE_SAMPLES = 200
 """Fewest samples served after a data drift that the label-free answer re-estimates BN
 statistics on (more when the drift window is longer): fewer give noisy statistics."""
-RECALL_SAMPLES = 200
-"""Samples served after a data drift on which the domain memory is asked whether an earlier
-model served data like them, before the label-free answer's own (longer) wait ends."""
 PENDING_EXPIRY_S = 3600.0
 """A labelled adaptation still waiting for its labels this long after the drift is dropped
 (the drift, if it lasts, asks again); the label-free answer does not wait for labels."""
@@ -147,7 +144,6 @@ class _Pending:
     trigger: str
     since: float
     label_free: LabelFree | None = None
-    recalled: bool = False  # the domain memory was asked (once, on the first RECALL_SAMPLES)
 
 
 class Adaptation:
@@ -198,7 +194,7 @@ class Adaptation:
             if self.pending is None:
                 self.pending = _Pending(trigger, now, label_free)
             elif self.pending.label_free is None:
-                self.pending.label_free, self.pending.recalled = label_free, False
+                self.pending.label_free = label_free
             return (
                 f"label-free answer pending: BN statistics re-estimated on the next {label_free.samples} samples served"
             )
@@ -226,7 +222,6 @@ class Adaptation:
         *,
         served: int = 0,
         recent_images: Callable[[int], Any] | None = None,
-        recall: Callable[[Any], str | None] | None = None,
     ) -> str | None:
         """Start the pending adaptation if enough labels arrived, or its label-free answer once
         enough samples were served (on the loop); returns an event message.
@@ -234,23 +229,11 @@ class Adaptation:
         Args:
             served: Samples served so far (the drift feed's count).
             recent_images: The newest ``n`` served images, uint8 ``(n, 28, 28)`` (or fewer, or None).
-            recall: Given those images, deploys a model that served data like them before and
-                says so (the daemon's domain memory), or returns None; tried before a worker.
         """
         p = self.pending
         if p is None or self.running:
             return None
         lf = p.label_free
-        early = lf is not None and not p.recalled and served - lf.served >= min(RECALL_SAMPLES, lf.samples)
-        if early and recall is not None and recent_images is not None and serving is not None:
-            assert lf is not None
-            p.recalled = True
-            images = recent_images(min(RECALL_SAMPLES, lf.samples))
-            if serving.id == lf.model_id and images is not None and len(images) >= RECALL_SAMPLES // 2:
-                recalled = recall(images)
-                if recalled is not None:  # the data went back: nothing else to wait for
-                    self.pending = None
-                    return recalled
         if lf is not None and served - lf.served >= lf.samples and recent_images is not None:
             p.label_free = None
             if serving is None or serving.id != lf.model_id:
