@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_targets, target, write_results  # noqa: E402
 
 from lifelong.data.datasets import load_fashion_mnist  # noqa: E402
+from lifelong.drift.adwin import Adwin  # noqa: E402
 from lifelong.drift.detectors import EmbeddingDrift  # noqa: E402
 from lifelong.drift.monitor import SHARED_DETECTORS, DriftMonitor  # noqa: E402
-from lifelong.drift.stats import Adwin  # noqa: E402
 from policies import DriftSettings  # noqa: E402
 
 REFERENCE, CLEAN, BEFORE, SHIFTED = 2000, 20_000, 2000, 4000

@@ -204,6 +204,20 @@ def build_targets(results: dict[str, dict[str, Any]], labelled: bool = True) -> 
     return out
 
 
+def labelled_answer(events: Sequence[dict[str, Any]], t_detect: float) -> dict[str, Any]:
+    """How the labelled adaptation ended, read from the daemon's own ``adapt`` events: the
+    first outcome after the detection that is not the label-free answer's."""
+    for e in sorted(events, key=lambda e: e["at"]):
+        m = str(e.get("message", ""))
+        if e.get("kind") != "adapt" or e["at"] < t_detect or not m.startswith("adaptation "):
+            continue
+        outcome = m.removeprefix("adaptation ").split(":", 1)[0]
+        if outcome not in ("swapped", "kept", "failed", "cancelled") or "label-free" in m:
+            continue
+        return {"outcome": outcome, "reason": m, "detection_to_labelled_s": e["at"] - t_detect}
+    return {"outcome": None, "reason": "no labelled outcome among the daemon's events", "detection_to_labelled_s": None}
+
+
 # -- streaming -----------------------------------------------------------------------------------
 class IndexCycle:
     """Endless shuffled passes over ``pool``; ``draw`` (optional) makes each chunk instead."""

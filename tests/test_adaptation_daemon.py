@@ -317,7 +317,7 @@ def test_data_drift_gets_a_label_free_answer_from_unlabelled_samples_within_seco
     # model served (its kept drift reference) and deploys it again, without a worker
     back_events = [e["message"] for e in back["events"]]
     assert back["model"] == serving, back_events[:12]
-    assert any("domain memory: the 200 samples served since the drift look like the data" in m for m in back_events), back_events[:12]  # fmt: skip
+    assert any("domain memory: the last 200 samples served look like the data" in m for m in back_events), back_events[:12]  # fmt: skip
     assert not (state / "supernet" / "domain.calib.npz").exists(), "exports calibrate on the training data again"
     clean_x, clean_y = fashion_test.x[order[4400:6400]], fashion_test.y[order[4400:6400]]
     for name, path in (("original", serving_path), ("shifted", bn_dir / "candidate.onnx")):

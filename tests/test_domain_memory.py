@@ -1,4 +1,4 @@
-"""The domain memory's watch (service.daemon.drift_answers): asked once enough samples were
+"""The domain memory's watch (service.daemon.drift_answers): asked at set counts of samples
 served after a drift, whatever the adaptation is doing, and it drops the adaptation that
 answered data now gone. The daemon end to end is in test_adaptation_daemon.py; here the part
 runs alone on stand-ins, so each rule is checked without a worker."""
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from service.daemon.drift_answers import RECALL_SAMPLES, DriftAnswers
+from service.daemon.drift_answers import RECALL_AFTER, RECALL_IMAGES, DriftAnswers
 
 
 class FakeAdaptation:
@@ -24,49 +24,57 @@ class FakeAdaptation:
 
 
 class Part(DriftAnswers):
-    """The drift answers on stand-ins; ``_recall`` deploys ``match`` if set."""
+    """The drift answers on stand-ins; ``_recall`` deploys ``match`` from its ``match_at``-th question."""
 
-    def __init__(self, adaptation: FakeAdaptation, match: str | None) -> None:
+    def __init__(self, adaptation: FakeAdaptation, match: str | None, match_at: int = 1) -> None:
         self.runtime = SimpleNamespace(current_id="adapted")
         self.drift_feed = SimpleNamespace(counts={"samples": 1000})
         self.feedback = SimpleNamespace(recent_images=lambda n, model: np.zeros((n, 28, 28), np.uint8))
         self.adaptation = adaptation
-        self.match, self.asked = match, []
+        self.match, self.match_at, self.asked = match, match_at, []
         self._recall_watch = None
 
     def _recall(self, images: np.ndarray) -> str | None:
         self.asked.append(len(images))
-        if self.match is None:
+        if self.match is None or len(self.asked) < self.match_at:
             return None
         self.runtime.current_id = self.match
         return f"domain memory: {self.match} serves again"
+
+    def serve(self, n: int) -> str | None:
+        self.drift_feed.counts["samples"] += n
+        return self._recall_tick()
 
 
 def test_the_memory_waits_for_its_samples_then_deploys_and_drops_the_adaptation_of_the_gone_data() -> None:
     part = Part(FakeAdaptation(pending=True, running=True), match="original")
     part._watch_recall("adapted")
     part._watch_recall("adapted")  # the same drift seen again at the next check: the watch keeps its start
-    part.drift_feed.counts["samples"] += RECALL_SAMPLES - 1
-    assert part._recall_tick() is None and part.asked == [], "not asked before its samples are served"
-    part.drift_feed.counts["samples"] += 1
-    said = part._recall_tick()
-    assert part.asked == [RECALL_SAMPLES] and part.runtime.current_id == "original"
-    assert (
-        said is not None
-        and "the pending adaptation is dropped" in said
-        and "the running adaptation is cancelled" in said
-    )
+    assert part.serve(RECALL_AFTER[0] - 1) is None and part.asked == [], "not asked before its samples are served"
+    said = part.serve(1)
+    assert part.asked == [RECALL_IMAGES] and part.runtime.current_id == "original"
+    assert said is not None and "the pending adaptation is dropped" in said and "the running adaptation is cancelled" in said  # fmt: skip
     assert part.adaptation.pending is None and part.adaptation.cancelled
-    assert part._recall_tick() is None and part.asked == [RECALL_SAMPLES], "asked once per drift"
+    assert part.serve(RECALL_AFTER[-1]) is None and part.asked == [RECALL_IMAGES], "a recall ends the watch"
 
 
-def test_no_match_leaves_the_adaptation_alone_and_a_new_model_ends_the_watch() -> None:
-    part = Part(FakeAdaptation(pending=True, running=True), match=None)
+def test_a_second_question_later_finds_what_the_first_missed_and_then_the_watch_ends() -> None:
+    part = Part(FakeAdaptation(pending=True, running=False), match="original", match_at=2)
     part._watch_recall("adapted")
-    part.drift_feed.counts["samples"] += RECALL_SAMPLES
-    assert part._recall_tick() is None and part.asked == [RECALL_SAMPLES]
-    assert part.adaptation.pending is not None and not part.adaptation.cancelled
+    assert part.serve(RECALL_AFTER[0]) is None and len(part.asked) == 1
+    assert part.adaptation.pending is not None, "no match: the adaptation goes on"
+    assert part.serve(RECALL_AFTER[1] - RECALL_AFTER[0] - 1) is None and len(part.asked) == 1
+    assert part.serve(1) is not None and len(part.asked) == 2 and part.runtime.current_id == "original"
+    nothing = Part(FakeAdaptation(pending=True, running=True), match=None)
+    nothing._watch_recall("adapted")
+    for _ in range(5):
+        nothing.serve(RECALL_AFTER[-1])
+    assert len(nothing.asked) == len(RECALL_AFTER) and nothing._recall_watch is None, "asked at most once per count"
+    assert not nothing.adaptation.cancelled
+
+
+def test_a_new_model_ends_the_watch() -> None:
+    part = Part(FakeAdaptation(pending=True, running=True), match="original")
     part._watch_recall("adapted")
     part.runtime.current_id = "another"  # another answer deployed first
-    part.drift_feed.counts["samples"] += RECALL_SAMPLES
-    assert part._recall_tick() is None and part._recall_watch is None and part.asked == [RECALL_SAMPLES]
+    assert part.serve(RECALL_AFTER[-1]) is None and part._recall_watch is None and part.asked == []

@@ -19,11 +19,11 @@ import pytest
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
+from lifelong.drift.adwin import Adwin
 from lifelong.drift.detectors import DRIFT_KINDS, DriftDecision, EmbeddingDrift, LabelShift
 from lifelong.drift.monitor import DriftMonitor
 from lifelong.drift.signals import AccuracyDrift, LatencyDrift, policy_digest, preference_drift
 from lifelong.drift.stats import (
-    Adwin,
     binom_cdf,
     bonferroni_p,
     chi2_sf,

@@ -230,3 +230,15 @@ def test_streamer_records_answers_errors_and_feedback():
     assert rec.feedback_sent == len(client.labels) > 0
     for rid, index, label in client.labels:
         assert rid.startswith("r") and 0 <= index < 8 and label in (0, 1)
+
+
+def test_the_labelled_answer_is_read_from_the_daemons_events_not_the_label_free_one():
+    events = [
+        {"at": 5.0, "kind": "adapt", "message": "adaptation swapped: earlier episode"},  # before the detection
+        {"at": 20.0, "kind": "adapt", "message": "adaptation swapped: label-free: BN statistics re-estimated"},
+        {"at": 30.0, "kind": "drift", "message": "adaptation kept: not an adapt event"},
+        {"at": 110.0, "kind": "adapt", "message": "adaptation kept: candidate 80% vs 81% serving"},
+    ]
+    got = D.labelled_answer(events, t_detect=10.0)
+    assert got["outcome"] == "kept" and got["detection_to_labelled_s"] == 100.0
+    assert D.labelled_answer(events[:3], t_detect=10.0)["outcome"] is None

@@ -135,6 +135,10 @@ def test_policies_import_nothing_of_ours(module: str) -> None:
 def test_nothing_the_serving_process_loads_reaches_torch(module: str) -> None:
     chain = chain_to(module, "torch")
     assert chain is None, "torch in the serving process: " + " -> ".join(chain or [])
+    # nor the onnx package (about 25 MB with ml_dtypes): the service reads models with
+    # onnxruntime and builds graphs only in the CLI's and the workers' functions
+    chain = chain_to(module, "onnx")
+    assert chain is None, "onnx in the serving process: " + " -> ".join(chain or [])
 
 
 def test_modules_that_say_they_are_torch_free_are() -> None:

@@ -252,3 +252,16 @@ def test_each_file_keeps_its_errors(tmp_path: Path, caller: tuple) -> None:
     path.write_text(json.dumps({"kind": kind, "format_version": version + 1}))
     with pytest.raises(version_error, match=f"{version + 1}.*{version}"):
         load(path)
+
+
+def test_an_adaptation_result_is_read_back_by_its_mode_with_its_kind_and_version(tmp_path: Path) -> None:
+    from lifelong.jobs.adapt_request import BN_RESULT_FORMAT, BN_RESULT_KIND, read_adapt_result
+
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps({"kind": BN_RESULT_KIND, "format_version": BN_RESULT_FORMAT, "mode": "bn"}))
+    assert read_adapt_result(path, "bn")["mode"] == "bn"
+    with pytest.raises(DataError, match="lifelong-adapt-result"):  # a label-free result where a labelled one was run
+        read_adapt_result(path, "finetune")
+    path.write_text(json.dumps({"kind": BN_RESULT_KIND, "format_version": BN_RESULT_FORMAT + 1}))
+    with pytest.raises(FormatVersionError):
+        read_adapt_result(path, "bn")

@@ -29,7 +29,8 @@ from lifelong.deploy.model_format import (
     ORT_DISABLED_OPTIMIZERS,
     ort_session,
 )
-from lifelong.deploy.onnx_graph import ConvSpec, LinearSpec, NetSpec, build_model
+from lifelong.deploy.net_spec import ConvSpec, LinearSpec, NetSpec
+from lifelong.deploy.onnx_graph import build_model
 from lifelong.errors import ExportError, ParityError
 from lifelong.nn.layers import QConvBN, QLinear
 from lifelong.nn.supernet import PIXEL_MEAN, PIXEL_STD, StaticSubnet

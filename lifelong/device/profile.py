@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lifelong.deploy.model_format import INPUT_NAME, INPUT_SHAPE, ort_session
-from lifelong.deploy.onnx_graph import ConvSpec, LinearSpec, NetSpec, build_model, build_part_model
+from lifelong.deploy.net_spec import ConvSpec, LinearSpec, NetSpec
 from lifelong.errors import LifelongError
 from lifelong.persist.versioned import read_versioned_json, write_json_atomic
 from lifelong.progress import Progress
@@ -253,6 +253,8 @@ class _Entry:
 
 def _part_model(space: SearchSpace, part: Part, seed: int) -> Any:
     """The ONNX graph that times ``part``; weights drawn from ``seed`` when it is built."""
+    from lifelong.deploy.onnx_graph import build_part_model  # onnx loads only where a graph is built
+
     rng = np.random.default_rng(seed)
     shape = (part.cin, part.side, part.side)
     if part.kind == "head":
@@ -345,6 +347,8 @@ class _Reference:
     """
 
     def __init__(self, space: SearchSpace, batches: tuple[int, ...], threads: int) -> None:
+        from lifelong.deploy.onnx_graph import build_model  # onnx loads only where a graph is built
+
         model = build_model(random_net(space, reference_subnet(space), seed=99))
         self.session = _session(model.SerializeToString(), threads)
         rng = np.random.default_rng(2)
@@ -565,6 +569,8 @@ def measure_subnet(
     space: SearchSpace, cfg: SubnetConfig, batches: tuple[int, ...] = (1, 32), threads: int = 2
 ) -> dict[int, float]:
     """End-to-end latency (ms) of ``cfg``'s graph, with random weights, at each batch size."""
+    from lifelong.deploy.onnx_graph import build_model  # onnx loads only where a graph is built
+
     return measure_model(build_model(random_net(space, cfg)), batches, threads)
 
 
@@ -588,4 +594,6 @@ class PairedTimer:
         return out
 
     def measure_subnet(self, cfg: SubnetConfig) -> dict[int, float]:
+        from lifelong.deploy.onnx_graph import build_model  # onnx loads only where a graph is built
+
         return self.measure(build_model(random_net(self.space, cfg)))

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lifelong.drift.adwin import Adwin
 from lifelong.drift.detectors import DriftDecision, _jsonable, _Rows, _Stream, check_cadence
-from lifelong.drift.stats import Adwin, quantile_lower_bound
+from lifelong.drift.stats import quantile_lower_bound
 from lifelong.errors import DataError, DriftError
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 class AccuracyDrift:
     """Accuracy drift: ADWIN over the error bits of labelled feedback (1 = the model was wrong).
 
-    ADWIN (:class:`~lifelong.drift.stats.Adwin`) cuts its window where the error rate
+    ADWIN (:class:`~lifelong.drift.adwin.Adwin`) cuts its window where the error rate
     changed significantly, with ``delta = clock / arl`` so that false cuts come at most
     once per ``arl`` bits. A cut is drift when the error rate after it exceeds the
     *baseline* (the rate before the first cut) by at least ``accuracy_drop``; the baseline

@@ -43,7 +43,7 @@ from lifelong.data.local import load_refs
 from lifelong.data.replay import build_replay, load_replay, save_replay
 from lifelong.deploy.export import export_subnet, onnx_session, run_onnx
 from lifelong.errors import DataError, LifelongError, TrainingError
-from lifelong.jobs.adapt_request import ADAPT_REQUEST_FORMAT, AdaptRequest
+from lifelong.jobs.adapt_request import ADAPT_REQUEST_FORMAT, ADAPT_RESULT_FORMAT, ADAPT_RESULT_KIND, AdaptRequest
 from lifelong.nn.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from lifelong.nn.supernet import recalibrate_bn
 from lifelong.persist.supernet_versions import adapted_path
@@ -57,7 +57,6 @@ __all__ = ["ADAPT_REQUEST_FORMAT", "ADAPT_RESULT_FORMAT", "AdaptRequest", "Adapt
 
 logger = logging.getLogger(__name__)
 
-ADAPT_RESULT_FORMAT = 1
 MIN_SAMPLES = 20
 """Fewer labelled local samples than this cannot be split into fine-tuning and held-out parts."""
 
@@ -92,7 +91,7 @@ class AdaptResult:
 
     def save(self, path: str | Path) -> Path:
         return write_json_atomic(
-            path, {"kind": "lifelong-adapt-result", **self.to_dict()}, durable=False, indent=1, default=float
+            path, {"kind": ADAPT_RESULT_KIND, **self.to_dict()}, durable=False, indent=1, default=float
         )
 
 

@@ -1,7 +1,9 @@
 """The adaptation request: what the daemon asks of one adaptation worker, as a JSON file.
 
 Kept apart from :mod:`lifelong.jobs.adapt` (which needs torch) so that the serving process
-writes the same dataclass the worker reads: one definition of the format, versioned.
+writes the same dataclass the worker reads: one definition of the format, versioned. The
+result files' kinds and versions are defined here too, and :func:`read_adapt_result` is how
+the serving process reads a worker's result back.
 """
 
 from __future__ import annotations
@@ -13,11 +15,36 @@ from typing import Any
 from lifelong.errors import DataError, FormatVersionError
 from lifelong.persist.versioned import read_versioned_json, write_json_atomic
 
-__all__ = ["ADAPT_MODES", "ADAPT_REQUEST_FORMAT", "AdaptRequest"]
+__all__ = [
+    "ADAPT_MODES",
+    "ADAPT_REQUEST_FORMAT",
+    "ADAPT_RESULT_FORMAT",
+    "ADAPT_RESULT_KIND",
+    "BN_RESULT_FORMAT",
+    "BN_RESULT_KIND",
+    "AdaptRequest",
+    "read_adapt_result",
+]
 
 ADAPT_REQUEST_FORMAT = 1
 ADAPT_MODES = ("finetune", "bn")
 _KIND = "lifelong-adapt-request"
+ADAPT_RESULT_KIND, ADAPT_RESULT_FORMAT = "lifelong-adapt-result", 1
+"""The labelled adaptation's ``result.json`` (:mod:`lifelong.jobs.adapt`)."""
+BN_RESULT_KIND, BN_RESULT_FORMAT = "lifelong-bn-adapt-result", 1
+"""The label-free answer's ``result.json`` (:mod:`lifelong.jobs.bn_adapt`)."""
+
+
+def read_adapt_result(path: str | Path, mode: str) -> dict[str, Any]:
+    """A worker's ``result.json`` for an adaptation of ``mode`` (``finetune`` or ``bn``), once
+    its kind and format version are the ones this code reads.
+
+    Raises:
+        DataError: Missing, unreadable, or not an adaptation result.
+        FormatVersionError: Written by another version of the worker.
+    """
+    kind, version = (BN_RESULT_KIND, BN_RESULT_FORMAT) if mode == "bn" else (ADAPT_RESULT_KIND, ADAPT_RESULT_FORMAT)
+    return read_versioned_json(path, kind=kind, version=version, what="adaptation result", article="an")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import torch
 from lifelong.deploy.export import export_subnet, onnx_session, run_onnx
 from lifelong.drift.priors import softmax
 from lifelong.errors import DataError, SpaceError
-from lifelong.jobs.adapt_request import AdaptRequest
+from lifelong.jobs.adapt_request import BN_RESULT_FORMAT, BN_RESULT_KIND, AdaptRequest
 from lifelong.nn.checkpoint import file_sha256, load_checkpoint
 from lifelong.nn.supernet import recalibrate_bn
 from lifelong.persist.versioned import write_json_atomic
@@ -57,7 +57,6 @@ __all__ = ["BN_RESULT_FORMAT", "MIN_UNLABELLED", "class_mix_figures", "run_bn_ad
 
 logger = logging.getLogger(__name__)
 
-BN_RESULT_FORMAT = 1
 MIN_UNLABELLED = 64
 """Fewer images than this give BN statistics too noisy to serve with."""
 
@@ -171,7 +170,7 @@ def run_bn_adaptation(request: AdaptRequest, policy: Policy, progress: Progress 
     }
     phase("done", 1.0, "")
     result = {
-        "kind": "lifelong-bn-adapt-result",
+        "kind": BN_RESULT_KIND,
         "format_version": BN_RESULT_FORMAT,
         "mode": "bn",
         "trigger": req.trigger,

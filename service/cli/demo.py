@@ -30,9 +30,18 @@ __all__ = ["demo"]
 @click.option("--no-train", is_flag=True, help="Fail instead of training a quick supernet when none is cached.")
 @click.option("--rate", type=click.FloatRange(1, 5000), default=150.0, show_default=True,
               help="Samples a second sent to the daemon.")  # fmt: skip
+@click.option("--finetune-seconds", type=click.FloatRange(0, 3600), default=60.0, show_default=True,
+              help="Fine-tune each chosen point alone this long before its export (0: the supernet's weights as they are).")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Image order, noise and labelled share.")
 def demo(
-    state_dir: Path | None, samples: int, shift: str, timeout: float, no_train: bool, rate: float, seed: int
+    state_dir: Path | None,
+    samples: int,
+    shift: str,
+    timeout: float,
+    no_train: bool,
+    rate: float,
+    finetune_seconds: float,
+    seed: int,
 ) -> None:
     """Run the whole lifelong loop here, live: train, profile, search, serve, drift, adapt, swap.
 
@@ -59,6 +68,7 @@ def demo(
         timeout=timeout,
         train=not no_train,
         rate=rate,
+        finetune_seconds=finetune_seconds,
         seed=seed,
     )
     try:

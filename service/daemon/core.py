@@ -32,10 +32,12 @@ same validated swap as a deploy), then ``READY=1``. ``SIGTERM``/``SIGINT`` send
 and :meth:`Daemon.run` returns 0.
 
 The daemon's answers are written in parts, mixins of :class:`~service.daemon.parts.DaemonParts`
-that run on the same loop: the canary watch (:mod:`service.daemon.canary_watch`), the answers
+that run on the same loop: the commands (deploy, rollback, prune: :mod:`service.daemon.commands`),
+the canary watch (:mod:`service.daemon.canary_watch`), the answers
 to drift (:mod:`service.daemon.drift_answers`), exports of front points
 (:mod:`service.daemon.exports`), adaptations (:mod:`service.daemon.adaptations`) and policy
-reloads (:mod:`service.daemon.policy_reload`); each
+reloads (:mod:`service.daemon.policy_reload`), and what arrives while it serves
+(:mod:`service.daemon.intake`); each
 part's docstring says how it works. Test-only fault injection is in
 :mod:`service.daemon.fault_injection`.
 """
@@ -49,10 +51,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
-from lifelong.errors import LifelongError
 from policies import Policy
 from service.api.admin import install_admin_routes
 from service.api.app import ApiApp
@@ -65,9 +65,11 @@ from service.daemon.canary import (
     CanaryWatch,
 )
 from service.daemon.canary_watch import CanaryWatching
+from service.daemon.commands import Commands
 from service.daemon.drift_answers import DriftAnswers
 from service.daemon.exports import ExportAnswers
 from service.daemon.fault_injection import PAUSE_POINTS, arm_registry_pause, pause_for_tests
+from service.daemon.intake import Intake
 from service.daemon.loop import EventLoop, Reload, Stop
 from service.daemon.memory_trim import IdleTrim
 from service.daemon.policy_reload import PolicyReload
@@ -80,9 +82,8 @@ from service.daemon.watch import InboxFile, InboxWatcher, PolicyChanged, PolicyW
 from service.drift.check import DRIFT_CHECK_JOB, DriftCheck, DriftDetected
 from service.drift.feed import DriftFeed, TappedFeedback
 from service.drift.preference import FrontCache
-from service.errors import SettingsError
 from service.jobs import JobSpec, Scheduler
-from service.serving.ingest import RecentInputs, ingest_file
+from service.serving.ingest import RecentInputs
 from service.serving.live import LiveMonitor
 from service.serving.probe import probe_latency
 from service.serving.runtime import OrtRuntime, RuntimeSettings
@@ -97,7 +98,7 @@ from service.workers.adaptation import (
     AdaptationDone,
     AdaptationTick,
 )
-from service.workers.front_export import ExportDone, FrontExport, ResumeExport, prune_job_folders
+from service.workers.front_export import ExportDone, FrontExport, ResumeExport
 from service.workers.supervisor import WorkerSupervisor
 
 __all__ = ["CANARY_CHECK_JOB", "CANARY_CHECK_S", "DRIFT_CHECK_JOB", "Daemon", "DaemonSettings", "PAUSE_POINTS"]
@@ -112,7 +113,7 @@ MEMORY_TRIM_S = 5.0
 """Seconds between looks of the idle heap trim (:mod:`service.daemon.memory_trim`)."""
 
 
-class Daemon(CanaryWatching, DriftAnswers, ExportAnswers, AdaptationAnswers, PolicyReload):
+class Daemon(Commands, Intake, CanaryWatching, DriftAnswers, ExportAnswers, AdaptationAnswers, PolicyReload):
     """The service: serves the deployed model and owns every change to it.
 
     Args:
@@ -157,7 +158,7 @@ class Daemon(CanaryWatching, DriftAnswers, ExportAnswers, AdaptationAnswers, Pol
         self.memory_trim = IdleTrim(self._activity)
         self.canary: CanaryWatch | None = None  # set and cleared on the loop; read by API threads
         self._canary_check_queued = False
-        self._recall_watch: tuple[str, int] | None = None
+        self._recall_watch: tuple[str, int, int] | None = None
         self._extra_jobs = list(jobs)
         self.drift_feed = DriftFeed(on_due=self._drift_due)
         self.fronts = FrontCache(default_front(settings.state_dir))
@@ -343,147 +344,7 @@ class Daemon(CanaryWatching, DriftAnswers, ExportAnswers, AdaptationAnswers, Pol
         assert self.store is not None and self.registry is not None and self.runtime is not None
         return status_doc.history(self.store, self.registry.current_id(), self.runtime.current_id, limit)
 
-    # -- commands (on the loop) ----------------------------------------------------------------
-
-    def _deploy(
-        self,
-        model: str | None = None,
-        path: str | None = None,
-        data: bytes | None = None,
-        name: str | None = None,
-        reason: str | None = None,
-        judge: str = "all",
-    ) -> dict[str, Any]:
-        """Deploy through the validated swap.
-
-        ``judge``: what the canary compares with the replaced model: ``"all"`` (errors,
-        latency, accuracy), ``"accuracy"`` (errors and accuracy: an adapted model, slower by
-        choice within the budget), ``"errors"`` (a preference change: slower or less accurate
-        is what was asked for).
-        """
-        assert self.swapper is not None
-        what = model or path or f"upload {name or 'model.onnx'}"
-        reason = reason or f"deploy {what}"
-        baseline = self._baseline()  # the serving model's figures, before the swap replaces it
-        if baseline is not None and judge == "errors":  # slower or less accurate is what was asked for
-            baseline = replace(baseline, latency={}, labelled=0, correct=0)
-        elif baseline is not None and judge == "accuracy":  # slower within the budget was chosen
-            baseline = replace(baseline, latency={})
-        state = "active" if baseline is None else "canary"
-        try:
-            if model is not None:
-                result = self.swapper.deploy_model(model, reason=reason, state=state)
-            elif path is not None:
-                result = self.swapper.deploy_file(path, reason=reason, meta={"source": f"file {path}"}, state=state)
-            elif data is not None:
-                meta = {"source": f"upload {name or '-'}"}
-                result = self.swapper.deploy_file(data, reason=reason, meta=meta, state=state)
-            else:
-                raise SettingsError("deploy needs a model id, a path or the model's bytes")
-        except LifelongError as exc:
-            self._event("deploy-refused", f"{what}: {exc}")
-            raise
-        out = result.to_dict()
-        if result.changed:
-            self.live.begin(result.model_id)
-            self.canary = None
-            watched = ""
-            if baseline is not None and result.deployment is not None and result.deployment.state == "canary":
-                baseline = self._paired(baseline) if judge == "all" else baseline
-                self.canary = CanaryWatch(result.deployment.id, result.model_id, baseline)
-                window = self.policy.swap.canary_window
-                out["canary"] = {"window": window, "baseline": baseline.model_id}
-                watched = f"; canary for {window} requests against {baseline.model_id}"
-            self._event("deploy", f"{result.model_id} serves (was {result.previous_id}): {reason}{watched}")
-            self.notifier.status(self.status_line())
-        return out
-
-    def _rollback(self, reason: str | None = None) -> dict[str, Any]:
-        return self._roll_back(reason or "rollback by command", kind="rollback")
-
-    def _roll_back(self, reason: str, *, kind: str) -> dict[str, Any]:
-        """The one rollback path, for ``lifelong rollback`` (``kind`` "rollback") and the canary watch."""
-        assert self.swapper is not None
-        try:
-            result = self.swapper.rollback(reason=reason)
-        except LifelongError as exc:
-            self._event("rollback-refused", f"{reason}: {exc}" if kind != "rollback" else str(exc))
-            raise
-        self.canary = None
-        if result.changed:
-            self.live.begin(result.model_id)
-        self._event(kind, f"{result.model_id} serves again (was {result.previous_id}): {reason}")
-        if result.changed:
-            self._follow_serving(result.model_id)
-        self.notifier.status(self.status_line())
-        return result.to_dict()
-
-    # -- the canary watch (on the loop) --------------------------------------------------------
-
-    def _prune(self) -> dict[str, Any]:
-        assert self.store is not None and self.registry is not None
-        keep = self.policy.retention
-        removed = self.registry.prune(keep.keep_models, keep.keep_days, store=self.store)
-        before = time.time() - keep.keep_days * 86400
-        deleted = self.store.delete_older_than(before, ("metrics", "drift_events"))
-        busy = {h.job_id for h in self.supervisor.active()} if self.supervisor is not None else set()
-        folders = prune_job_folders(
-            [self.settings.state_dir / "adapt", self.settings.state_dir / "export"], before, busy
-        )
-        if removed:
-            self._event("retention", f"pruned models {', '.join(removed)}")
-        if folders:
-            self._event("retention", f"removed {len(folders)} worker job folders older than {keep.keep_days:g} days")
-        return {"removed_models": removed, "deleted_rows": deleted, "removed_job_folders": folders}
-
-    # -- events (on the loop) ------------------------------------------------------------------
-
-    def _on_inbox_file(self, event: InboxFile) -> None:
-        assert self.store is not None
-        if not event.path.exists():
-            return  # moved away or deleted before its turn
-        try:
-            got = ingest_file(self.settings.inbox, event.path, self.store, self.runtime)
-        except LifelongError as exc:
-            self.inbox_counts["rejected"] += 1
-            self._event("inbox-rejected", str(exc))
-            return
-        self.inbox_counts["files"] += 1
-        self.inbox_counts["samples"] += len(got.images)
-        self.recent_inputs.add(got.images)
-        pred = got.prediction
-        if pred is not None:
-            self.drift_feed.add_prediction(
-                pred.model_id, pred.embedding, pred.classes, pred.probabilities, pred.logit_offset
-            )
-            if got.labels is not None:
-                known = got.labels >= 0
-                outcomes = zip(got.labels[known].tolist(), pred.classes[known].tolist(), strict=True)
-                self.drift_feed.add_outcomes((pred.model_id, y, p) for y, p in outcomes)
-        self._samples_arrived(len(got.images))
-
-    def _samples_arrived(self, count: int) -> None:
-        """Run the drift check soon: new inbox samples, or the drift feed filling up (any thread)."""
-        scheduler = self.scheduler
-        if scheduler is not None and scheduler.running and DRIFT_CHECK_JOB in scheduler.stats():
-            scheduler.run_now(DRIFT_CHECK_JOB)
-
-    def _drift_due(self) -> None:
-        """The drift feed is half full (an API thread): bring the check forward, within its CPU share."""
-        if self.drift is not None and self.drift.may_run_early():
-            self._samples_arrived(0)
-
-    def _observe_request(self, model_id: str, batch: int, latency_ms: float, error: str | None) -> None:
-        """The runtime's request observer (API threads): per-model live figures, and latency for drift."""
-        self.live.observe(model_id, batch, latency_ms, error)
-        self.drift_feed.add_latency(model_id, batch, latency_ms, error)
-
-    def _on_outcomes(self, outcomes: list[tuple[str, int, int]]) -> None:
-        """Feedback labels of earlier predictions (API threads): live accuracy, and accuracy drift."""
-        self.live.add_outcomes(outcomes)
-        self.drift_feed.add_outcomes(outcomes)
-
-    # -- exports of front points (the cached front chose a model never exported) ----------------
+    # -- the loop's own ----------------------------------------------------------------------------
 
     def _on_loop_error(self, event: object, exc: Exception) -> None:
         self._event("error", f"handling {type(event).__name__} failed: {type(exc).__name__}: {exc}")

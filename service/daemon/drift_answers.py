@@ -63,9 +63,12 @@ RECALL_MODELS = 3
 """Earlier models the domain memory compares the served data with (the newest deployed)."""
 RECALL_LEVEL = 0.01
 """KS (Simes) p-value at or above which the served data matches an earlier model's reference."""
-RECALL_SAMPLES = 200
-"""Samples served after a data or label drift on which the domain memory is asked whether an
-earlier model served data like them (before the label-free answer's own, longer, wait ends)."""
+RECALL_IMAGES = 200
+"""The newest served images the domain memory compares with earlier models' references."""
+RECALL_AFTER = (50, 200)
+"""Samples served after a data or label drift's detection at which the domain memory is asked
+(the second time only if the first found nothing: a detection can come so early that the
+newest images still hold the old data's tail); both before the label-free answer's wait ends."""
 
 
 __all__ = ["DriftAnswers"]
@@ -156,42 +159,43 @@ class DriftAnswers(DaemonParts):
         self._answer_from_front("environment", policy, answer, message, event="drift")
 
     def _watch_recall(self, model_id: str) -> None:
-        """Ask the domain memory once :data:`RECALL_SAMPLES` more samples were served by
-        ``model_id`` (:meth:`_recall_tick`); once per drift of the serving model."""
+        """Ask the domain memory :data:`RECALL_AFTER` samples after this drift of ``model_id``
+        (:meth:`_recall_tick`); a drift seen again at the next check keeps the watch's start."""
         if self._recall_watch is None or self._recall_watch[0] != model_id:
-            self._recall_watch = (model_id, self.drift_feed.counts["samples"])
+            self._recall_watch = (model_id, self.drift_feed.counts["samples"], 0)
 
     def _recall_tick(self) -> str | None:
         """The domain memory's turn (on the loop, every adaptation tick, before any worker
-        starts): once enough samples were served after the drift, deploy the earlier model
-        whose data they match and cancel the adaptation, pending or running, that answered a
-        drift the data has now left. Independent of the adaptation's cool-down and of a
-        worker running: it trains nothing. An event message, or None."""
+        starts): at each of :data:`RECALL_AFTER` samples after the drift, deploy the earlier
+        model whose data the newest served images match, and cancel the adaptation, pending
+        or running, that answered a drift the data has now left. Independent of the
+        adaptation's cool-down and of a worker running: it trains nothing. An event message,
+        or None."""
         watch, runtime = self._recall_watch, self.runtime
         if watch is None or runtime is None or self.feedback is None:
             return None
-        model_id, since = watch
-        if runtime.current_id != model_id:
-            self._recall_watch = None  # another answer came first
+        model_id, since, tries = watch
+        if runtime.current_id != model_id or tries >= len(RECALL_AFTER):
+            self._recall_watch = None  # another answer came first, or every try is spent
             return None
-        if self.drift_feed.counts["samples"] - since < RECALL_SAMPLES:
+        if self.drift_feed.counts["samples"] - since < RECALL_AFTER[tries]:
             return None
-        self._recall_watch = None
-        images = self.feedback.recent_images(RECALL_SAMPLES, model_id)
-        if images is None or len(images) < RECALL_SAMPLES // 2:
+        self._recall_watch = (model_id, since, tries + 1)
+        images = self.feedback.recent_images(RECALL_IMAGES, model_id)
+        if images is None or len(images) < RECALL_IMAGES // 2:
             return None
         said = self._recall(images)
-        if said is not None and runtime.current_id != model_id and self.adaptation is not None:
-            dropped = []
-            if self.adaptation.pending is not None:
-                self.adaptation.cancel_pending()
-                dropped.append("the pending adaptation is dropped")
-            if self.adaptation.running:
-                self.adaptation.cancel()
-                dropped.append("the running adaptation is cancelled")
-            if dropped:
-                said = f"{said}; {' and '.join(dropped)}: the data it answered is gone"
-        return said
+        if said is None or runtime.current_id == model_id:
+            return said
+        self._recall_watch = None
+        dropped = []
+        if self.adaptation is not None and self.adaptation.pending is not None:
+            self.adaptation.cancel_pending()
+            dropped.append("the pending adaptation is dropped")
+        if self.adaptation is not None and self.adaptation.running:
+            self.adaptation.cancel()
+            dropped.append("the running adaptation is cancelled")
+        return f"{said}; {' and '.join(dropped)}: the data it answered is gone" if dropped else said
 
     def _recall(self, images: np.ndarray) -> str | None:
         """Domain memory: deploy the newest earlier model whose kept drift reference the served
@@ -217,7 +221,7 @@ class DriftAnswers(DaemonParts):
             if p < RECALL_LEVEL:
                 continue
             reason = (
-                f"domain memory: the {len(images)} samples served since the drift look like the data {mid} "
+                f"domain memory: the last {len(images)} samples served look like the data {mid} "
                 f"served (KS on its embeddings, p {p:.2g})"
             )
             try:

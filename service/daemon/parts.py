@@ -2,10 +2,12 @@
 up, and the few of its methods every part calls.
 
 The daemon is one object with one loop (:mod:`service.daemon.core`); its answers are written
-in parts, one concept each, as mixins of this base: the canary watch
+in parts, one concept each, as mixins of this base: the commands (:mod:`service.daemon.commands`),
+the canary watch
 (:mod:`service.daemon.canary_watch`), the answers to drift (:mod:`service.daemon.drift_answers`),
 exports of front points (:mod:`service.daemon.exports`) and adaptations
-(:mod:`service.daemon.adaptations`), and policy reloads (:mod:`service.daemon.policy_reload`).
+(:mod:`service.daemon.adaptations`), policy reloads (:mod:`service.daemon.policy_reload`), and what arrives while it serves
+(:mod:`service.daemon.intake`).
 Every method of a part runs on the loop unless it says
 otherwise, as the daemon's own do.
 """
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 
     from policies import Policy
     from service.api.feedback import StoreFeedback
-    from service.daemon.canary import CanaryWatch
+    from service.daemon.canary import Baseline, CanaryWatch
     from service.daemon.loop import EventLoop
     from service.daemon.sdnotify import Notifier
     from service.daemon.settings import DaemonSettings
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from service.state.store import Store
     from service.workers.adaptation import Adaptation
     from service.workers.front_export import FrontExport
+    from service.workers.supervisor import WorkerSupervisor
 
 __all__ = ["DaemonParts"]
 
@@ -61,11 +64,13 @@ class DaemonParts:
     adaptation: Adaptation | None
     exporter: FrontExport | None
     canary: CanaryWatch | None
+    supervisor: WorkerSupervisor | None
     swapper: Swapper | None
     state: str
     policy_state: PolicyState
     _canary_check_queued: bool
-    _recall_watch: tuple[str, int] | None  # the domain memory's watch: (model, samples served at its drift)
+    inbox_counts: dict[str, int]
+    _recall_watch: tuple[str, int, int] | None  # the domain memory's watch: (model, samples served at its drift, tries)
     recent_events: deque[dict[str, Any]]
     _events_lock: threading.Lock
 
@@ -98,6 +103,12 @@ class DaemonParts:
         raise NotImplementedError
 
     # one part calls another through these (each is written in the part named)
+    def _baseline(self) -> Baseline | None:  # canary_watch
+        raise NotImplementedError
+
+    def _paired(self, baseline: Baseline) -> Baseline:  # canary_watch
+        raise NotImplementedError
+
     def _ask_front(self, policy: Policy) -> PreferenceAnswer:  # drift_answers
         raise NotImplementedError
 

@@ -364,9 +364,16 @@ class ExportedPick:
 
 
 def prepare_exports(
-    runner: StepRunner, state: Path, ckpt: Path, points: dict[str, FrontPoint], batch: int
+    runner: StepRunner,
+    state: Path,
+    ckpt: Path,
+    points: dict[str, FrontPoint],
+    batch: int,
+    *,
+    finetune_seconds: float = 0.0,
 ) -> dict[str, ExportedPick]:
-    """Export each chosen point behind the parity gate, or reuse an export of the same checkpoint.
+    """Export each chosen point behind the parity gate, or reuse an export of the same
+    checkpoint (and the same fine-tuning).
 
     Args:
         runner: Runs and records the steps.
@@ -374,27 +381,34 @@ def prepare_exports(
         ckpt: The supernet the points are cut from.
         points: Role (``initial``, ``fast``) -> the point its policy chose.
         batch: The batch size latencies are shown at.
+        finetune_seconds: Fine-tune each point alone this long first (``lifelong finetune``); 0: not.
     """
     sha = file_sha256(ckpt)
     out: dict[str, ExportedPick] = {}
+    tuned = f", fine-tuned alone for {finetune_seconds:g} s" if finetune_seconds > 0 else ""
     for role, point in points.items():
-        onnx = state / "exports" / f"{point.subnet}.onnx"
+        onnx = state / "exports" / f"{point.subnet}{'.ft' if finetune_seconds > 0 else ''}.onnx"
         sidecar = onnx.with_suffix(".json")
-        with runner.step(f"export the {role} policy's choice to ONNX (parity gate on {PARITY_IMAGES} images)") as note:
+        with runner.step(f"export the {role} policy's choice to ONNX{tuned} (parity gate on {PARITY_IMAGES} images)") as note:  # fmt: skip
             report = None
             if onnx.exists() and sidecar.exists():
                 with contextlib.suppress(OSError, ValueError):
                     doc = json.loads(sidecar.read_text())
-                    if doc.get("checkpoint_sha256") == sha:
+                    if doc.get("checkpoint_sha256") == sha and doc.get("finetune_seconds", 0) == finetune_seconds:
                         report = doc
             if report is not None:
                 note.outcome = "reused"
             else:
-                args = ["export", point.subnet, "--out", str(onnx), "--parity-images", str(PARITY_IMAGES), "--json"]
+                args = ["--out", str(onnx), "--parity-images", str(PARITY_IMAGES), "--json"]
+                if finetune_seconds > 0:
+                    args = ["finetune", point.subnet, "--seconds", str(finetune_seconds), *args]
+                else:
+                    args = ["export", point.subnet, *args]
+                cmd = "finetune" if finetune_seconds > 0 else "export"
                 report = json.loads(
-                    runner.cli([*args, "--state-dir", str(state), "--checkpoint", str(ckpt)], "export", echo=False)
+                    runner.cli([*args, "--state-dir", str(state), "--checkpoint", str(ckpt)], cmd, echo=False)
                 )
-                report["checkpoint_sha256"] = sha
+                report["checkpoint_sha256"], report["finetune_seconds"] = sha, finetune_seconds
                 sidecar.write_text(json.dumps(report, indent=2) + "\n")
             data = onnx.read_bytes()
             parity = report.get("parity") or {}

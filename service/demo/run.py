@@ -99,6 +99,9 @@ class DemoSettings:
         label_fraction: Share of the samples whose true label is fed back.
         measure_samples: Samples the model is measured on after adaptation and after the
             preference change.
+        finetune_seconds: Each chosen point is fine-tuned alone from its supernet weights for
+            this long before its export (``lifelong finetune``): a quick supernet's subnets are
+            far from what they reach alone; 0 exports the supernet's weights as they are.
         seed: Seeds the image order, the noise and the labelled share.
     """
 
@@ -110,6 +113,7 @@ class DemoSettings:
     rate: float = 150.0
     label_fraction: float = 0.5
     measure_samples: int = 1500
+    finetune_seconds: float = 60.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -126,6 +130,8 @@ class DemoSettings:
             problems.append(f"label_fraction={self.label_fraction}: expected a share in (0, 1]")
         if self.measure_samples < 1:
             problems.append(f"measure_samples={self.measure_samples}: expected at least 1")
+        if not 0 <= self.finetune_seconds <= 3600:
+            problems.append(f"finetune_seconds={self.finetune_seconds}: expected 0 to 3600 seconds")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -209,7 +215,9 @@ class _Demo:
             )
         else:
             points["fast"] = fast[1]
-        self.picks = prepare_exports(self.runner, self.state, ckpt, points, initial.target.batch)
+        self.picks = prepare_exports(
+            self.runner, self.state, ckpt, points, initial.target.batch, finetune_seconds=self.s.finetune_seconds
+        )
         self.initial, self.fast = initial, None if fast is None else fast[0]
         self.ckpt = ckpt
         for pick in self.picks.values():

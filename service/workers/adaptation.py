@@ -36,7 +36,6 @@ No torch here: this module runs in the serving process.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -48,7 +47,8 @@ from typing import Any
 
 import numpy as np
 
-from lifelong.jobs.adapt_request import AdaptRequest
+from lifelong.errors import LifelongError
+from lifelong.jobs.adapt_request import AdaptRequest, read_adapt_result
 from lifelong.persist.supernet_versions import current_supernet
 from policies import Policy, policy_to_dict
 from service.errors import ServiceError
@@ -342,8 +342,8 @@ class Adaptation:
         result: dict[str, Any] | None = None
         if handle.state is WorkerState.SUCCEEDED:
             try:
-                result = json.loads(Path(str((handle.result or {})["result"])).read_text())
-            except (KeyError, OSError, ValueError) as exc:
+                result = read_adapt_result(str((handle.result or {})["result"]), self.mode or "finetune")
+            except (KeyError, LifelongError) as exc:
                 decision = SwapDecision(False, f"the adaptation's result cannot be read: {exc}")
             else:
                 decision = decide_swap(result, policy)
