@@ -587,8 +587,12 @@ class Scenario:
             t_swap = None if swap_model is None else rec.first_answer[swap_model]
         clean_acc, n_clean = rec.accuracy("clean", self.model_a)
         before_acc, n_before = rec.accuracy("shifted", self.model_a, after=t_shift)
-        answering = swap_model if corrected is None else self.model_a
-        after_acc, n_after = (None, 0) if answering is None else rec.accuracy("post", answering)
+        # the post phase is answered by whatever serves once the answers are in: the label-free
+        # model, or the labelled one that replaced it, or the serving model with its logits corrected
+        after_acc, n_after = (None, 0) if swap_model is None and corrected is None else rec.accuracy("post")
+        first_acc, n_first = (None, 0)
+        if swap_model is not None:  # the first answer, on the shifted stream before the labelled one replaced it
+            first_acc, n_first = rec.accuracy("shifted", swap_model, after=rec.first_answer[swap_model])
         out["detection"] = {
             "delay_samples": None if first_any is None else detection_delay(rec.log, shift_at, first_any["at"]),
             "delay_s": None if first_any is None else first_any["at"] - t_shift,
@@ -624,6 +628,8 @@ class Scenario:
             "shifted_before_swap_n": n_before,
             "shifted_after_swap": after_acc,
             "shifted_after_swap_n": n_after,
+            "shifted_first_answer": first_acc,
+            "shifted_first_answer_n": n_first,
             "lost": lost,
             "recovered_fraction": recovered_fraction(clean_acc, before_acc, after_acc),
         }

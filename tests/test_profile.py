@@ -264,3 +264,14 @@ def test_part_rows_and_random_nets_run() -> None:
         sess = ort.InferenceSession(build_model(net).SerializeToString(), providers=["CPUExecutionProvider"])
         logits, _ = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 1, 28, 28), np.float32)})
         assert logits.shape == (1, 10), str(cfg)
+
+
+def test_two_models_timed_alternately_keep_their_order_of_speed() -> None:
+    from lifelong.deploy.onnx_graph import build_model
+    from lifelong.device.profile import measure_pair, random_net
+
+    small = build_model(random_net(SPACE, SPACE.smallest(Precision(8, 8)))).SerializeToString()
+    big = build_model(random_net(SPACE, SPACE.largest(Precision(32, 32)))).SerializeToString()
+    a, b = measure_pair(small, big, batches=(1, 4), threads=1)
+    assert set(a) == set(b) == {1, 4} and all(v > 0 for v in (*a.values(), *b.values()))
+    assert b[1] > a[1] and b[4] > a[4], (a, b)

@@ -320,6 +320,32 @@ def measure_model(
     return out
 
 
+def measure_pair(
+    a: Any, b: Any, batches: tuple[int, ...] = (1, 32), threads: int = 2, shape: tuple[int, ...] = INPUT_SHAPE
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Median latency in ms of two ONNX models (protos or bytes) at each batch size, run
+    alternately so that both see the same load: on a busy device, two models timed one after
+    the other differed by a third though they were the same graph with other weights."""
+    sessions = [_session(m if isinstance(m, bytes) else m.SerializeToString(), threads) for m in (a, b)]
+    names = [s.get_inputs()[0].name for s in sessions]
+    rng = np.random.default_rng(0)
+    out: tuple[dict[int, float], dict[int, float]] = ({}, {})
+    for batch in batches:
+        x = rng.random((batch, *shape), dtype=np.float32)
+        warmup, repeats = _repeats(batch)
+        for _ in range(warmup):
+            for s, n in zip(sessions, names, strict=True):
+                s.run(None, {n: x})
+        times = np.empty((2, repeats * 2))
+        for r in range(repeats * 2):
+            for i, (s, n) in enumerate(zip(sessions, names, strict=True)):
+                t0 = time.perf_counter()
+                s.run(None, {n: x})
+                times[i, r] = time.perf_counter() - t0
+        out[0][batch], out[1][batch] = (float(np.median(times[i]) * 1e3) for i in range(2))
+    return out
+
+
 def reference_subnet(space: SearchSpace) -> SubnetConfig:
     """The middle of the space at FP32: the fewest stages, each of its median width, shallowest,
     smallest kernel, max-pooled, then flatten and the median hidden width. In the default space

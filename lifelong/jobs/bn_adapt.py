@@ -105,7 +105,7 @@ def run_bn_adaptation(request: AdaptRequest, policy: Policy, progress: Progress 
         CheckpointError: the supernet cannot be read.
         ParityError, ExportError: the export failed its gate.
     """
-    from lifelong.device.profile import measure_model
+    from lifelong.device.profile import measure_pair
 
     req = request
     t0 = time.monotonic()
@@ -152,10 +152,12 @@ def run_bn_adaptation(request: AdaptRequest, policy: Policy, progress: Progress 
 
     phase("measure", 0.8, "latency of both models")
     batches = (policy.target.batch,)
-    lat_serving = measure_model(
-        Path(serving["path"]).read_bytes(), batches=batches, threads=policy.target.fixed_threads
+    lat_serving, lat_cand = measure_pair(  # alternately: the device also serves meanwhile
+        Path(serving["path"]).read_bytes(),
+        report.path.read_bytes(),
+        batches=batches,
+        threads=policy.target.fixed_threads,
     )
-    lat_cand = measure_model(report.path.read_bytes(), batches=batches, threads=policy.target.fixed_threads)
     serving_figures["latency_ms"] = {str(k): float(v) for k, v in lat_serving.items()}
     candidate = {
         "path": str(report.path),
