@@ -327,3 +327,18 @@ def test_a_failing_step_command_names_its_error_and_its_log(tmp_path: Path) -> N
             runner.cli(["profile", "--check", "--state-dir", str(tmp_path)], "profile")
     assert runner.steps[0].outcome == "failed" and "failed" in lines[-1]
     assert "$ lifelong profile --check" in (tmp_path / "logs" / "profile.log").read_text()
+
+
+def test_the_summary_names_the_label_free_answer_and_then_the_labelled_one() -> None:
+    milestones = {"detection_delay_s": 2.2, "adaptation_outcome": "swapped", "adaptation_mode": "bn",
+                  "adaptation_after_detection_s": 7.0, "labelled_outcome": "kept", "labelled_after_detection_s": 98.1}  # fmt: skip
+    lines = format_summary({"seconds": 792.0, "outcome": "completed", "accuracy": {}, "milestones": milestones})
+    assert lines[1:] == [
+        "  drift detected 2.2 s after the shift",
+        "  label-free answer: swapped, 7.0 s after the detection",
+        "  labelled answer: kept, 98.1 s after the detection",
+    ]
+    milestones["adaptation_mode"] = "finetune"  # labels came first: the first answer is the labelled one
+    del milestones["labelled_outcome"]
+    lines = format_summary({"seconds": 1.0, "outcome": "completed", "milestones": milestones})
+    assert lines[-1] == "  adaptation: swapped, 7.0 s after the detection"

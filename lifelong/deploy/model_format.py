@@ -27,6 +27,7 @@ __all__ = [
     "MODEL_FORMAT",
     "ORT_DISABLED_OPTIMIZERS",
     "ort_session",
+    "read_metadata",
 ]
 
 MODEL_FORMAT = 1
@@ -70,3 +71,58 @@ def ort_session(model: bytes | str, threads: int = 1) -> object:
     return ort.InferenceSession(
         model, so, providers=["CPUExecutionProvider"], disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS)
     )
+
+
+_METADATA_FIELD = 14  # ModelProto.metadata_props: repeated StringStringEntryProto {1: key, 2: value}
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        if i >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[i]
+        out |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return out, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(buf: bytes):  # noqa: ANN202 - a generator of (field number, wire type, value)
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 1:
+            value, i = buf[i : i + 8], i + 8
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            value, i = buf[i : i + n], i + n
+        elif wire == 5:
+            value, i = buf[i : i + 4], i + 4
+        else:
+            raise ValueError(f"wire type {wire} of field {field}")
+        if i > len(buf):
+            raise ValueError(f"field {field} runs past the end")
+        yield field, wire, value
+
+
+def read_metadata(model: bytes) -> dict[str, str]:
+    """The metadata properties of an ONNX model file's bytes, read from the protobuf wire
+    format without the ``onnx`` package: the serving process registers models and would
+    otherwise load ``onnx`` (and ``ml_dtypes``, about 25 MB) only for these strings.
+
+    Raises:
+        ValueError: Not a well-formed protobuf message.
+    """
+    props: dict[str, str] = {}
+    for field, wire, value in _fields(model):
+        if field == _METADATA_FIELD and wire == 2:
+            entry = {f: v for f, w, v in _fields(value) if w == 2}
+            props[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
+    return props

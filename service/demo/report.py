@@ -340,7 +340,14 @@ def format_summary(doc: Mapping[str, Any]) -> list[str]:
     if "detection_delay_s" in ms:
         lines.append(f"  drift detected {ms['detection_delay_s']} s after the shift")
     if "adaptation_outcome" in ms:
-        lines.append(f"  adaptation: {ms['adaptation_outcome']} after {ms.get('adaptation_seconds')} s")
+        first = "label-free answer" if ms.get("adaptation_mode") == "bn" else "adaptation"
+        lines.append(
+            f"  {first}: {ms['adaptation_outcome']}, {ms.get('adaptation_after_detection_s')} s after the detection"
+        )
+    if "labelled_outcome" in ms:
+        lines.append(
+            f"  labelled answer: {ms['labelled_outcome']}, {ms.get('labelled_after_detection_s')} s after the detection"
+        )
     if "preference_swap_s" in ms:
         lines.append(f"  preference change answered by a swap in {ms['preference_swap_s']} s")
     if "export_swap_s" in ms:

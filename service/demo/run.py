@@ -511,7 +511,8 @@ class _Demo:
             if last is not None:
                 self.adaptation = last
                 self.milestones["adaptation_outcome"] = last.get("outcome")
-                self.milestones["adaptation_seconds"] = last.get("seconds")
+                self.milestones["adaptation_mode"] = last.get("mode")
+                self.milestones["adaptation_after_detection_s"] = self._after_detection(last)
                 note.detail = f"{last.get('outcome')}: {last.get('reason')}"
                 cand = last.get("candidate") or {}
                 if cand:
@@ -543,6 +544,12 @@ class _Demo:
                 self.notes.append(f"the adaptation did not finish within {limit:.0f} s")
         return swapped
 
+    def _after_detection(self, last: dict[str, Any]) -> float | None:
+        """Seconds from the drift's detection to when an adaptation's outcome was recorded."""
+        at = self.milestones.get("drift_detected_t")
+        finished = last.get("finished")
+        return None if at is None or finished is None else round(float(finished) - self.timeline.started - at, 1)
+
     def _wait_labelled(self, pool: np.ndarray, after: float) -> None:
         """After the label-free first answer: the labelled adaptation stayed pending; wait for
         its outcome (it replaces the first answer only if better on held-out local samples)."""
@@ -573,7 +580,7 @@ class _Demo:
                 self.notes.append(note.detail)
                 return
             self.milestones["labelled_outcome"] = last.get("outcome")
-            self.milestones["labelled_seconds"] = last.get("seconds")
+            self.milestones["labelled_after_detection_s"] = self._after_detection(last)
             note.detail = f"{last.get('outcome')}: {last.get('reason')}"
             serving = facts["model"]
             if last.get("outcome") == "swapped" and serving is not None and serving not in known:

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lifelong.deploy.model_format import META_CHECKPOINT, META_FORMAT, META_SUBNET
+from lifelong.deploy.model_format import META_CHECKPOINT, META_FORMAT, META_SUBNET, read_metadata
 from service.errors import RegistryError
 from service.state.store import Deployment, ModelRecord, Store
 
@@ -91,13 +91,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _onnx_props(path: Path) -> dict[str, str]:
-    import onnx  # the service may use onnx; imported late to keep `lifelong --help` light
-
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, ValueError, ... for garbage
+        return read_metadata(path.read_bytes())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise RegistryError(f"{path} is not a readable ONNX model: {exc}") from exc
-    return {p.key: p.value for p in model.metadata_props}
 
 
 @dataclass(frozen=True)
