@@ -268,7 +268,8 @@ def test_part_rows_and_random_nets_run() -> None:
 
 def test_two_models_timed_alternately_keep_their_order_of_speed() -> None:
     from lifelong.deploy.onnx_graph import build_model
-    from lifelong.device.profile import measure_pair, random_net
+    from lifelong.device.profile import random_net
+    from lifelong.device.timing import measure_pair
 
     small = build_model(random_net(SPACE, SPACE.smallest(Precision(8, 8)))).SerializeToString()
     big = build_model(random_net(SPACE, SPACE.largest(Precision(32, 32)))).SerializeToString()

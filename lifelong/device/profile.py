@@ -34,6 +34,7 @@ import numpy as np
 
 from lifelong.deploy.model_format import INPUT_NAME, INPUT_SHAPE, ort_session
 from lifelong.deploy.net_spec import ConvSpec, LinearSpec, NetSpec
+from lifelong.device.timing import measure_model, repeats_for, time_session
 from lifelong.errors import LifelongError
 from lifelong.persist.versioned import read_versioned_json, write_json_atomic
 from lifelong.progress import Progress
@@ -52,7 +53,6 @@ __all__ = [
     "device_fingerprint",
     "head_key",
     "integer_borders",
-    "measure_model",
     "part_key",
     "profile_device",
     "random_net",
@@ -282,70 +282,6 @@ def table_keys(space: SearchSpace) -> list[str]:
     return [e.key for e in _entries(space)]
 
 
-# -- measuring ----------------------------------------------------------------------------------
-def _session(model_bytes: bytes, threads: int) -> Any:
-    return ort_session(model_bytes, threads)
-
-
-def time_session(session: Any, x: np.ndarray, warmup: int, repeats: int) -> float:
-    """Median ms of ``repeats`` runs of ``session`` on ``x`` after ``warmup`` untimed ones."""
-    name = session.get_inputs()[0].name
-    feed = {name: x}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = np.empty(repeats)
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times[r] = time.perf_counter() - t0
-    return float(np.median(times) * 1e3)
-
-
-def _repeats(batch: int) -> tuple[int, int]:
-    """Warm-up runs and timed repeats: fewer for big batches, whose runs are long and steady."""
-    return (10, 30) if batch == 1 else (3, 9)
-
-
-def measure_model(
-    model: Any, batches: tuple[int, ...] = (1, 32), threads: int = 2, shape: tuple[int, ...] = INPUT_SHAPE
-) -> dict[int, float]:
-    """Median latency in ms of an ONNX model (proto or bytes) at each batch size."""
-    data = model if isinstance(model, bytes) else model.SerializeToString()
-    session = _session(data, threads)
-    rng = np.random.default_rng(0)
-    out = {}
-    for b in batches:
-        warmup, repeats = _repeats(b)
-        out[b] = time_session(session, rng.random((b, *shape), dtype=np.float32), warmup, repeats * 2)
-    return out
-
-
-def measure_pair(
-    a: Any, b: Any, batches: tuple[int, ...] = (1, 32), threads: int = 2, shape: tuple[int, ...] = INPUT_SHAPE
-) -> tuple[dict[int, float], dict[int, float]]:
-    """Median latency in ms of two ONNX models (protos or bytes) at each batch size, run
-    alternately so that both see the same load: on a busy device, two models timed one after
-    the other differed by a third though they were the same graph with other weights."""
-    sessions = [_session(m if isinstance(m, bytes) else m.SerializeToString(), threads) for m in (a, b)]
-    names = [s.get_inputs()[0].name for s in sessions]
-    rng = np.random.default_rng(0)
-    out: tuple[dict[int, float], dict[int, float]] = ({}, {})
-    for batch in batches:
-        x = rng.random((batch, *shape), dtype=np.float32)
-        warmup, repeats = _repeats(batch)
-        for _ in range(warmup):
-            for s, n in zip(sessions, names, strict=True):
-                s.run(None, {n: x})
-        times = np.empty((2, repeats * 2))
-        for r in range(repeats * 2):
-            for i, (s, n) in enumerate(zip(sessions, names, strict=True)):
-                t0 = time.perf_counter()
-                s.run(None, {n: x})
-                times[i, r] = time.perf_counter() - t0
-        out[0][batch], out[1][batch] = (float(np.median(times[i]) * 1e3) for i in range(2))
-    return out
-
-
 def reference_subnet(space: SearchSpace) -> SubnetConfig:
     """The middle of the space at FP32: the fewest stages, each of its median width, shallowest,
     smallest kernel, max-pooled, then flatten and the median hidden width. In the default space
@@ -376,18 +312,18 @@ class _Reference:
         from lifelong.deploy.onnx_graph import build_model  # onnx loads only where a graph is built
 
         model = build_model(random_net(space, reference_subnet(space), seed=99))
-        self.session = _session(model.SerializeToString(), threads)
+        self.session = ort_session(model.SerializeToString(), threads)
         rng = np.random.default_rng(2)
         self.inputs = {b: rng.random((b, *INPUT_SHAPE), dtype=np.float32) for b in batches}
 
     def time(self, batch: int) -> float:
-        warmup, repeats = _repeats(batch)
+        warmup, repeats = repeats_for(batch)
         return time_session(self.session, self.inputs[batch], warmup // 2, repeats)
 
     def paired(self, session: Any, x: np.ndarray, batch: int) -> tuple[float, float]:
         """Medians (ms) of ``session`` and the reference, run alternately so both see the same load."""
         name = session.get_inputs()[0].name
-        warmup, repeats = _repeats(batch)
+        warmup, repeats = repeats_for(batch)
         ref = self.inputs[batch]
         for _ in range(warmup):
             session.run(None, {name: x})
@@ -575,10 +511,10 @@ def profile_device(
     for n, e in enumerate(entries):
         if n % REFERENCE_EVERY == REFERENCE_EVERY - 1:  # how fast is the machine now?
             scale = [ref_start[i] / reference.time(b) for i, b in enumerate(batches)]
-        session = _session(e.build().SerializeToString(), threads)
+        session = ort_session(e.build().SerializeToString(), threads)
         row = []
         for bi, b in enumerate(batches):
-            warmup, repeats = _repeats(b)
+            warmup, repeats = repeats_for(b)
             ms = time_session(session, rng.random((b, *e.shape), dtype=np.float32), warmup, repeats) * scale[bi]
             row.append(max(0.0, ms - overhead[bi]))
         table[e.key] = row
@@ -611,7 +547,7 @@ class PairedTimer:
     def measure(self, model: Any) -> dict[int, float]:
         """Latency (ms) of an ONNX model (proto or bytes) at each profiled batch size."""
         data = model if isinstance(model, bytes) else model.SerializeToString()
-        session = _session(data, self.threads)
+        session = ort_session(data, self.threads)
         rng = np.random.default_rng(0)
         out = {}
         for i, b in enumerate(self.profile.batches):

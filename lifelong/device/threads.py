@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lifelong.deploy.model_format import INPUT_SHAPE, ort_session
-from lifelong.device.profile import time_session
+from lifelong.device.timing import time_session
 from lifelong.persist.versioned import write_bytes_atomic
 
 __all__ = ["META_THREADS", "THREAD_CHOICES", "choose_threads", "threads_for", "time_threads", "write_thread_choice"]

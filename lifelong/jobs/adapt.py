@@ -141,7 +141,7 @@ def _onnx_figures(
 def _latency(path: Path, policy: Policy) -> dict[str, float]:
     """Median latency of an ONNX model at the policy's batch, measured here: the serving model
     and the candidate are timed alike, so their ratio holds even on a busy device."""
-    from lifelong.device.profile import measure_model
+    from lifelong.device.timing import measure_model
 
     got = measure_model(path.read_bytes(), batches=(policy.target.batch,), threads=policy.target.fixed_threads)
     return {str(k): float(v) for k, v in got.items()}

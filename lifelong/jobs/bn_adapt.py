@@ -105,7 +105,7 @@ def run_bn_adaptation(request: AdaptRequest, policy: Policy, progress: Progress 
         CheckpointError: the supernet cannot be read.
         ParityError, ExportError: the export failed its gate.
     """
-    from lifelong.device.profile import measure_pair
+    from lifelong.device.timing import measure_pair
 
     req = request
     t0 = time.monotonic()

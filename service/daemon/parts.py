@@ -19,6 +19,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
 
     from policies import Policy
@@ -74,69 +76,23 @@ class DaemonParts:
     recent_events: deque[dict[str, Any]]
     _events_lock: threading.Lock
 
-    @property
-    def policy(self) -> Policy:
-        raise NotImplementedError
+    policy: Policy  # the daemon's property: the policy in force
 
-    def _event(self, kind: str, message: str) -> None:
-        raise NotImplementedError
-
-    def _deploy(
-        self,
-        model: str | None = None,
-        path: str | None = None,
-        data: bytes | None = None,
-        name: str | None = None,
-        reason: str | None = None,
-        judge: str = "all",
-    ) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _roll_back(self, reason: str, *, kind: str) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def status_line(self) -> str:
-        raise NotImplementedError
-
-    @staticmethod
-    def _first_line(text: str | None) -> str:
-        raise NotImplementedError
-
-    # one part calls another through these (each is written in the part named)
-    def _baseline(self) -> Baseline | None:  # canary_watch
-        raise NotImplementedError
-
-    def _paired(self, baseline: Baseline) -> Baseline:  # canary_watch
-        raise NotImplementedError
-
-    def _ask_front(self, policy: Policy) -> PreferenceAnswer:  # drift_answers
-        raise NotImplementedError
-
-    def _answer_from_front(
-        self, kind: str, policy: Policy, answer: PreferenceAnswer, message: str, *, event: str
-    ) -> PreferenceAnswer:  # drift_answers
-        raise NotImplementedError
-
-    def _recall(self, images: np.ndarray) -> str | None:  # drift_answers
-        raise NotImplementedError
-
-    def _recall_tick(self) -> str | None:  # drift_answers
-        raise NotImplementedError
-
-    def _want_export(self, kind: str, subnet: str | None, policy: Policy, reason: str) -> str:  # exports
-        raise NotImplementedError
-
-    def _export_moot(self, kind: str) -> None:  # exports
-        raise NotImplementedError
-
-    def _adaptation_tick(self) -> None:  # adaptations
-        raise NotImplementedError
-
-    def _install_front(self, path: str | None, sha: str | None, parent_sha: str | None) -> None:  # adaptations
-        raise NotImplementedError
-
-    def _follow_serving(self, model_id: str) -> None:  # adaptations
-        raise NotImplementedError
-
-    def _preference_changed(self, old: Policy, new: Policy) -> None:  # drift_answers
-        raise NotImplementedError
+    # the methods one part calls on another, each written once in the module named
+    _event: Callable[[str, str], None]  # core
+    status_line: Callable[[], str]  # core
+    _first_line: Callable[[str | None], str]  # core
+    _deploy: Callable[..., dict[str, Any]]  # commands
+    _roll_back: Callable[..., dict[str, Any]]  # commands
+    _baseline: Callable[[], Baseline | None]  # canary_watch
+    _paired: Callable[[Baseline], Baseline]  # canary_watch
+    _ask_front: Callable[[Policy], PreferenceAnswer]  # drift_answers
+    _answer_from_front: Callable[..., PreferenceAnswer]  # drift_answers
+    _recall: Callable[[np.ndarray], str | None]  # drift_answers
+    _recall_tick: Callable[[], str | None]  # drift_answers
+    _preference_changed: Callable[[Policy, Policy], None]  # drift_answers
+    _want_export: Callable[[str, str | None, Policy, str], str]  # exports
+    _export_moot: Callable[[str], None]  # exports
+    _adaptation_tick: Callable[[], None]  # adaptations
+    _install_front: Callable[[str | None, str | None, str | None], None]  # adaptations
+    _follow_serving: Callable[[str], None]  # adaptations
