@@ -13,12 +13,14 @@ the transfer-vs-scratch comparison at small sample counts.
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from common import target, write_results
 
 from lifelong.predictor.build import BuildSettings, build_predictor
 from lifelong.predictor.samples import PredictorData
+from lifelong.space.config import SPACE_VERSION
 from service.state.paths import default_predictor_data, resolve_state_dir
 
 
@@ -41,6 +43,12 @@ def main() -> None:
             report.meets_target,
         ),
         target(
+            f"Kendall tau on {report.holdout} held-out quantized subnets of space v{SPACE_VERSION} (issue 13's bar)",
+            report.transfer.kendall_tau,
+            ">= 0.8",
+            report.transfer.kendall_tau >= 0.8,
+        ),
+        target(
             "transfer at least as good as quantized samples alone (tau)",
             report.transfer.kendall_tau - report.scratch.kendall_tau,
             ">= 0",
@@ -51,6 +59,8 @@ def main() -> None:
         "predictor",
         {
             "samples_file": str(path),
+            "rebuild": "lifelong train (full preset) then lifelong predictor collect --state-dir STATE; see README 'Benchmarks'",
+            "provenance": asdict(data.provenance),
             "report": r,
             "data_cost": cost,
             "summary": {
