@@ -225,6 +225,10 @@ class AdaptationLimits(_Section):
 
     Attributes:
         max_seconds: Wall-clock limit; the worker is stopped after it.
+        answer_seconds: When the labelled answer should serve, counted from the drift's
+            detection: a worker started once the labels are in gets what remains of it as its
+            time box (within ``max_seconds``, and never under ``MIN_BOX_S``), so a slow trickle of
+            labels shortens the fine-tuning instead of delaying the answer.
         priority: Nice value of the worker, 0 (normal) to 19 (lowest), so serving comes first.
         replay_buffer: Past samples kept and mixed into fine-tuning against forgetting.
         finetune_steps: Fine-tuning steps of the supernet per adaptation (0: BN re-calibration only).
@@ -238,12 +242,23 @@ class AdaptationLimits(_Section):
 
     section: ClassVar[str] = "adaptation"
     max_seconds: float = _option(300.0, number(gt=0))
+    answer_seconds: float = _option(110.0, number(gt=0))
     priority: int = _option(10, integer(0, 19))
     replay_buffer: int = _option(2000, integer(0))
     finetune_steps: int = _option(200, integer(0))
     min_samples: int = _option(300, integer(20))
     max_samples: int = _option(3000, integer(20))
     label_free: str = _option("bn", choice("bn", "off"))
+
+    MIN_BOX_S: ClassVar[float] = 60.0
+    """The shortest time box a labelled answer gets: loading, measuring and exporting take
+    about half a minute on 2 cores under load, the rest fine-tunes."""
+
+    def labelled_box(self, since_detection_s: float) -> float:
+        """The labelled answer's time box when its labels are in ``since_detection_s`` after the
+        detection: what remains of ``answer_seconds``, within ``[MIN_BOX_S, max_seconds]``."""
+        left = self.answer_seconds - max(0.0, since_detection_s)
+        return min(self.max_seconds, max(self.MIN_BOX_S, left))
 
     @classmethod
     def _relations(cls, values: dict[str, Any], file: str) -> list[Problem]:

@@ -89,9 +89,19 @@ def test_presets_differ_in_the_intended_direction() -> None:
     assert accurate.budgets.latency_ms_p95 > balanced.budgets.latency_ms_p95
     assert accurate.budgets.model_bytes > balanced.budgets.model_bytes
     assert accurate.adaptation.finetune_steps > balanced.adaptation.finetune_steps
+    assert accurate.adaptation.answer_seconds > balanced.adaptation.answer_seconds
     assert accurate.drift.accuracy_drop < balanced.drift.accuracy_drop
     assert accurate.swap.rollback_accuracy_drop < balanced.swap.rollback_accuracy_drop
     assert len({balanced, low, battery, accurate}) == 4
+
+
+def test_labelled_answer_box_is_what_remains_of_the_answer_deadline() -> None:
+    a = load_preset("balanced").adaptation  # answer within 110 s, max_seconds 300
+    assert a.labelled_box(12.0) == pytest.approx(98.0)  # labels in 12 s after the detection
+    assert a.labelled_box(100.0) == a.MIN_BOX_S  # a slow trickle still leaves time to fine-tune
+    assert a.labelled_box(-5.0) == pytest.approx(110.0)  # a clock step back does not lengthen it
+    slow = dataclasses.replace(a, answer_seconds=1000.0)
+    assert slow.labelled_box(0.0) == slow.max_seconds  # never past the worker's limit
 
 
 def test_unknown_preset_lists_the_presets_with_did_you_mean() -> None:

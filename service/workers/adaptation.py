@@ -255,7 +255,9 @@ class Adaptation:
             return None
         self.pending = None
         samples = self.store.labelled_samples(a.max_samples, since=p.since)
-        return self._start(policy, p.trigger, [(s.ref, int(s.label)) for s in samples if s.label is not None], serving, serving_path)  # fmt: skip
+        labelled = [(s.ref, int(s.label)) for s in samples if s.label is not None]
+        box = a.labelled_box(time.time() - p.since)
+        return self._start(policy, p.trigger, labelled, serving, serving_path, max_seconds=box)
 
     def _start_label_free(
         self, policy: Policy, trigger: str, images: Any, lf: LabelFree, serving: ModelRecord, serving_path: Path | None
@@ -280,10 +282,12 @@ class Adaptation:
         job_id: str | None = None,
         extra: Mapping[str, Any] | None = None,
         what: str | None = None,
+        max_seconds: float | None = None,
     ) -> str:
         job_id = job_id or f"adapt-{time.strftime('%Y%m%dT%H%M%S')}"
         folder = self.state_dir / "adapt" / job_id
         a = policy.adaptation
+        box = a.max_seconds if max_seconds is None else max_seconds
         request = AdaptRequest(
             samples=tuple(samples),
             checkpoint=str(current_supernet(self.supernet_dir())),
@@ -299,7 +303,7 @@ class Adaptation:
             if serving is None
             else {"model_id": serving.id, "subnet": serving.subnet, "path": str(serving_path or "")},
             trigger=trigger,
-            max_seconds=a.max_seconds,
+            max_seconds=box,
             steps=a.finetune_steps,
             threads=policy.target.fixed_threads,
             **dict(extra or {}),
@@ -311,7 +315,7 @@ class Adaptation:
                 WORKER_MODULE,
                 [str(path)],
                 job_id=job_id,
-                time_limit_s=a.max_seconds + GRACE_S,
+                time_limit_s=box + GRACE_S,
                 nice=a.priority,
                 sched_idle=a.priority >= IDLE_PRIORITY,
                 on_progress=self._on_progress,
@@ -324,7 +328,10 @@ class Adaptation:
         with self._lock:
             self.handle, self.search_id, self.trigger = handle, search.id, trigger
             self.mode = (extra or {}).get("mode", "finetune")
-        return f"adaptation started ({job_id}) on {what or f'{len(samples)} labelled local samples'}: {trigger}"
+        return (
+            f"adaptation started ({job_id}) on {what or f'{len(samples)} labelled local samples'}, "
+            f"time box {box:.0f} s: {trigger}"
+        )
 
     def _on_progress(self, handle: WorkerHandle, p: WorkerProgress) -> None:
         """Supervision thread: the job's phase and progress into its store row."""
