@@ -680,3 +680,64 @@ def test_a_class_mix_drift_is_corrected_on_the_logits_and_a_covariate_one_is_not
     assert rt.logit_offset("m1") is None, check.status()["class_mix"]
     assert "back to training" in check.status()["class_mix"]["removed_because"]
     store.close()
+
+
+@pytest.mark.parametrize("labels_say", ["the correction is wrong", "the correction is right"])
+def test_feedback_overrules_a_class_mix_correction_that_serves_worse(tmp_path: Path, labels_say: str) -> None:
+    from service.api.feedback import StoreFeedback
+
+    drift = DriftSettings(window=300, reference_window=600, false_alarm_samples=200_000, check_interval_s=0.2)
+    store = Store(tmp_path / "state.db")
+    rt = MemoryRuntime({"m1": _gaussian_model}, RuntimeSettings(warmup_runs=0))
+    rt.swap("m1", None)
+    feed, detected = DriftFeed(), []
+    check = DriftCheck(store, rt, lambda: Policy(drift=drift), feed=feed, reference_dir=tmp_path / "d", on_detected=detected.append)  # fmt: skip
+    sink = StoreFeedback(store, tmp_path / "fb", on_corrected=check.class_mix.add_verdicts)
+    _serve(rt, feed, _images(np.full(10, 0.1), 900, seed=1)[0])
+    check.run()
+    skew = np.array([0.45, 0.35] + [0.025] * 8)
+    _serve(rt, feed, _images(skew, 600, seed=2)[0])
+    check.run()
+    assert detected and detected[0].class_mix["answered"] and rt.logit_offset("m1") is not None
+    # predictions served under the correction, then labelled through the feedback sink
+    x, y = _images(skew, 600, seed=3)
+    labels = []
+    for i in range(0, len(x), 20):
+        pred = rt.predict(x[i : i + 20])
+        own = pred.uncorrected_classes()
+        assert own is not None and (own == _gaussian_model(x[i : i + 20])[0].argmax(1)).all()
+        sink.record(f"r{i}", x[i : i + 20], pred)
+        truth = own if labels_say == "the correction is wrong" else y[i : i + 20]
+        labels += [FeedbackLabel(f"r{i}", j, int(t)) for j, t in enumerate(truth)]
+    sink.label(labels)
+    verdicts = check.status()["class_mix"]["feedback"]
+    assert verdicts["labels"] == 600 and verdicts["own_only"] + verdicts["served_only"] > 0, verdicts
+    check.run()
+    mix = check.status()["class_mix"]
+    if labels_say == "the correction is right":
+        assert mix["in_force"] and rt.logit_offset("m1") is not None and len(detected) == 1, mix
+        store.close()
+        return
+    assert not mix["in_force"] and rt.logit_offset("m1") is None, mix
+    assert "overruled by feedback" in mix["removed_because"] and "sign test p" in mix["removed_because"]
+    # the drift the correction answered is sent again, to be adapted to
+    assert len(detected) == 2 and detected[1].class_mix["overruled"] and not detected[1].class_mix["answered"]
+    assert {d.kind for d in detected[1].decisions} == {d.kind for d in detected[0].decisions} & {"data", "label"}
+    # and the correction is not made again on this model
+    assert "overruled" in check.class_mix.judge()["reason"]
+    store.close()
+
+
+def test_the_sign_test_is_exact_and_one_sided() -> None:
+    from service.serving.class_mix import sign_test
+
+    assert sign_test(0, 0) == 1.0 and sign_test(3, 0) == pytest.approx(1 / 8)
+    assert sign_test(10, 0) == pytest.approx(1 / 1024) and sign_test(0, 10) == pytest.approx(1.0)
+    assert sign_test(30, 10) < 0.01 < sign_test(14, 6)
+
+
+def test_the_status_shows_how_feedback_judges_the_correction_in_force() -> None:
+    mix = {"in_force": True, "since": time.time() - 5, "priors": [0.5, 0.3] + [0.025] * 8}
+    mix["feedback"] = {"labels": 200, "served": 120, "own": 150, "own_only": 40, "served_only": 10}
+    text = format_status({"drift": {"class_mix": mix}})
+    assert "judged by 200 feedback labels: right 60.0% corrected, 75.0% without" in text, text

@@ -38,6 +38,7 @@ class _Remembered:
     images: np.ndarray  # (N, 28, 28) uint8
     classes: np.ndarray  # (N,) int64
     model_id: str
+    uncorrected: np.ndarray | None = None  # (N,) the model's own classes when a class-mix correction served
 
 
 def _pixels(images: np.ndarray) -> np.ndarray:
@@ -57,6 +58,8 @@ class StoreFeedback(FeedbackSink):
             keeps them as warm-up inputs); must return quickly.
         on_outcomes: Called with ``(model_id, label, predicted)`` for every label of an
             earlier prediction, once stored (the daemon's live per-model accuracy); quick too.
+        on_corrected: Called with ``(model_id, label, predicted, uncorrected)`` for every label of
+            a prediction served under a class-mix correction (which the feedback judges); quick.
     """
 
     def __init__(
@@ -67,18 +70,25 @@ class StoreFeedback(FeedbackSink):
         capacity: int = 4096,
         on_samples: Callable[[np.ndarray], None] | None = None,
         on_outcomes: Callable[[list[tuple[str, int, int]]], None] | None = None,
+        on_corrected: Callable[[list[tuple[str, int, int, int]]], None] | None = None,
     ) -> None:
         self.store = store
         self.folder = Path(folder)
         self.capacity = capacity
         self.on_samples = on_samples
         self.on_outcomes = on_outcomes
+        self.on_corrected = on_corrected
         self._recent: OrderedDict[str, _Remembered] = OrderedDict()
         self._kept = 0
         self._lock = threading.Lock()
 
     def record(self, request_id: str, images: np.ndarray, prediction: Prediction) -> None:
-        item = _Remembered(_pixels(images), np.asarray(prediction.classes, np.int64), prediction.model_id)
+        item = _Remembered(
+            _pixels(images),
+            np.asarray(prediction.classes, np.int64),
+            prediction.model_id,
+            prediction.uncorrected_classes(),
+        )
         with self._lock:
             self._recent[request_id] = item
             self._kept += len(item.images)
@@ -134,6 +144,16 @@ class StoreFeedback(FeedbackSink):
                 self.on_outcomes([(r.model_id, r.label, r.predicted) for r in rows])  # type: ignore[misc]
             except Exception:
                 logger.exception("on_outcomes callback failed")
+        corrected = [
+            (k.model_id, int(it.label), int(k.classes[it.index]), int(k.uncorrected[it.index]))
+            for it, k in found
+            if k.uncorrected is not None
+        ]
+        if corrected and self.on_corrected is not None:
+            try:
+                self.on_corrected(corrected)
+            except Exception:
+                logger.exception("on_corrected callback failed")
         return len(rows)
 
     def add_samples(self, images: np.ndarray, labels: np.ndarray) -> int:

@@ -267,6 +267,7 @@ class Daemon(Commands, Intake, CanaryWatching, DriftAnswers, ExportAnswers, Adap
             s.state_dir / "samples" / "feedback",
             on_samples=self.recent_inputs.add,
             on_outcomes=self._on_outcomes,
+            on_corrected=self._on_corrected_outcomes,
         )
         self.drift = DriftCheck(
             self.store,

@@ -229,6 +229,13 @@ def _drift_lines(drift: Mapping[str, Any] | None, stored: Mapping[str, Any], now
         lines.append(
             f"          class mix:  corrected on the logits since {_ago(mix.get('since'), now)} (most frequent: {top})"
         )
+        fb = mix.get("feedback") or {}
+        if fb.get("labels"):
+            n = fb["labels"]
+            lines.append(
+                f"                      judged by {n} feedback labels: right {fb['served'] / n:.1%} corrected, "
+                f"{fb['own'] / n:.1%} without"
+            )
     elif mix.get("removed_because"):
         lines.append(f"          class mix:  no correction ({mix['removed_because']})")
     for need in (drift or {}).get("needs") or []:

@@ -82,7 +82,9 @@ class DriftAnswers(DaemonParts):
 
         - ``data``, ``label`` explained by a change of class mix (``class_mix["answered"]``: the
           drift check has judged it and corrected the serving model's logits,
-          :mod:`service.serving.class_mix`): recorded, no adaptation; feedback still judges accuracy;
+          :mod:`service.serving.class_mix`): recorded, no adaptation; when feedback overrules the
+          correction later, the drift check sends the same decisions again (``class_mix["overruled"]``)
+          and they are answered below;
         - ``data``, ``label``, ``accuracy``: adaptation (:mod:`service.workers.adaptation`): pending
           until enough labelled samples of the new data arrived, then a worker adapts the
           supernet, re-searches and exports a candidate; :meth:`_on_adaptation_done` swaps or
@@ -120,7 +122,12 @@ class DriftAnswers(DaemonParts):
                 # of the status's last 50 (a slow adaptation was seen to)
                 logger.info("drift: %s (window %d); %s", what, d.window, answer)
                 continue
-            self._event("drift", f"{what} (window {d.window}); {answer}")
+            again = (
+                f"; {class_mix['reason']}, answered again"
+                if class_mix is not None and class_mix.get("overruled")
+                else ""
+            )
+            self._event("drift", f"{what} (window {d.window}){again}; {answer}")
 
     def _answer_environment(self, d: DriftDecision, what: str) -> None:
         """Environment drift: choose from the cached front as if the budget were as much tighter

@@ -43,6 +43,12 @@ class Intake(DaemonParts):
                 known = got.labels >= 0
                 outcomes = zip(got.labels[known].tolist(), pred.classes[known].tolist(), strict=True)
                 self.drift_feed.add_outcomes((pred.model_id, y, p) for y, p in outcomes)
+                own = pred.uncorrected_classes()
+                if own is not None and self.drift is not None:
+                    rows = zip(
+                        got.labels[known].tolist(), pred.classes[known].tolist(), own[known].tolist(), strict=True
+                    )
+                    self.drift.class_mix.add_verdicts([(pred.model_id, y, p, o) for y, p, o in rows])
         self._samples_arrived(len(got.images))
 
     def _samples_arrived(self, count: int) -> None:
@@ -65,3 +71,9 @@ class Intake(DaemonParts):
         """Feedback labels of earlier predictions (API threads): live accuracy, and accuracy drift."""
         self.live.add_outcomes(outcomes)
         self.drift_feed.add_outcomes(outcomes)
+
+    def _on_corrected_outcomes(self, rows: list[tuple[str, int, int, int]]) -> None:
+        """Feedback labels of predictions served under a class-mix correction (API threads):
+        the correction's judge (:meth:`service.serving.class_mix.ClassMix.add_verdicts`)."""
+        if self.drift is not None:
+            self.drift.class_mix.add_verdicts(rows)

@@ -140,6 +140,7 @@ class DriftCheck:
         self._error: str | None = None
         self._skipped = 0
         self._drifting: frozenset[str] = frozenset()  # the kinds with an episode under way, for readers
+        self._mix_answered: tuple[DriftDecision, ...] = ()  # the drift the class-mix correction answered
 
     def job(self) -> JobSpec:
         """The scheduler job, at the policy's ``drift.check_interval_s``."""
@@ -213,6 +214,11 @@ class DriftCheck:
                 self._watch["reference"] = self._reference_status()
         if begun and self.on_detected is not None:
             self.on_detected(DriftDetected(serving, tuple(begun), mix))
+        overruled = self.class_mix.take_overrule()
+        if overruled is not None and self._mix_answered and self.on_detected is not None:
+            # the drift the removed correction answered, answered again (adaptation)
+            again = {"answered": False, "overruled": True, "reason": f"feedback overruled the class-mix correction: {overruled}"}  # fmt: skip
+            self.on_detected(DriftDetected(serving, self._mix_answered, again))
         return decisions
 
     def _class_mix(self, serving: str, begun: list[DriftDecision]) -> dict[str, Any] | None:
@@ -224,6 +230,8 @@ class DriftCheck:
             if any(d.kind in ("data", "label") for d in begun):
                 found = self.class_mix.judge()
                 logger.info("class mix on %s: %s", serving, found["reason"])
+                if found.get("answered"):
+                    self._mix_answered = tuple(d for d in begun if d.kind in ("data", "label"))
                 return found
         except (ValueError, DataError) as exc:  # a reference of another width, a model swapped meanwhile
             logger.warning("class-mix correction of %s skipped: %s", serving, exc)

@@ -132,6 +132,14 @@ class Prediction:
     latency_ms: float
     logit_offset: np.ndarray | None = None  # (C,) added to the logits before the softmax (a class-mix correction)
 
+    def uncorrected_classes(self) -> np.ndarray | None:
+        """The classes the model's own logits give, without the class-mix correction in force;
+        None when there was none (``classes`` are then the model's own)."""
+        if self.logit_offset is None:
+            return None
+        own = np.log(np.clip(self.probabilities, 1e-30, None)) - self.logit_offset  # logits up to a row constant
+        return own.argmax(axis=1).astype(np.int64)
+
 
 @dataclass(frozen=True)
 class RuntimeStats:
