@@ -242,6 +242,24 @@ def test_the_worker_picks_among_candidates_the_daemon_would_accept() -> None:
     assert best.subnet == names[0] and "every candidate forgets" in note
 
 
+def test_each_candidate_keeps_the_bn_calibration_that_serves_the_new_data_within_the_forgetting_floor() -> None:
+    from lifelong.train.adapt import SubnetMeasurement, best_calibrations
+
+    m = [
+        SubnetMeasurement("a", 0.66, 0.89, 1.0, "mix"),
+        SubnetMeasurement("a", 0.85, 0.74, 1.0, "local"),
+        SubnetMeasurement("b", 0.70, 0.88, 1.0, "mix"),
+        SubnetMeasurement("b", 0.80, 0.60, 1.0, "local"),
+        SubnetMeasurement("c", 0.50, 0.65, 1.0, "mix"),
+        SubnetMeasurement("c", 0.60, 0.55, 1.0, "local"),
+    ]
+    kept = {x.subnet: x.calibration for x in best_calibrations(m, replay_floor=0.70)}
+    # a: local images serve the new data better and forget within the floor; b: local forgets
+    # too much; c: neither is within the floor, the one that forgets least
+    assert kept == {"a": "local", "b": "mix", "c": "mix"}
+    assert {x.subnet: x.calibration for x in best_calibrations(m, None)} == {"a": "local", "b": "local", "c": "local"}
+
+
 def test_adaptation_requests_wait_out_a_cooldown_after_the_last_one(tmp_path: Path) -> None:
     from service.state.store import Store
     from service.workers.adaptation import Adaptation

@@ -50,7 +50,14 @@ from lifelong.persist.supernet_versions import adapted_path
 from lifelong.persist.versioned import write_json_atomic
 from lifelong.search.front import Front, choose
 from lifelong.space.config import SearchSpace, SubnetConfig
-from lifelong.train.adapt import AdaptSettings, SubnetMeasurement, calibration_mix, finetune, measure_subnets
+from lifelong.train.adapt import (
+    AdaptSettings,
+    SubnetMeasurement,
+    best_calibrations,
+    calibration_sets,
+    finetune,
+    measure_subnets,
+)
 from policies import Policy
 
 __all__ = ["ADAPT_REQUEST_FORMAT", "ADAPT_RESULT_FORMAT", "AdaptRequest", "AdaptResult", "run_adaptation"]
@@ -328,8 +335,11 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
         notes.append(f"fine-tuning stopped by the time box after {ft.steps}/{ft.planned_steps} steps")
 
     clock.phase("measure", f"{len(focus)} candidate subnets on held-out local samples")
-    calib = calibration_mix(tune, replay_tune, settings.calib_images, seed=req.seed)
-    measured = measure_subnets(model, focus, calib, holdout, replay_holdout, deadline=clock.at(MEASURE_SHARE))
+    calibs = calibration_sets(tune, replay_tune, settings.calib_images, seed=req.seed)
+    serving_replay = None if serving_figures is None else serving_figures.get("replay_accuracy")
+    floor = None if serving_replay is None else serving_replay - policy.swap.max_forgetting
+    every = measure_subnets(model, focus, calibs, holdout, replay_holdout, deadline=clock.at(MEASURE_SHARE))
+    measured = best_calibrations(every, floor)
 
     clock.phase("search", "predictor refresh and warm-started search")
     search_info: dict[str, Any] = {}
@@ -342,10 +352,12 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
     if new_front is not None:
         pick = choose(new_front, policy, measured=False)
         if pick is not None and pick.subnet not in {m.subnet for m in measured} and time.monotonic() < clock.at(0.85):
-            measured += measure_subnets(model, [space.parse(pick.subnet)], calib, holdout, replay_holdout)
+            extra = measure_subnets(model, [space.parse(pick.subnet)], calibs, holdout, replay_holdout)
+            every += extra
+            measured += best_calibrations(extra, floor)
             search_info["new_candidate"] = pick.subnet
+    search_info["calibrations"] = [m.to_dict() for m in every]
 
-    serving_replay = None if serving_figures is None else serving_figures.get("replay_accuracy")
     winner, pick_note = _pick(measured, policy, evaluator, space, serving_replay)
     if pick_note:
         notes.append(pick_note)
@@ -360,7 +372,10 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
     version_path = adapted_path(req.supernet_dir, sha)
     version_path.parent.mkdir(parents=True, exist_ok=True)
     # The images its BN statistics come from go first: a later export from this version needs them.
-    save_calibration(calibration_path(version_path), calib, source=f"adaptation {req.trigger}")
+    calib = calibs[winner.calibration]
+    save_calibration(
+        calibration_path(version_path), calib, source=f"adaptation {req.trigger} ({winner.calibration} images)"
+    )
     os.replace(tmp_ckpt, version_path)
 
     cfg = space.parse(winner.subnet)
