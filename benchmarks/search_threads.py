@@ -94,7 +94,7 @@ def interleaved(
     runs: dict[str, list[dict[int, dict[int, float]]]] = {name: [] for name in models}
     for r in range(rounds):
         for name, (path, _, _) in models.items():
-            runs[name].append(time_threads(str(path), batches, rounds=1))
+            runs[name].append(time_threads(str(path), batches, runs=30))
         logger.info("round %d/%d: %d models timed with 1 and 2 threads", r + 1, rounds, len(models))
     return {
         name: {b: {t: float(np.median([x[b][t] for x in got])) for t in got[0][b]} for b in batches}

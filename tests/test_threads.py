@@ -24,7 +24,7 @@ def test_both_counts_are_timed_at_each_batch_and_the_faster_is_chosen() -> None:
     model = build_model(
         random_net(space, space.parse("c32.k3w8a8.p_c64.k3w8a8.p_hf.d128w8a8.ow8a8"))
     ).SerializeToString()
-    timed = time_threads(model, (1, 8), rounds=2)
+    timed = time_threads(model, (1, 8), runs=10)
     assert set(timed) == {1, 8} and all(set(ms) == {1, 2} and min(ms.values()) > 0 for ms in timed.values())
     chosen = choose_threads(timed)
     for b, ms in timed.items():

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from lifelong.deploy.model_format import INPUT_SHAPE, ort_session
-from lifelong.device.timing import time_session
 from lifelong.persist.versioned import write_bytes_atomic
 
 __all__ = ["META_THREADS", "THREAD_CHOICES", "choose_threads", "threads_for", "time_threads", "write_thread_choice"]
@@ -36,24 +36,36 @@ THREAD_CHOICES = (1, 2)
 
 
 def time_threads(
-    model: bytes | str, batches: Sequence[int], choices: Sequence[int] = THREAD_CHOICES, rounds: int = 5
+    model: bytes | str, batches: Sequence[int], choices: Sequence[int] = THREAD_CHOICES, runs: int | None = None
 ) -> dict[int, dict[int, float]]:
-    """Median latency (ms) by batch size and thread count; the counts run in turn in each of
-    ``rounds`` blocks (fewer runs per block for large batches, whose runs are long)."""
+    """Median latency (ms) by batch size and thread count.
+
+    The counts run alternately, one run each in turn (the order reversed every round), so that
+    both see the same load from run to run: timed in blocks of 12 runs, a two-thread session of
+    0.2 ms on a 2-core machine came out 0.176 ms in one timing and 0.287 ms in the next, and the
+    choice made on one timing was up to 57% slower in the other (``latency.json`` before this
+    change). ``runs`` per count: 150 at batch 1 and 15 at larger batches by default.
+    """
     data = Path(model).read_bytes() if isinstance(model, str) else model
     sessions = {t: ort_session(data, t) for t in choices}
+    name = next(iter(sessions.values())).get_inputs()[0].name
     rng = np.random.default_rng(0)
     out: dict[int, dict[int, float]] = {}
     for b in batches:
-        x = rng.random((b, *INPUT_SHAPE), dtype=np.float32)
-        runs = 12 if b == 1 else 3
-        for s in sessions.values():
-            time_session(s, x, 3, 1)  # warm
-        blocks: dict[int, list[float]] = {t: [] for t in choices}
-        for _ in range(rounds):
-            for t, s in sessions.items():
-                blocks[t].append(time_session(s, x, 0, runs))
-        out[int(b)] = {t: float(np.median(v)) for t, v in blocks.items()}
+        feed = {name: rng.random((b, *INPUT_SHAPE), dtype=np.float32)}
+        n = runs or (150 if b == 1 else 15)
+        for s in sessions.values():  # warm
+            for _ in range(3):
+                s.run(None, feed)
+        times: dict[int, list[float]] = {t: [] for t in choices}
+        order = list(choices)
+        for _ in range(n):
+            for t in order:
+                t0 = time.perf_counter()
+                sessions[t].run(None, feed)
+                times[t].append(time.perf_counter() - t0)
+            order.reverse()
+        out[int(b)] = {t: float(np.median(v) * 1e3) for t, v in times.items()}
     return out
 
 
