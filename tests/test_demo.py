@@ -21,7 +21,14 @@ from policies import load_preset, parse_policy_text
 from service.api.client import Client
 from service.cli.main import cli
 from service.demo.daemon import DemoDaemon
-from service.demo.prepare import StepRunner, fast_policy, initial_policy, policy_text
+from service.demo.prepare import (
+    StepRunner,
+    fast_policy,
+    initial_policy,
+    measured_choice,
+    policy_text,
+    spread_candidates,
+)
 from service.demo.report import (
     Step,
     Timeline,
@@ -173,6 +180,24 @@ def test_no_fast_policy_when_the_initial_choice_is_already_the_fastest() -> None
     front = _front([0.2, 0.3, 0.6], [0.95, 0.86, 0.80])
     assert choose(front, initial_policy()).subnet == SUBNETS[0]
     assert fast_policy(front, initial_policy()) is None
+
+
+def test_the_candidates_spread_below_the_choice_and_the_measured_accuracy_decides() -> None:
+    front = _front([0.1, 0.3, 0.6], [0.84, 0.86, 0.90])
+    initial = initial_policy()
+    cands = spread_candidates(front, initial)
+    # the choice (0.6 ms), the best at or under 0.3 ms, the best at or under 0.15 ms
+    assert [c.subnet for c in cands] == [SUBNETS[2], SUBNETS[1], SUBNETS[0]]
+    # fine-tuned, the deep choice gained least: the policy takes a faster point that measured better
+    first = measured_choice(front, initial, {SUBNETS[2]: 0.874, SUBNETS[1]: 0.913, SUBNETS[0]: 0.885})
+    assert first is not None and first.subnet == SUBNETS[1] and first.measured_accuracy == 0.913
+    # measured as predicted, the choice stays
+    again = measured_choice(front, initial, {c.subnet: c.accuracy for c in cands})
+    assert again is not None and again.subnet == SUBNETS[2]
+    # the preference change is then relative to the measured choice
+    fast = fast_policy(front, initial, first)
+    assert fast is not None and fast[1].subnet == SUBNETS[0]
+    assert spread_candidates(_front([9.0, 9.5, 9.9], [0.8, 0.85, 0.9]), initial) == []  # nothing within 5 ms
 
 
 # -- the live line and the timeline ---------------------------------------------------------------

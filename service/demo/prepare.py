@@ -53,9 +53,11 @@ __all__ = [
     "StepRunner",
     "fast_policy",
     "initial_policy",
+    "measured_choice",
     "policy_text",
     "prepare_exports",
     "prepare_models",
+    "spread_candidates",
 ]
 
 Say = Callable[[str], None]
@@ -199,11 +201,12 @@ def initial_policy() -> Policy:
     return _with(load_preset("balanced"), "demo", DEMO_OVERRIDES)
 
 
-def fast_policy(front: Front, initial: Policy) -> tuple[Policy, FrontPoint] | None:
+def fast_policy(front: Front, initial: Policy, first: FrontPoint | None = None) -> tuple[Policy, FrontPoint] | None:
     """The preference change: ``initial`` with a latency budget that makes the front choose a faster point.
 
     The budget is the latency of the median point among those faster than the initial
-    choice (rounded up to the microsecond, so that point qualifies), else of the fastest.
+    choice (``first``, by default the front's choice under ``initial``; rounded up to the
+    microsecond, so that point qualifies), else of the fastest.
 
     Returns:
         The policy and the point it chooses; None when no point is faster than the initial choice.
@@ -211,7 +214,7 @@ def fast_policy(front: Front, initial: Policy) -> tuple[Policy, FrontPoint] | No
     from lifelong.search.front import choose
 
     batch = initial.target.batch
-    first = choose(front, initial)
+    first = choose(front, initial) if first is None else first
     if first is None:
         return None
     l0 = first.latency_at(batch)
@@ -225,6 +228,46 @@ def fast_policy(front: Front, initial: Policy) -> tuple[Policy, FrontPoint] | No
         if pick is not None and pick.subnet != first.subnet:
             return policy, pick
     return None
+
+
+CANDIDATE_SHARES = (1.0, 0.5, 0.25)
+"""Where the demo's candidates sit, as shares of the latency of the policy's choice: that choice,
+then the most accurate front point at or under half and a quarter of its latency. A quick
+supernet ranks its subnets poorly (they score 73-78% on validation before fine-tuning) and a
+minute of fine-tuning lifts a small net further than a deep W8A8 one (91.3% against 87.4% on
+validation in one run from nothing, where the front's ranking said the opposite), so the demo
+fine-tunes a spread of candidates and the policy chooses among them on their measured
+accuracy."""
+
+
+def spread_candidates(front: Front, policy: Policy, shares: tuple[float, ...] = CANDIDATE_SHARES) -> list[FrontPoint]:
+    """The policy's choice and, per further share in ``shares``, the most accurate other point at
+    or under that share of its latency (faster than the choice; :func:`measured_choice` checks
+    every budget again)."""
+    from lifelong.search.front import choose
+
+    first = choose(front, policy)
+    if first is None:
+        return []
+    batch = policy.target.batch
+    l0 = first.latency_at(batch)
+    out = [first]
+    for share in shares[1:]:
+        pool = [p for p in front.points if p.latency_at(batch) <= share * l0 and p not in out]
+        if pool:
+            out.append(max(pool, key=lambda p: (p.best_accuracy(), -p.latency_at(batch), p.subnet)))
+    return out
+
+
+def measured_choice(front: Front, policy: Policy, accuracy: dict[str, float]) -> FrontPoint | None:
+    """The policy's choice among the subnets of ``accuracy`` (canonical name -> measured top-1),
+    each taken with that accuracy as its measurement."""
+    from lifelong.search.front import Front, choose
+
+    sub = Front(tuple(front[s] for s in accuracy), front.info)
+    for subnet, acc in accuracy.items():
+        sub = sub.with_measurement(subnet, accuracy=acc)
+    return choose(sub, policy)
 
 
 def policy_text(policy: Policy, header: str) -> str:
@@ -279,7 +322,7 @@ def prepare_models(runner: StepRunner, state: Path, policy_file: Path, *, train:
             )
         else:
             runner.cli(["train", "--preset", "quick", "--no-eval", *sd], "train")
-            note.detail = f"quick preset (3 epochs on 12,000 images) -> {ckpt}"
+            note.detail = f"quick preset (3 epochs on 9,000 images) -> {ckpt}"
 
     prof = default_profile(state)
     with runner.step("profile: this device's latency of every block choice") as note:
@@ -335,11 +378,12 @@ class ExportedPick:
     """A point of the front exported to ONNX, as the demo deploys it.
 
     Attributes:
-        role: ``initial`` or ``fast`` (which policy chose it).
+        role: ``initial`` or ``fast`` (which policy chose it), or ``candidate N``.
         subnet: Its canonical name.
         onnx: The model file.
         model_id: Its id in the daemon's registry (``sha256[:16]`` of the file).
         test_accuracy: Top-1 of the ONNX model on the parity images (Fashion-MNIST test).
+        val_accuracy: Top-1 on the validation split after fine-tuning (None without).
         latency_ms: The front's latency at batch 1 (measured if the front has it, else predicted).
         bytes: The model file's size.
     """
@@ -351,6 +395,7 @@ class ExportedPick:
     test_accuracy: float | None
     latency_ms: float
     bytes: int
+    val_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -358,6 +403,7 @@ class ExportedPick:
             "subnet": self.subnet,
             "onnx": str(self.onnx),
             "test_accuracy": self.test_accuracy,
+            "val_accuracy": self.val_accuracy,
             "latency_ms": self.latency_ms,
             "bytes": self.bytes,
         }
@@ -389,7 +435,8 @@ def prepare_exports(
     for role, point in points.items():
         onnx = state / "exports" / f"{point.subnet}{'.ft' if finetune_seconds > 0 else ''}.onnx"
         sidecar = onnx.with_suffix(".json")
-        with runner.step(f"export the {role} policy's choice to ONNX{tuned} (parity gate on {PARITY_IMAGES} images)") as note:  # fmt: skip
+        what = role if role.startswith("candidate") else f"the {role} policy's choice"
+        with runner.step(f"export {what} to ONNX{tuned} (parity gate on {PARITY_IMAGES} images)") as note:
             report = None
             if onnx.exists() and sidecar.exists():
                 with contextlib.suppress(OSError, ValueError):
@@ -420,10 +467,12 @@ def prepare_exports(
                 test_accuracy=parity.get("onnx_top1"),
                 latency_ms=point.latency_at(batch),
                 bytes=len(data),
+                val_accuracy=(report.get("finetune") or {}).get("val_top1_after"),
             )
             form = "integer kernels" if report.get("requantized") else "exact form"
+            val = "" if pick.val_accuracy is None else f" (validation {100 * pick.val_accuracy:.2f}%)"
             note.detail = (
-                f"{pick.model_id}: {point.subnet}, top-1 {100 * (pick.test_accuracy or 0):.2f}%, "
+                f"{pick.model_id}: {point.subnet}, top-1 {100 * (pick.test_accuracy or 0):.2f}%{val}, "
                 f"{pick.latency_ms:.3f} ms, {pick.bytes / 1e3:.0f} kB ({form})"
             )
             out[role] = pick

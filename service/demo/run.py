@@ -42,7 +42,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,11 @@ from service.demo.prepare import (
     StepRunner,
     fast_policy,
     initial_policy,
+    measured_choice,
     policy_text,
     prepare_exports,
     prepare_models,
+    spread_candidates,
 )
 from service.demo.report import Timeline, build_report, format_summary, live_line, status_facts, write_report
 from service.demo.stream import SHIFTS, Streamer
@@ -101,7 +103,9 @@ class DemoSettings:
             preference change.
         finetune_seconds: Each chosen point is fine-tuned alone from its supernet weights for
             this long before its export (``lifelong finetune``): a quick supernet's subnets are
-            far from what they reach alone; 0 exports the supernet's weights as they are.
+            far from what they reach alone; 0 exports the supernet's weights as they are. With
+            fine-tuning, the initial choice is made among a spread of candidates
+            (:data:`~service.demo.prepare.CANDIDATE_SHARES`) on their validation accuracy.
         seed: Seeds the image order, the noise and the labelled share.
     """
 
@@ -201,23 +205,37 @@ class _Demo:
         atomic_write(policy_file, policy_text(initial, "lifelong demo: the policy the daemon starts with"))
         ckpt = prepare_models(self.runner, self.state, policy_file, train=self.s.train)
         self.front = Front.load(default_front(self.state))
-        first = choose(self.front, initial)
-        if first is None:
+        batch, tune = initial.target.batch, self.s.finetune_seconds
+        candidates = spread_candidates(self.front, initial) if tune > 0 else [choose(self.front, initial)]
+        if not candidates or candidates[0] is None:
             raise DemoError(
                 f"no point of the front {default_front(self.state)} meets the demo policy's budgets: remove the "
                 "file to search again"
             )
-        fast = fast_policy(self.front, initial)
-        points = {"initial": first}
+        first = candidates[0]
+        picks: dict[str, ExportedPick] = {}
+        if len(candidates) > 1:
+            named = {f"candidate {i + 1}": p for i, p in enumerate(candidates)}
+            tuned = prepare_exports(self.runner, self.state, ckpt, named, batch, finetune_seconds=tune)
+            measured = {p.subnet: p.val_accuracy for p in tuned.values() if p.val_accuracy is not None}
+            first = measured_choice(self.front, initial, measured) or first
+            self.notes.append(
+                f"the initial choice is made on measured accuracy: {len(candidates)} candidates fine-tuned {tune:g} s "
+                "each, validation top-1 "
+                + ", ".join(f"{100 * a:.2f}% ({s})" for s, a in measured.items())
+                + f" -> {first.subnet}"
+            )
+            picks = {"initial": replace(next(p for p in tuned.values() if p.subnet == first.subnet), role="initial")}
+        fast = fast_policy(self.front, initial, first)
+        points = {} if picks else {"initial": first}
         if fast is None:
             self.notes.append(
                 "no point of the front is faster than the initial choice: the preference change is skipped"
             )
         else:
             points["fast"] = fast[1]
-        self.picks = prepare_exports(
-            self.runner, self.state, ckpt, points, initial.target.batch, finetune_seconds=self.s.finetune_seconds
-        )
+        picks.update(prepare_exports(self.runner, self.state, ckpt, points, batch, finetune_seconds=tune))
+        self.picks = picks
         self.initial, self.fast = initial, None if fast is None else fast[0]
         self.ckpt = ckpt
         for pick in self.picks.values():
