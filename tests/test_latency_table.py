@@ -5,7 +5,7 @@ import pytest
 from search_helpers import CODEC, COSTS, SPACE, samples, structured_profile
 
 from lifelong.device.latency_table import CostTable, LatencyTable
-from lifelong.device.profile import ProfileError, subnet_keys
+from lifelong.device.profile import CORRECTION_TERMS, ProfileError, subnet_keys
 from lifelong.space.codec import SubnetCodec
 from lifelong.space.config import Precision, SearchSpace, SpaceConfig, StageSpec, SubnetConfig
 from lifelong.space.cost import activation_trace, peak_activation_bytes, subnet_cost
@@ -18,9 +18,13 @@ def _cfgs(n: int = 200) -> list[SubnetConfig]:
     return samples(n, seed=3) + extremes
 
 
-@pytest.mark.parametrize("corrected", [True, False])
-def test_latency_table_equals_device_profile_predict_exactly(corrected: bool) -> None:
-    profile = structured_profile(correction=corrected)
+@pytest.mark.parametrize("corrected", [True, False, "with work terms"])
+def test_latency_table_equals_device_profile_predict_exactly(corrected: bool | str) -> None:
+    profile = structured_profile(correction=bool(corrected))
+    if corrected == "with work terms":  # every term of the model weighs
+        rng = np.random.default_rng(1)
+        for b, c in profile.correction.items():
+            profile.correction[b] = [*c, *rng.uniform(-0.01, 0.02, len(CORRECTION_TERMS) - len(c))]
     table = LatencyTable(profile, SPACE, CODEC)
     assert table.coverage == 1.0
     cfgs = _cfgs(400)

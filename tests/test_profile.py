@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from lifelong.device.latency import LatencyCheck, calibrate, fit_correction
 from lifelong.device.profile import (
+    CORRECTION_TERMS,
     DeviceProfile,
     ProfileError,
     device_fingerprint,
@@ -98,7 +99,9 @@ def test_load_rejects_missing_corrupt_foreign_and_future_files(tmp_path: Path) -
     d = _fake_profile().to_dict()
     d["correction"] = {"1": [0.1, 1.0]}  # an intercept and one slope: not this model's four terms
     bad.write_text(json.dumps(d))
-    with pytest.raises(ProfileError, match="should have 4 coefficients .*run `lifelong profile` again"):
+    with pytest.raises(
+        ProfileError, match="should have 11 coefficients .*or the first 4; run `lifelong profile` again"
+    ):
         DeviceProfile.load(bad)
 
 
@@ -122,13 +125,25 @@ def test_table_sum_and_prediction() -> None:
     assert prof.predict(SPACE, cfg, 1) == pytest.approx(0.2 + 1.5 * 0.01 * n)
     # integer-kernel rows, float rows and the borders between them each get their coefficient
     cfg = SPACE.parse("c16.k3w8a8.p_c32.k3w32a32.p_c64.k3w8a8.s_hg.ow8a8")
-    assert prof.terms(SPACE, cfg, 1) == pytest.approx((1.0, 0.03, 0.01, 2.0))
+    assert prof.terms(SPACE, cfg, 1)[:4] == pytest.approx((1.0, 0.03, 0.01, 2.0))
     prof.correction["1"] = [0.2, 0.5, 2.0, 0.1]
     assert prof.predict(SPACE, cfg, 1) == pytest.approx(0.2 + 0.5 * 0.03 + 2.0 * 0.01 + 0.1 * 2)
+    # the parts' work, by hand: 16 ch 3x3 on 28x28 from 1 (integer), pooled; 32 ch from 16 on 14x14
+    # (float), pooled; 64 ch from 32 on 7x7 strided to 4x4 (integer); a global pool of 64 x 4 x 4
+    # into 10 outputs (integer)
+    work = dict(zip(CORRECTION_TERMS[4:], prof.terms(SPACE, cfg, 1)[4:], strict=True))
+    i_macs = 28 * 28 * 1 * 16 * 9 + 4 * 4 * 32 * 64 * 9 + 64 * 10
+    assert work["integer_mmacs"] == pytest.approx(i_macs / 1e6)
+    assert work["float_mmacs"] == pytest.approx(14 * 14 * 16 * 32 * 9 / 1e6)
+    assert work["integer_outputs_10k"] == pytest.approx((28 * 28 * 16 + 4 * 4 * 64 + 10) / 1e4)
+    assert work["integer_layers"] == 3 and work["float_layers"] == 1
+    assert work["pooled_10k"] == pytest.approx((28 * 28 * 16 + 14 * 14 * 32 + 64 * 4 * 4) / 1e4)
+    prof.correction["1"] = [0.2, 0.5, 2.0, 0.1, 0.01, 0, 0, 0, 0, 0, 0]
+    assert prof.predict(SPACE, cfg, 1) == pytest.approx(0.2 + 0.5 * 0.03 + 2.0 * 0.01 + 0.1 * 2 + 0.01 * i_macs / 1e6)
     # the head is one row, of its first layer's family; its two layers count apart for the borders
     cfg = SPACE.parse("c16.k3w8a8.p_c32.k3w8a8.p_hf.d64w32a32.ow8a8")
     assert subnet_keys(SPACE, cfg)[-1] == "head:flat2:32:d64w32a32:ow8a8"
-    assert prof.terms(SPACE, cfg, 1) == pytest.approx((1.0, 0.02, 0.01, 2.0))
+    assert prof.terms(SPACE, cfg, 1)[:4] == pytest.approx((1.0, 0.02, 0.01, 2.0))
     with pytest.raises(ProfileError, match=r"batch 32 was not profiled \(profiled: \[1, 4\]\)"):
         prof.predict(SPACE, cfg, 32)
     del prof.entries[subnet_keys(SPACE, cfg)[0]]
@@ -160,7 +175,7 @@ def test_fit_correction_recovers_the_terms_and_weighs_relative_error() -> None:
     terms = np.column_stack([np.ones(12), rng.uniform(0, 3, 12), rng.uniform(0, 3, 12), rng.integers(0, 4, 12)])
     truth = np.array([0.3, 0.7, 1.2, 0.05])
     assert fit_correction(terms, terms @ truth) == pytest.approx(truth.tolist())
-    with pytest.raises(ValueError, match=r"expected terms of shape \(N, 4\)"):
+    with pytest.raises(ValueError, match=r"expected terms of shape \(N, 11\) \(or \(N, 4\)"):
         fit_correction(terms[:, :2], terms @ truth)
     check = LatencyCheck(1, ["a", "b"], [1.0, 2.0], [1.05, 2.5])
     assert check.within_10pct == 0.5
@@ -172,7 +187,7 @@ def test_calibrate_fits_on_some_subnets_and_checks_on_others(small_profile: Devi
     prof.fingerprint = dict(prof.fingerprint, threads=1)
     checks = calibrate(prof, SPACE, fit_subnets=3, check_subnets=2, progress=False)
     assert [c.batch for c in checks] == [1, 4]
-    assert set(prof.correction) == {"1", "4"} and all(len(c) == 4 for c in prof.correction.values())
+    assert set(prof.correction) == {"1", "4"} and all(len(c) == len(CORRECTION_TERMS) for c in prof.correction.values())
     for c in checks:
         assert len(c.subnets) == 2 and all(ms > 0 for ms in c.measured_ms)
         assert np.all(np.isfinite(c.rel_errors))

@@ -5,10 +5,13 @@ integer layers stays in uint8 NHWC and pays its layout transposes and (de)quanti
 while every row timed alone pays them; float rows lose their own per-graph costs. So the
 model keeps the two families of rows apart and fits, per batch size,
 
-    latency = a + b_int * integer_rows + b_float * float_rows + c * borders
+    latency = a + b_int * integer_rows + b_float * float_rows + c * borders + w . work
 
-(:data:`lifelong.device.profile.CORRECTION_TERMS`) by least squares on the relative error of
-subnets measured end to end. The fit subnets span every share of integer layers, from none
+where ``work`` sums what the subnet's parts do, per kernel family: MACs, output values and
+layers, and the values its pools read (:func:`lifelong.device.profile.part_work`); a part timed
+alone overstates its cost inside a fused graph by an amount that grows with these, which
+the row sums cannot separate (:data:`lifelong.device.profile.CORRECTION_TERMS`). The fit is
+least squares on the relative error of subnets measured end to end. The fit subnets span every share of integer layers, from none
 to all, as the search meets them. The model's error is then reported on other subnets it
 was not fitted on (nn-Meter's check: the share of subnets predicted within +-10%).
 """
@@ -19,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from lifelong.device.profile import CORRECTION_TERMS, DeviceProfile, PairedTimer, runs_integer
+from lifelong.device.profile import BASE_TERMS, CORRECTION_TERMS, DeviceProfile, PairedTimer, runs_integer
 from lifelong.progress import Progress
 from lifelong.space.config import SearchSpace, SubnetConfig
 
@@ -32,12 +35,15 @@ def fit_correction(terms: np.ndarray, measured: np.ndarray) -> list[float]:
     """Coefficients minimising the squared relative error of ``terms @ c`` against ``measured``.
 
     Args:
-        terms: ``(N, len(CORRECTION_TERMS))`` rows of :meth:`DeviceProfile.terms`.
+        terms: ``(N, len(CORRECTION_TERMS))`` rows of :meth:`DeviceProfile.terms` (or their first
+            ``BASE_TERMS`` columns).
         measured: ``(N,)`` end-to-end latencies (ms).
     """
     terms = np.asarray(terms, dtype=np.float64)
-    if terms.ndim != 2 or terms.shape[1] != len(CORRECTION_TERMS):
-        raise ValueError(f"expected terms of shape (N, {len(CORRECTION_TERMS)}), got {terms.shape}")
+    if terms.ndim != 2 or terms.shape[1] not in (BASE_TERMS, len(CORRECTION_TERMS)):
+        raise ValueError(
+            f"expected terms of shape (N, {len(CORRECTION_TERMS)}) (or (N, {BASE_TERMS}): no work terms), got {terms.shape}"
+        )
     w = 1.0 / measured  # relative error: heavy and light subnets count alike
     coef, *_ = np.linalg.lstsq(terms * w[:, None], measured * w, rcond=None)
     return [float(c) for c in coef]
@@ -125,7 +131,7 @@ def calibrate(
     profile: DeviceProfile,
     space: SearchSpace,
     *,
-    fit_subnets: int = 60,
+    fit_subnets: int = 100,
     check_subnets: int = 50,
     seed: int = 0,
     progress: bool = True,

@@ -5,8 +5,8 @@ search needs tens of thousands per second. Both tables here number every part a 
 hold (:meth:`lifelong.space.codec.SubnetCodec.parts`) once, look up each part's figure once, and then
 answer a whole batch of subnets with one gather per convolution slot:
 
-- :class:`LatencyTable`: the four-term correction of :mod:`lifelong.device.latency` per profiled
-  batch size, equal to ``DeviceProfile.predict`` to the last bit (the rows are summed in the
+- :class:`LatencyTable`: the correction of :mod:`lifelong.device.latency` (table rows, borders and
+  the parts' work) per profiled batch size, equal to ``DeviceProfile.predict`` to the last bit (the rows are summed in the
   same order, and an empty slot adds ``0.0``, which changes no float);
 - :class:`CostTable`: parameters, MACs, weight bytes and BitOps (equal to
   :func:`lifelong.space.cost.subnet_cost`) and peak activation bytes (equal to
@@ -26,7 +26,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lifelong.device.profile import DeviceProfile, ProfileError, part_key, runs_integer
+from lifelong.device.profile import (
+    BASE_TERMS,
+    CORRECTION_TERMS,
+    WORK_TERMS,
+    DeviceProfile,
+    ProfileError,
+    part_key,
+    part_work,
+    runs_integer,
+)
 from lifelong.space.codec import Part, SubnetCodec
 from lifelong.space.config import ConvConfig, HeadConfig, Precision, SearchSpace, StageConfig, SubnetConfig, stage_sizes
 from lifelong.space.cost import activation_trace, subnet_cost
@@ -65,8 +74,10 @@ class LatencyTable:
         self._ms = np.zeros((n_parts + 1, len(self.batches)))  # (parts + 1, B)
         self._missing = np.zeros(n_parts + 1, bool)
         self._integer = np.zeros(n_parts + 1, bool)  # the part runs integer kernels
+        self._work = np.zeros((n_parts + 1, WORK_TERMS))  # part_work of each part; the pad part does none
         for n, part in enumerate(self.codec.part_list):
             self._integer[n] = runs_integer(part.prec)
+            self._work[n] = part_work(part, space.config.num_classes)
             row = profile.entries.get(part_key(part))
             if row is None or len(row) != len(self.batches):
                 self._missing[n] = True
@@ -120,10 +131,18 @@ class LatencyTable:
     def predict(self, subnets: Subnets, batch: int) -> np.ndarray:
         """``(N,)`` predicted latency (ms) at ``batch``, as ``DeviceProfile.predict``."""
         i = self._batch_index(batch)
-        a, bi, bo, t = self._coef[i]
+        c = self._coef[i]
         codes = _codes(self.codec, subnets)
-        s_int, s_other = self._sums(self._parts(codes), i)
-        return a + bi * s_int + bo * s_other + t * self._borders(codes)
+        parts = self._parts(codes)
+        s_int, s_other = self._sums(parts, i)
+        out = c[0] + c[1] * s_int + c[2] * s_other + c[3] * self._borders(codes)
+        if any(c[BASE_TERMS:]):
+            work = np.zeros((len(parts), WORK_TERMS))
+            for j in range(parts.shape[1]):  # graph order, as DeviceProfile.terms
+                work += self._work[parts[:, j]]
+            for k in range(BASE_TERMS, len(CORRECTION_TERMS)):
+                out += c[k] * work[:, k - BASE_TERMS]
+        return out
 
     def predict_all(self, subnets: Subnets) -> dict[int, np.ndarray]:
         """Predicted latency (ms) at every profiled batch size."""

@@ -366,7 +366,7 @@ def finetune(
 @cli.command()
 @click.option("--threads", type=int, default=2, show_default=True, help="onnxruntime intra-op threads.")
 @click.option("--check", is_flag=True, help="Only say whether the stored profile fits this device.")
-@click.option("--fit-subnets", type=int, default=60, show_default=True, help="Subnets the correction is fitted on.")
+@click.option("--fit-subnets", type=int, default=100, show_default=True, help="Subnets the correction is fitted on.")
 @click.option("--check-subnets", type=int, default=50, show_default=True, help="Subnets the model is checked on.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="[STATE/profile/device.json]")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None)
