@@ -372,10 +372,14 @@ class Scenario:
         self.out["wait"] = self._wait_adaptation(streamer, poller, shifted, t_detect)
         print(f"{self.name}: {self.out['wait']}", flush=True)
         swapped = self._new_model()
-        if swapped is not None and a.feedback_fraction > 0:
+        corrected = getattr(self, "t_corrected", None) is not None
+        if (swapped is not None or corrected) and a.feedback_fraction > 0:
+            # a label-free answer (or a class-mix correction, which feedback may overrule) first:
+            # then whatever the labels bring
             self.out["labelled"] = self._wait_labelled(streamer, poller, shifted, t_detect)
             print(f"{self.name}: labelled answer: {self.out['labelled']['outcome']}", flush=True)
-        if swapped is not None or getattr(self, "t_corrected", None) is not None:
+            swapped = self._new_model()
+        if swapped is not None or corrected:
             streamer.run(self.source(self.held_out, self.name), "post", samples=a.post_samples)
         if swapped is not None and a.return_samples:
             self.t_return = time.time()
@@ -387,10 +391,14 @@ class Scenario:
         self, streamer: Streamer, poller: StatusPoller, shifted: Callable, t_detect: float
     ) -> dict[str, Any]:
         """After the label-free first answer: stream shifted samples (with their feedback labels)
-        until the labelled adaptation that stayed pending ends, or the timeout after detection."""
+        until the labelled adaptation that stayed pending ends, or the timeout after detection.
+
+        After a class-mix correction, feedback needs some labels to judge it before an
+        adaptation can be pending: no adaptation within 30 s means the correction stood."""
         swapped = self._new_model()
-        assert swapped is not None
-        t_first = self.record.first_answer[swapped]
+        t_corrected = getattr(self, "t_corrected", None)
+        assert swapped is not None or t_corrected is not None
+        t_first, grace = (self.record.first_answer[swapped], 10.0) if swapped is not None else (t_corrected, 30.0)
         found: dict[str, Any] = {}
         busy: list[bool] = []
 
@@ -403,7 +411,7 @@ class Scenario:
                 return True
             if adapt.get("state") in ("running", "pending"):
                 busy.append(True)  # idle after this is the moment before the outcome is recorded
-            elif adapt.get("state") == "idle" and not busy and snap.get("t", 0) > t_first + 10:
+            elif adapt.get("state") == "idle" and not busy and snap.get("t", 0) > t_first + grace:
                 found.update(outcome="none", reason="no labelled adaptation pending after the first answer")
                 return True
             return False
@@ -575,7 +583,8 @@ class Scenario:
             return
         # shift scenarios
         swap_model = self._new_model()
-        corrected = getattr(self, "t_corrected", None) if swap_model is None else None  # answered on the logits
+        corrected_at = getattr(self, "t_corrected", None)  # first answered on the logits
+        corrected = corrected_at if swap_model is None else None  # ... and only so
         hist = [d for d in out.get("history", []) if str(d.get("reason", "")).startswith("adaptation:")]
         swap_dep = min(hist, key=lambda d: d["at"]) if hist else None
         t_detect = None if first_any is None else first_any["at"]
@@ -603,13 +612,15 @@ class Scenario:
         adapt_events = [e for e in out.get("events", []) if e["kind"] == "adapt" and e["at"] >= t_shift]
         started = next((e for e in adapt_events if "started" in e["message"]), None)
         out["adaptation"] = {
-            "answer": "class-mix correction" if corrected is not None else ("swap" if swap_model else None),
+            "answer": ("class-mix correction" if corrected_at is not None else "")
+            + (", then a swap" if corrected_at is not None and swap_model else "swap" if swap_model else "")
+            or None,
             "swapped_to": swap_model,
             "swap_deployment": swap_dep,
             "detection_to_swap_s": None if t_swap is None or t_detect is None else t_swap - t_detect,
             "detection_to_first_answer_s": None
-            if swap_model is None or t_detect is None
-            else rec.first_answer[swap_model] - t_detect,
+            if t_detect is None or (swap_model is None and corrected_at is None)
+            else (corrected_at if corrected_at is not None else rec.first_answer[swap_model]) - t_detect,
             "detection_to_start_s": None if started is None or t_detect is None else started["at"] - t_detect,
             "rollbacks_after_swap": [
                 d for d in out.get("history", []) if "rollback" in str(d.get("reason", "")) and d["at"] >= (t_swap or 0)
