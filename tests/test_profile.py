@@ -187,7 +187,9 @@ def test_calibrate_fits_on_some_subnets_and_checks_on_others(small_profile: Devi
     prof.fingerprint = dict(prof.fingerprint, threads=1)
     checks = calibrate(prof, SPACE, fit_subnets=3, check_subnets=2, progress=False)
     assert [c.batch for c in checks] == [1, 4]
-    assert set(prof.correction) == {"1", "4"} and all(len(c) == len(CORRECTION_TERMS) for c in prof.correction.values())
+    # three fit subnets: the four row terms only (the work terms need MIN_WORK_FIT)
+    assert set(prof.correction) == {"1", "4"} and all(len(c) == 4 for c in prof.correction.values())
+    assert len(prof.coefficients(1)) == len(CORRECTION_TERMS) and not any(prof.coefficients(1)[4:])
     for c in checks:
         assert len(c.subnets) == 2 and all(ms > 0 for ms in c.measured_ms)
         assert np.all(np.isfinite(c.rel_errors))

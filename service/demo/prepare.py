@@ -322,7 +322,7 @@ def prepare_models(runner: StepRunner, state: Path, policy_file: Path, *, train:
             )
         else:
             runner.cli(["train", "--preset", "quick", "--no-eval", *sd], "train")
-            note.detail = f"quick preset (3 epochs on 9,000 images) -> {ckpt}"
+            note.detail = f"quick preset (3 epochs on 7,000 images) -> {ckpt}"
 
     prof = default_profile(state)
     with runner.step("profile: this device's latency of every block choice") as note:
