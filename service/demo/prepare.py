@@ -243,7 +243,8 @@ accuracy."""
 def spread_candidates(front: Front, policy: Policy, shares: tuple[float, ...] = CANDIDATE_SHARES) -> list[FrontPoint]:
     """The policy's choice and, per further share in ``shares``, the most accurate other point at
     or under that share of its latency (faster than the choice; :func:`measured_choice` checks
-    every budget again)."""
+    every budget again). The front's fastest point is left out, so that the preference change
+    has a faster point to go to (a run from nothing chose the fastest and skipped it)."""
     from lifelong.search.front import choose
 
     first = choose(front, policy)
@@ -252,8 +253,9 @@ def spread_candidates(front: Front, policy: Policy, shares: tuple[float, ...] = 
     batch = policy.target.batch
     l0 = first.latency_at(batch)
     out = [first]
+    fastest = min(front.points, key=lambda p: (p.latency_at(batch), p.subnet))
     for share in shares[1:]:
-        pool = [p for p in front.points if p.latency_at(batch) <= share * l0 and p not in out]
+        pool = [p for p in front.points if p.latency_at(batch) <= share * l0 and p not in out and p != fastest]
         if pool:
             out.append(max(pool, key=lambda p: (p.best_accuracy(), -p.latency_at(batch), p.subnet)))
     return out
