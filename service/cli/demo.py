@@ -46,9 +46,9 @@ def demo(
     """Run the whole lifelong loop here, live: train, profile, search, serve, drift, adapt, swap.
 
     Uses what STATE holds (supernet, device profile, accuracy predictor, front) and makes
-    what is missing with quick settings (about 10 minutes on 2 cores from nothing, 3 to 4
+    what is missing with quick settings (about 12 minutes on 2 cores from nothing, 3 to 4
     with everything cached). Then it starts the daemon in STATE/demo/service, deploys the
-    policy's choice, streams Fashion-MNIST test images with some true labels fed back,
+    policy's choice among fine-tuned candidates, streams Fashion-MNIST test images with some true labels fed back,
     injects a shift, waits for the drift detection and the adaptation, lowers the latency
     budget in the policy file, and stops the daemon. The report (timeline, accuracy before
     and after, the front as a PNG) is written to STATE/demo/report.md and report.json.
