@@ -640,14 +640,20 @@ def _serve(rt: MemoryRuntime, feed: DriftFeed, x: np.ndarray, batch: int = 20) -
     return np.concatenate(classes)
 
 
-@pytest.mark.parametrize("scenario", ["class-mix", "noise"])
-def test_a_class_mix_drift_is_corrected_on_the_logits_and_a_covariate_one_is_not(tmp_path: Path, scenario) -> None:
+def _class_mix_check(tmp_path: Path) -> tuple[Store, MemoryRuntime, DriftFeed, list, DriftCheck]:
+    """A drift check on the Gaussian model ``m1`` with a short window, and the drifts it detects."""
     drift = DriftSettings(window=300, reference_window=600, false_alarm_samples=200_000, check_interval_s=0.2)
     store = Store(tmp_path / "state.db")
     rt = MemoryRuntime({"m1": _gaussian_model}, RuntimeSettings(warmup_runs=0))
     rt.swap("m1", None)
     feed, detected = DriftFeed(), []
     check = DriftCheck(store, rt, lambda: Policy(drift=drift), feed=feed, reference_dir=tmp_path / "d", on_detected=detected.append)  # fmt: skip
+    return store, rt, feed, detected, check
+
+
+@pytest.mark.parametrize("scenario", ["class-mix", "noise"])
+def test_a_class_mix_drift_is_corrected_on_the_logits_and_a_covariate_one_is_not(tmp_path: Path, scenario) -> None:
+    store, rt, feed, detected, check = _class_mix_check(tmp_path)
     uniform = np.full(10, 0.1)
     _serve(rt, feed, _images(uniform, 900, seed=1)[0])
     check.run()
@@ -686,12 +692,7 @@ def test_a_class_mix_drift_is_corrected_on_the_logits_and_a_covariate_one_is_not
 def test_feedback_overrules_a_class_mix_correction_that_serves_worse(tmp_path: Path, labels_say: str) -> None:
     from service.api.feedback import StoreFeedback
 
-    drift = DriftSettings(window=300, reference_window=600, false_alarm_samples=200_000, check_interval_s=0.2)
-    store = Store(tmp_path / "state.db")
-    rt = MemoryRuntime({"m1": _gaussian_model}, RuntimeSettings(warmup_runs=0))
-    rt.swap("m1", None)
-    feed, detected = DriftFeed(), []
-    check = DriftCheck(store, rt, lambda: Policy(drift=drift), feed=feed, reference_dir=tmp_path / "d", on_detected=detected.append)  # fmt: skip
+    store, rt, feed, detected, check = _class_mix_check(tmp_path)
     sink = StoreFeedback(store, tmp_path / "fb", on_corrected=check.class_mix.add_verdicts)
     _serve(rt, feed, _images(np.full(10, 0.1), 900, seed=1)[0])
     check.run()
