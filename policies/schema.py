@@ -238,6 +238,10 @@ class AdaptationLimits(_Section):
         label_free: The first answer to data drift, before any label: ``"bn"`` re-estimates the
             serving model's batch-norm statistics on the next ``drift.window`` samples served (200 at least)
             (seconds, no label); ``"off"`` waits for the labelled adaptation alone.
+        domain_memory: ``"on"``: after a data or label drift, when the newest samples served look
+            like the data an earlier model served (its kept drift reference), that model serves
+            again, without training; ``"off"``: never (a benchmark that swaps models of random
+            weights on random inputs would see every earlier model match).
     """
 
     section: ClassVar[str] = "adaptation"
@@ -249,6 +253,7 @@ class AdaptationLimits(_Section):
     min_samples: int = _option(300, integer(20))
     max_samples: int = _option(3000, integer(20))
     label_free: str = _option("bn", choice("bn", "off"))
+    domain_memory: str = _option("on", choice("on", "off"))
 
     MIN_BOX_S: ClassVar[float] = 60.0
     """The shortest time box a labelled answer gets: loading, measuring and exporting take

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from policies import Policy
+from policies.schema import AdaptationLimits
 from service.daemon.drift_answers import RECALL_AFTER, RECALL_IMAGES, DriftAnswers
 
 
@@ -33,6 +35,7 @@ class Part(DriftAnswers):
         self.adaptation = adaptation
         self.match, self.match_at, self.asked = match, match_at, []
         self._recall_watch = None
+        self.policy = Policy()
 
     def _recall(self, images: np.ndarray) -> str | None:
         self.asked.append(len(images))
@@ -78,3 +81,10 @@ def test_a_new_model_ends_the_watch() -> None:
     part._watch_recall("adapted")
     part.runtime.current_id = "another"  # another answer deployed first
     assert part.serve(RECALL_AFTER[-1]) is None and part._recall_watch is None and part.asked == []
+
+
+def test_the_policy_can_turn_the_memory_off() -> None:
+    part = Part(FakeAdaptation(pending=True, running=True), match="original")
+    part.policy = Policy(adaptation=AdaptationLimits(domain_memory="off"))
+    part._watch_recall("adapted")
+    assert part.serve(RECALL_AFTER[-1]) is None and part.asked == [] and part.runtime.current_id == "adapted"

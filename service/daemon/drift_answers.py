@@ -167,7 +167,10 @@ class DriftAnswers(DaemonParts):
 
     def _watch_recall(self, model_id: str) -> None:
         """Ask the domain memory :data:`RECALL_AFTER` samples after this drift of ``model_id``
-        (:meth:`_recall_tick`); a drift seen again at the next check keeps the watch's start."""
+        (:meth:`_recall_tick`); a drift seen again at the next check keeps the watch's start.
+        Nothing when the policy's ``adaptation.domain_memory`` is ``"off"``."""
+        if self.policy.adaptation.domain_memory != "on":
+            return
         if self._recall_watch is None or self._recall_watch[0] != model_id:
             self._recall_watch = (model_id, self.drift_feed.counts["samples"], 0)
 
