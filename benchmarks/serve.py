@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/serve.py                    # ~3 min
     .venv/bin/python benchmarks/serve.py --quick            # < 1 min, same code path
     .venv/bin/python benchmarks/serve.py --model fp32.onnx --model w8a8.onnx   # real exports
+    .venv/bin/python benchmarks/serve.py --profile STATE/profile/device.json   # + predicted vs live latency
 
 Writes ``benchmarks/results/serve.json`` (``serve-quick.json`` with ``--quick``).
 
@@ -104,6 +105,11 @@ threads = 2
 [swap]
 rollback_latency_factor = 1000.0
 rollback_accuracy_drop = 0.99
+
+# The benchmark swaps two models of random weights on random inputs on purpose: the domain
+# memory would find the inputs match either model's drift reference and swap it back mid-test.
+[adaptation]
+domain_memory = "off"
 """
 
 
@@ -190,6 +196,28 @@ def partner_of(model: BenchModel, space: SearchSpace, work: Path, from_file: boo
     )
     onnx.save(proto, path)
     return path
+
+
+def predicted_vs_live(
+    profile_path: Path, space: SearchSpace, models: list[BenchModel], overheads: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The profile's predicted latency of each model's subnet against the daemon's p50 session
+    time for it (its own ``latency_ms``, the model alone, as the prediction means it)."""
+    from lifelong.device.profile import DeviceProfile
+
+    profile = DeviceProfile.load(profile_path)
+    rows = []
+    for m in models:
+        try:
+            cfg = space.parse(m.subnet)
+        except ValueError:
+            continue  # a file without a subnet of this space
+        for b in profile.batches:
+            live = overheads[m.label].get(str(b), {}).get("daemon_model_ms", {}).get("p50")
+            pred = float(profile.predict(space, cfg, b))
+            rows.append({"model": m.label, "batch": b, "predicted_ms": pred, "live_p50_ms": live,
+                         "rel_error": None if not live else pred / live - 1.0})  # fmt: skip
+    return rows
 
 
 def raw_session(path: Path, runtime: OrtRuntime) -> Any:
@@ -576,6 +604,13 @@ def main() -> None:
         help="an exported ONNX model to measure (repeatable) [the largest subnet at FP32 and W8A8, random weights]",
     )
     ap.add_argument("--keep", action="store_true", help="keep the daemon's state and log folder")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="a device profile (`lifelong profile`): its predicted latency of each model is compared with the "
+        "daemon's own p50 session time at batch 1 and 32",
+    )
     args = ap.parse_args()
     for m in args.model or ():
         if not m.is_file():
@@ -741,8 +776,14 @@ def main() -> None:
             not (torch_imported or torch_maps),
         ),
     ]
+    predicted = predicted_vs_live(args.profile, space, models, overheads) if args.profile else None
+    for row in predicted or ():
+        if row["batch"] == 1 and row["rel_error"] is not None:
+            targets.append(target(f"predicted batch-1 latency vs the daemon's live p50, {row['model']} (relative error)",
+                                  round(row["rel_error"], 3), "within +-0.10", abs(row["rel_error"]) <= 0.10))  # fmt: skip
     payload = {
         "git": git_state(),
+        "profile": None if args.profile is None else {"path": str(args.profile), "predicted_vs_live": predicted},
         "threads": THREADS,
         "api_threads": API_THREADS,
         "plan": asdict(plan),
