@@ -188,7 +188,9 @@ def test_data_drift_adapts_the_supernet_in_a_worker_and_swaps_with_no_failed_req
     assert "adapted_from" not in original.info
     assert Front.load(state / "front" / "versions" / f"{_sha(adapted[0])}.json") == front
     result = json.loads(result_path(state).read_text())
-    local = {m["subnet"]: m["local_accuracy"] for m in result["measurements"]}
+    # measured, not predicted: each subnet with the calibration the version keeps (the winner's)
+    kept = next(m["calibration"] for m in result["measurements"] if m["subnet"] == result["candidate"]["subnet"])
+    local = {m["subnet"]: m["local_accuracy"] for m in result["search"]["calibrations"] if m["calibration"] == kept}
     assert {p.subnet for p in front.points} == set(local) == set(front.info["validation_measured"])
     assert all(p.accuracy == pytest.approx(local[p.subnet]) for p in front.points), "measured, not predicted"
     assert any("the cached front is now the adapted supernet's" in m for m in events), events

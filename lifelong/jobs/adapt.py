@@ -403,7 +403,10 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
     clock.close()
     front_path = None
     if new_front is not None and evaluator is not None:
-        adapted = adapted_front(evaluator, space, measured, new_front.info, sha, parent_sha)
+        # the version keeps the winner's calibration images, so a later export of any of these
+        # subnets is calibrated on them: the front carries each subnet's accuracy so calibrated
+        as_exported = [m for m in every if m.calibration == winner.calibration] or measured
+        adapted = adapted_front(evaluator, space, as_exported, new_front.info, sha, parent_sha)
         front_path = str(adapted.save(out_dir / "front.json"))
     result = AdaptResult(
         front=front_path,
