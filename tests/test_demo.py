@@ -20,14 +20,13 @@ from lifelong.search.front import Front, FrontPoint, choose
 from policies import load_preset, parse_policy_text
 from service.api.client import Client
 from service.cli.main import cli
+from service.demo.candidates import measured_choice, spread_candidates
 from service.demo.daemon import DemoDaemon
 from service.demo.prepare import (
     StepRunner,
     fast_policy,
     initial_policy,
-    measured_choice,
     policy_text,
-    spread_candidates,
 )
 from service.demo.report import (
     Step,

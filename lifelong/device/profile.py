@@ -283,22 +283,9 @@ def subnet_parts(space: SearchSpace, cfg: SubnetConfig) -> list[Part]:
     return parts
 
 
-def _subnet_rows(space: SearchSpace, cfg: SubnetConfig) -> list[tuple[str, Precision]]:
-    """The rows of ``cfg`` with the precision that decides each row's kernel family (the
-    head's is its first layer's, which does nearly all of its work)."""
-    rows = [
-        (conv_key(i, j == 0, cin, cfg.stages[i].width, side, conv.kernel, mode, conv.prec), conv.prec)
-        for i, j, cin, side, mode, conv in _conv_layout(space, cfg)
-    ]
-    h = cfg.head
-    first = h.hidden_prec if h.hidden and h.hidden_prec is not None else h.out_prec
-    rows.append((head_key(h.pool, len(cfg.stages), cfg.stages[-1].width, h.hidden, h.hidden_prec, h.out_prec), first))
-    return rows
-
-
 def subnet_keys(space: SearchSpace, cfg: SubnetConfig) -> list[str]:
     """The table rows whose sum is the latency of ``cfg`` (before the fitted correction)."""
-    return [key for key, _ in _subnet_rows(space, cfg)]
+    return [part_key(p) for p in subnet_parts(space, cfg)]
 
 
 @dataclass(frozen=True)
@@ -424,11 +411,12 @@ class DeviceProfile:
         work = [0.0] * WORK_TERMS
         classes = space.config.num_classes
         try:
-            for (k, prec), part in zip(_subnet_rows(space, cfg), subnet_parts(space, cfg), strict=True):
-                if runs_integer(prec):
-                    integer += self.entries[k][i]
+            for part in subnet_parts(space, cfg):  # a head runs in its first layer's family
+                row = self.entries[part_key(part)][i]
+                if runs_integer(part.prec):
+                    integer += row
                 else:
-                    other += self.entries[k][i]
+                    other += row
                 for n, v in enumerate(part_work(part, classes)):
                     work[n] += v
         except KeyError as exc:

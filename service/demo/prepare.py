@@ -53,11 +53,9 @@ __all__ = [
     "StepRunner",
     "fast_policy",
     "initial_policy",
-    "measured_choice",
     "policy_text",
     "prepare_exports",
     "prepare_models",
-    "spread_candidates",
 ]
 
 Say = Callable[[str], None]
@@ -228,48 +226,6 @@ def fast_policy(front: Front, initial: Policy, first: FrontPoint | None = None) 
         if pick is not None and pick.subnet != first.subnet:
             return policy, pick
     return None
-
-
-CANDIDATE_SHARES = (1.0, 0.5, 0.25)
-"""Where the demo's candidates sit, as shares of the latency of the policy's choice: that choice,
-then the most accurate front point at or under half and a quarter of its latency. A quick
-supernet ranks its subnets poorly (they score 73-78% on validation before fine-tuning) and a
-minute of fine-tuning lifts a small net further than a deep W8A8 one (91.3% against 87.4% on
-validation in one run from nothing, where the front's ranking said the opposite), so the demo
-fine-tunes a spread of candidates and the policy chooses among them on their measured
-accuracy."""
-
-
-def spread_candidates(front: Front, policy: Policy, shares: tuple[float, ...] = CANDIDATE_SHARES) -> list[FrontPoint]:
-    """The policy's choice and, per further share in ``shares``, the most accurate other point at
-    or under that share of its latency (faster than the choice; :func:`measured_choice` checks
-    every budget again). The front's fastest point is left out, so that the preference change
-    has a faster point to go to (a run from nothing chose the fastest and skipped it)."""
-    from lifelong.search.front import choose
-
-    first = choose(front, policy)
-    if first is None:
-        return []
-    batch = policy.target.batch
-    l0 = first.latency_at(batch)
-    out = [first]
-    fastest = min(front.points, key=lambda p: (p.latency_at(batch), p.subnet))
-    for share in shares[1:]:
-        pool = [p for p in front.points if p.latency_at(batch) <= share * l0 and p not in out and p != fastest]
-        if pool:
-            out.append(max(pool, key=lambda p: (p.best_accuracy(), -p.latency_at(batch), p.subnet)))
-    return out
-
-
-def measured_choice(front: Front, policy: Policy, accuracy: dict[str, float]) -> FrontPoint | None:
-    """The policy's choice among the subnets of ``accuracy`` (canonical name -> measured top-1),
-    each taken with that accuracy as its measurement."""
-    from lifelong.search.front import Front, choose
-
-    sub = Front(tuple(front[s] for s in accuracy), front.info)
-    for subnet, acc in accuracy.items():
-        sub = sub.with_measurement(subnet, accuracy=acc)
-    return choose(sub, policy)
 
 
 def policy_text(policy: Policy, header: str) -> str:

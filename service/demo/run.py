@@ -42,7 +42,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +50,16 @@ import numpy as np
 
 from lifelong.errors import LifelongError
 from service.api.client import Client
+from service.demo.candidates import prepare_initial
 from service.demo.daemon import DemoDaemon, atomic_write
 from service.demo.prepare import (
     ExportedPick,
     StepRunner,
     fast_policy,
     initial_policy,
-    measured_choice,
     policy_text,
     prepare_exports,
     prepare_models,
-    spread_candidates,
 )
 from service.demo.report import Timeline, build_report, format_summary, live_line, status_facts, write_report
 from service.demo.stream import SHIFTS, Streamer
@@ -105,7 +104,7 @@ class DemoSettings:
             this long before its export (``lifelong finetune``): a quick supernet's subnets are
             far from what they reach alone; 0 exports the supernet's weights as they are. With
             fine-tuning, the initial choice is made among a spread of candidates
-            (:data:`~service.demo.prepare.CANDIDATE_SHARES`) on their validation accuracy.
+            (:data:`~service.demo.candidates.CANDIDATE_SHARES`) on their validation accuracy.
         seed: Seeds the image order, the noise and the labelled share.
     """
 
@@ -198,7 +197,7 @@ class _Demo:
         return doc
 
     def _prepare(self) -> None:
-        from lifelong.search.front import Front, choose
+        from lifelong.search.front import Front
 
         initial = initial_policy()
         policy_file = self.folder / "policy-initial.toml"
@@ -206,26 +205,9 @@ class _Demo:
         ckpt = prepare_models(self.runner, self.state, policy_file, train=self.s.train)
         self.front = Front.load(default_front(self.state))
         batch, tune = initial.target.batch, self.s.finetune_seconds
-        candidates = spread_candidates(self.front, initial) if tune > 0 else [choose(self.front, initial)]
-        if not candidates or candidates[0] is None:
-            raise DemoError(
-                f"no point of the front {default_front(self.state)} meets the demo policy's budgets: remove the "
-                "file to search again"
-            )
-        first = candidates[0]
-        picks: dict[str, ExportedPick] = {}
-        if len(candidates) > 1:
-            named = {f"candidate {i + 1}": p for i, p in enumerate(candidates)}
-            tuned = prepare_exports(self.runner, self.state, ckpt, named, batch, finetune_seconds=tune)
-            measured = {p.subnet: p.val_accuracy for p in tuned.values() if p.val_accuracy is not None}
-            first = measured_choice(self.front, initial, measured) or first
-            self.notes.append(
-                f"the initial choice is made on measured accuracy: {len(candidates)} candidates fine-tuned {tune:g} s "
-                "each, validation top-1 "
-                + ", ".join(f"{100 * a:.2f}% ({s})" for s, a in measured.items())
-                + f" -> {first.subnet}"
-            )
-            picks = {"initial": replace(next(p for p in tuned.values() if p.subnet == first.subnet), role="initial")}
+        first, picks, note = prepare_initial(self.runner, self.state, ckpt, self.front, initial, finetune_seconds=tune)
+        if note:
+            self.notes.append(note)
         fast = fast_policy(self.front, initial, first)
         points = {} if picks else {"initial": first}
         if fast is None:

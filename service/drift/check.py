@@ -282,6 +282,7 @@ class DriftCheck:
         self._ref = {"source": "kept" if kept is not None else "collecting", "emb": [], "cls": [], "n": 0}
         self._lat_ref = []
         self.class_mix.watch(serving, stats.num_classes, policy.drift.window)
+        self._mix_answered = ()  # a new monitor: the old model's corrected drift is not this one's
         if kept is not None:
             self._ref["n"] = len(kept[0])
             self.class_mix.set_reference(kept[0], kept[1])
