@@ -201,6 +201,24 @@ def test_the_candidates_spread_below_the_choice_and_the_measured_accuracy_decide
     assert spread_candidates(_front([9.0, 9.5, 9.9], [0.8, 0.85, 0.9]), initial) == []  # nothing within 5 ms
 
 
+def test_an_all_fp32_point_joins_the_candidates_when_none_of_the_spread_is() -> None:
+    fp32 = [s.replace("w8a8", "w32a32") for s in SUBNETS]
+    quantized = [FrontPoint(s, a, {1: ms, 32: 10 * ms}, 100_000, 1_000_000)
+                 for s, a, ms in zip(SUBNETS, [0.86, 0.88, 0.90], [0.1, 0.3, 0.6], strict=True)]  # fmt: skip
+    full = [
+        FrontPoint(fp32[0], 0.80, {1: 0.05, 32: 0.5}, 400_000, 1_000_000),  # the fastest: left to the preference
+        FrontPoint(fp32[1], 0.85, {1: 0.2, 32: 2.0}, 400_000, 1_000_000),
+        FrontPoint(fp32[2], 0.89, {1: 0.9, 32: 9.0}, 400_000, 1_000_000),
+    ]  # fmt: skip  (slower than the choice)
+    initial = initial_policy()
+    cands = spread_candidates(Front(tuple(quantized + full)), initial)
+    assert [c.subnet for c in cands] == [SUBNETS[2], SUBNETS[1], SUBNETS[0], fp32[1]]
+    # a spread that has an FP32 point already gets no other
+    better = FrontPoint(fp32[1], 0.89, {1: 0.2, 32: 2.0}, 400_000, 1_000_000)
+    mixed = spread_candidates(Front(tuple([*quantized[1:], better, full[0]])), initial)
+    assert [c.subnet for c in mixed] == [SUBNETS[2], fp32[1]]
+
+
 # -- the live line and the timeline ---------------------------------------------------------------
 STATUS = {
     "live": {"model": "0123456789abcdef", "latency": {"batch": 15, "n": 40, "p50_ms": 1.234, "p95_ms": 2.0}},

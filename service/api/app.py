@@ -21,14 +21,16 @@ a second, owner-only socket (``public=False``: status and health besides what is
 
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 import json
 import logging
 import math
 import re
+import secrets
 import threading
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -38,6 +40,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
+from lifelong.deploy.model_format import INPUT_SHAPE
 from service.errors import (
     Forbidden,
     NoModelError,
@@ -72,7 +75,9 @@ class FeedbackSink(ABC):
 
     @abstractmethod
     def record(self, request_id: str, images: np.ndarray, prediction: Prediction) -> None:
-        """Remember a served prediction so that later labels can name it."""
+        """Remember a served prediction so that later labels can name it. ``images``: the
+        pixels as sent, uint8 ``(N, 28, 28)``, or the model's input, float32 ``(N, 1, 28, 28)``
+        in [0, 1] (when the request sent floats)."""
 
     @abstractmethod
     def label(self, items: list[FeedbackLabel]) -> int:
@@ -212,6 +217,8 @@ class ApiApp:
         self.runtime, self.feedback, self.status_provider = runtime, feedback, status
         self.max_body_bytes, self.admin_socket = max_body_bytes, admin_socket
         self.metrics = _Metrics()
+        # request ids: unique within this process by the counter, across restarts by the prefix
+        self._id_prefix, self._id_count = secrets.token_hex(8), itertools.count()
         self.metric_sources: list[Callable[[], str]] = []  # more families for /metrics (the daemon's drift)
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/status": {"GET": self._status},
@@ -293,11 +300,13 @@ class ApiApp:
             images = _npy(body)
         else:
             raise UnsupportedMediaType(f"Content-Type {kind!r} is not read here; send {NPY} or {JSON}")
-        x = as_model_input(images)  # (N, 1, 28, 28)
-        pred = self.runtime.predict(x)
-        request_id = uuid.uuid4().hex
+        pred = self.runtime.predict(images)  # checks and converts them (RequestError)
+        request_id = f"{self._id_prefix}{next(self._id_count):016x}"
         if self.feedback is not None:
-            self.feedback.record(request_id, x, pred)
+            # the pixels as sent when they are uint8 (what is kept), else the model's input
+            n = len(pred.classes)
+            kept = images.reshape(n, *INPUT_SHAPE[1:]) if images.dtype == np.uint8 else as_model_input(images)
+            self.feedback.record(request_id, kept, pred)
         return 200, {
             "model": pred.model_id,
             "request_id": request_id,
@@ -420,20 +429,29 @@ _NPY_HEADER = re.compile(
 """The header ``numpy.save`` writes for a C-ordered array of plain numbers (format 1.0)."""
 
 
+@functools.lru_cache(maxsize=64)
+def _npy_header(header: bytes) -> tuple[np.dtype | None, tuple[int, ...]]:
+    """The dtype and shape of a plain ``.npy`` header, or ``(None, ())`` for any other. Cached:
+    an application sends the same few headers (one per batch size) request after request."""
+    m = _NPY_HEADER.fullmatch(header)
+    if m is None:
+        return None, ()
+    try:
+        dtype = np.dtype(m.group(1).decode())
+    except TypeError:  # '|f1' and the like: np.load says what is wrong
+        return None, ()
+    return dtype, tuple(int(v) for v in m.group(2).split(b",") if v.strip())
+
+
 def _npy_fast(body: bytes) -> np.ndarray | None:
     """The array of a ``.npy`` body whose header is the plain one ``numpy.save`` writes, read
     without ``np.load``'s header parser (about 0.1 ms a request); None for anything else."""
     if body[6:8] != b"\x01\x00" or len(body) < 10:
         return None
     end = 10 + int.from_bytes(body[8:10], "little")
-    m = _NPY_HEADER.fullmatch(body, 10, end)
-    if m is None:
+    dtype, shape = _npy_header(body[10:end])
+    if dtype is None:
         return None
-    try:
-        dtype = np.dtype(m.group(1).decode())
-    except TypeError:  # '|f1' and the like: np.load says what is wrong
-        return None
-    shape = tuple(int(v) for v in m.group(2).split(b",") if v.strip())
     count = math.prod(shape)
     if len(body) - end != count * dtype.itemsize:
         return None  # np.load says what is wrong

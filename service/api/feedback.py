@@ -42,7 +42,10 @@ class _Remembered:
 
 
 def _pixels(images: np.ndarray) -> np.ndarray:
-    """Model inputs ``(N, 1, 28, 28)`` in [0, 1] -> uint8 ``(N, 28, 28)``, 4x smaller to keep."""
+    """Model inputs ``(N, 1, 28, 28)`` in [0, 1] -> uint8 ``(N, 28, 28)``, 4x smaller to keep;
+    uint8 pixels are kept as they are."""
+    if images.dtype == np.uint8:
+        return images.reshape(len(images), images.shape[-2], images.shape[-1])
     x = np.asarray(images, dtype=np.float32)
     return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8).reshape(len(x), x.shape[-2], x.shape[-1])
 

@@ -81,11 +81,61 @@ class _Handler(BaseHTTPRequestHandler):
                      json.dumps({"error": text, "type": "HttpError"}).encode(), close=True)  # fmt: skip
 
     def parse_request(self) -> bool:
-        if not super().parse_request():
+        """The request line and the headers, as the base class reads them, but without the
+        ``email`` package: its parser took a third of the server's time per request (0.17 ms of
+        0.47 ms, sampled in the daemon at batch 1). Sets ``command``, ``path``,
+        ``request_version``, ``headers`` and ``close_connection``; False once an error is sent."""
+        self.command = None  # set in case of an error on the first line
+        self.request_version = "HTTP/0.9"
+        self.close_connection = True
+        self.requestline = line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = line.split()
+        if not words:
             return False
-        if self.headers.defects:  # a header line without a colon, say: the email parser only notes it
-            self.send_error(400, f"malformed header lines: {'; '.join(map(str, self.headers.defects))[:200]}")
+        if len(words) != 3:
+            self.send_error(400, f"Bad request syntax ({line[:100]!r}); expected METHOD PATH HTTP/1.1")
             return False
+        command, path, version = words
+        major, minor = _version(version)
+        if major is None:
+            self.send_error(400, f"Bad request version ({version[:40]!r})")
+            return False
+        if major >= 2:
+            self.send_error(505, f"Invalid HTTP version ({version[5:40]}); this server speaks HTTP/1.1")
+            return False
+        self.command, self.path, self.request_version = command, path, version
+        if self.path.startswith("//"):  # a client would read //x as a host (as the base class does)
+            self.path = "/" + self.path.lstrip("/")
+        fields, bad = [], []
+        while True:
+            raw = self.rfile.readline(MAX_HEADER_LINE + 1)
+            if len(raw) > MAX_HEADER_LINE:
+                self.send_error(431, "Line too long", f"a header line is over {MAX_HEADER_LINE} bytes")
+                return False
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            if len(fields) >= MAX_HEADERS:
+                self.send_error(431, "Too many headers", f"more than {MAX_HEADERS} header lines")
+                return False
+            text = raw.decode("iso-8859-1").rstrip("\r\n")
+            name, colon, value = text.partition(":")
+            if not colon or not name or name != name.strip():  # no colon, a folded line, space before it
+                bad.append(text[:60])
+            else:
+                fields.append((name, value.strip(" \t")))
+        if bad:
+            self.send_error(400, f"malformed header lines: {'; '.join(map(repr, bad))[:200]}")
+            return False
+        self.headers = _Headers(fields)  # type: ignore[assignment]  (what the handler reads of a Message)
+        if (major, minor) >= (1, 1):
+            self.close_connection = False
+        connection = self.headers.get("Connection", "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
+        if self.headers.get("Expect", "").lower() == "100-continue" and (major, minor) >= (1, 1):
+            return self.handle_expect_100()
         return True
 
     def handle_expect_100(self) -> bool:
@@ -183,6 +233,42 @@ class _Handler(BaseHTTPRequestHandler):
             owner._busy(-1)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _wsgi
+
+
+MAX_HEADERS = 100
+"""Header lines in one request (as ``http.client``); more are answered 431."""
+MAX_HEADER_LINE = 65536
+"""Bytes in one header line (as ``http.client``); longer is answered 431."""
+
+
+def _version(text: str) -> tuple[int, int] | tuple[None, None]:
+    """``HTTP/1.1`` -> (1, 1); anything that is not ``HTTP/`` and two short numbers -> (None, None)."""
+    if not text.startswith("HTTP/"):
+        return None, None
+    parts = text[5:].split(".")
+    if len(parts) != 2 or not all(p.isdigit() and p.isascii() and len(p) <= 10 for p in parts):
+        return None, None
+    return int(parts[0]), int(parts[1])
+
+
+class _Headers:
+    """A request's header fields by any case of their name; a repeated field's values are
+    joined with ``", "`` (RFC 9110, 5.3)."""
+
+    __slots__ = ("_joined",)
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        self._joined: dict[str, str] = {}
+        for name, value in fields:
+            key = name.lower()
+            self._joined[key] = f"{self._joined[key]}, {value}" if key in self._joined else value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._joined.get(name.lower(), default)
+
+    def items(self) -> list[tuple[str, str]]:
+        """Each field once, its name lower-cased."""
+        return list(self._joined.items())
 
 
 class _LogStream:

@@ -18,12 +18,17 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from lifelong.errors import LifelongError
 from service.cli.common import setup_logging
 from service.state.paths import default_checkpoint, default_profile, resolve_state_dir
+
+if TYPE_CHECKING:
+    from lifelong.deploy.export import ExportReport
+    from lifelong.device.profile import DeviceProfile
 
 __all__ = ["cli", "main"]
 
@@ -248,19 +253,12 @@ def export(
         lifelong export largest:w8a8 --out /tmp/largest-w8a8.onnx
     """
     from lifelong.data.datasets import load_dataset, load_fashion_mnist
-    from lifelong.device.profile import DeviceProfile
     from lifelong.jobs.export import export_from_checkpoint
 
     state = resolve_state_dir(state_dir)
     ckpt = checkpoint or default_checkpoint(state)
     train_data = load_dataset(data_spec, split="train") if data_spec else load_fashion_mnist("train")
     test = load_dataset(data_spec, split="test") if data_spec else load_fashion_mnist("test")
-    timing = None
-    if default_profile(state).is_file():  # time the file here, and record its thread choice
-        try:
-            timing = DeviceProfile.load(default_profile(state))
-        except LifelongError as exc:
-            click.echo(f"warning: the model is not timed: {exc}", err=True)
     report = export_from_checkpoint(
         ckpt,
         subnet,
@@ -270,7 +268,7 @@ def export(
         test=test,
         parity_images=parity_images,
         exact=exact,
-        timing=timing,
+        timing=_export_timing(state),
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -285,6 +283,24 @@ def export(
         f"  parity on {p.images} images: agreement {100 * p.agreement:.2f}%, top-1 torch {100 * p.torch_top1:.2f}% "
         f"onnx {100 * p.onnx_top1:.2f}%"
     )
+    _echo_threads(report)
+
+
+def _export_timing(state: Path) -> DeviceProfile | None:
+    """The state's device profile, to time an exported file with and record its thread choice
+    (None, with a warning, when there is none or it cannot be read: the file is then not timed)."""
+    from lifelong.device.profile import DeviceProfile
+
+    if not default_profile(state).is_file():
+        return None
+    try:
+        return DeviceProfile.load(default_profile(state))
+    except LifelongError as exc:
+        click.echo(f"warning: the model is not timed: {exc}", err=True)
+        return None
+
+
+def _echo_threads(report: ExportReport) -> None:
     for b, t in sorted((report.threads or {}).items()):
         ms = ", ".join(f"{n} thread(s) {v:.3f} ms" for n, v in t["ms"].items())
         click.echo(f"  batch {b}: {ms}; {t['threads']} chosen (recorded in the model for target.threads = 0)")
@@ -345,7 +361,7 @@ def finetune(
         out = state / "exports" / f"{load_checkpoint(ckpt).build().space.resolve(subnet)}.ft.onnx"
     report = export_from_checkpoint(
         ckpt, subnet, out, calibration=train_data.head(calib).as_float(), test=test, parity_images=parity_images,
-        finetune=config, train=train_data, show_progress=not as_json,
+        finetune=config, train=train_data, show_progress=not as_json, timing=_export_timing(state),
     )  # fmt: skip
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -361,6 +377,7 @@ def finetune(
         f"  parity on {p.images} images: agreement {100 * p.agreement:.2f}%, top-1 torch {100 * p.torch_top1:.2f}% "
         f"onnx {100 * p.onnx_top1:.2f}%"
     )
+    _echo_threads(report)
 
 
 @cli.command()

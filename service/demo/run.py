@@ -398,11 +398,16 @@ class _Demo:
         swapped = False
         if found:
             swapped = self._wait_adaptation(pool_a, shift_at)
-        if swapped and (self.adaptation or {}).get("mode") == "bn":
-            with run.step(f"measure the label-free answer on {s.measure_samples} shifted images it never saw") as note:
-                self._stream("label-free", pool_b, min_samples=s.measure_samples, timeout=s.timeout, shift=s.shift)
-                note.detail = f"accuracy {100 * (self.streamer.tallies['label-free'].accuracy or 0):.1f}%"
-            self._wait_labelled(pool_a, float(self.adaptation.get("finished") or time.time()))
+        if (self.adaptation or {}).get("mode") == "bn":
+            if swapped:
+                with run.step(
+                    f"measure the label-free answer on {s.measure_samples} shifted images it never saw"
+                ) as note:
+                    self._stream("label-free", pool_b, min_samples=s.measure_samples, timeout=s.timeout, shift=s.shift)
+                    note.detail = f"accuracy {100 * (self.streamer.tallies['label-free'].accuracy or 0):.1f}%"
+            # kept or swapped, the labelled adaptation stays pending: its answer is the demo's next step
+            labelled = self._wait_labelled(pool_a, float(self.adaptation.get("finished") or time.time()))
+            swapped = swapped or labelled
         if swapped:
             with run.step(f"measure the adapted model on {s.measure_samples} shifted images it never saw") as note:
                 self._stream("adapted", pool_b, min_samples=s.measure_samples, timeout=s.timeout, shift=s.shift)
@@ -550,9 +555,10 @@ class _Demo:
         finished = last.get("finished")
         return None if at is None or finished is None else round(float(finished) - self.timeline.started - at, 1)
 
-    def _wait_labelled(self, pool: np.ndarray, after: float) -> None:
-        """After the label-free first answer: the labelled adaptation stayed pending; wait for
-        its outcome (it replaces the first answer only if better on held-out local samples)."""
+    def _wait_labelled(self, pool: np.ndarray, after: float) -> bool:
+        """After the label-free first answer (swapped in or kept out): the labelled adaptation
+        stayed pending; wait for its outcome (it replaces the serving model only if better on
+        held-out local samples). True if the daemon swapped to its model."""
         s = self.s
         limit = min(s.timeout, LABELLED_WAIT_S)
         with self.runner.step(
@@ -576,9 +582,9 @@ class _Demo:
             last = last_after(facts)
             if last is None:
                 note.outcome = "timed out"
-                note.detail = f"no labelled answer within {limit:.0f} s; the label-free answer serves on"
+                note.detail = f"no labelled answer within {limit:.0f} s; the model serving goes on"
                 self.notes.append(note.detail)
-                return
+                return False
             self.milestones["labelled_outcome"] = last.get("outcome")
             self.milestones["labelled_after_detection_s"] = self._after_detection(last)
             note.detail = f"{last.get('outcome')}: {last.get('reason')}"
@@ -590,6 +596,8 @@ class _Demo:
                     {"name": "adapted (labelled)", "subnet": cand.get("subnet"),
                      "local_accuracy": cand.get("local_accuracy"), "latency_ms": cand.get("latency_ms")}
                 )  # fmt: skip
+                return True
+            return False
 
     def _preference(self, pool: np.ndarray, shift: str | None) -> None:
         s = self.s
