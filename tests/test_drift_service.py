@@ -688,6 +688,24 @@ def test_a_class_mix_drift_is_corrected_on_the_logits_and_a_covariate_one_is_not
     store.close()
 
 
+def test_answers_collapsed_onto_one_class_get_no_class_mix_correction(tmp_path: Path) -> None:
+    """Nine in ten answers on one class read as new-looking inputs: no correction, so the drift
+    gets the other answers (BN statistics, adaptation)."""
+    store, rt, feed, detected, check = _class_mix_check(tmp_path)
+    _serve(rt, feed, _images(np.full(10, 0.1), 900, seed=1)[0])
+    check.run()
+    one = np.full(10, 0.004)
+    one[3] = 0.964
+    _serve(rt, feed, _images(one, 600, seed=2)[0])
+    check.run()
+    assert detected and {d.kind for d in detected[0].decisions} & {"data", "label"}
+    found = detected[0].class_mix
+    assert found is not None and not found["answered"] and "collapsed onto class 3" in found["reason"], found
+    assert found["priors"][3] >= 0.9
+    assert rt.logit_offset("m1") is None and not check.status()["class_mix"]["in_force"]
+    store.close()
+
+
 @pytest.mark.parametrize("labels_say", ["the correction is wrong", "the correction is right"])
 def test_feedback_overrules_a_class_mix_correction_that_serves_worse(tmp_path: Path, labels_say: str) -> None:
     from service.api.feedback import StoreFeedback

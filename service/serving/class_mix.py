@@ -39,9 +39,16 @@ from lifelong.drift.priors import class_mix_test, em_priors, total_variation
 if TYPE_CHECKING:
     from service.serving.runtime import Runtime
 
-__all__ = ["OVERRULE_LABELS", "OVERRULE_LEVEL", "ClassMix", "sign_test"]
+__all__ = ["COLLAPSED_PRIOR", "OVERRULE_LABELS", "OVERRULE_LEVEL", "ClassMix", "sign_test"]
 
 logger = logging.getLogger(__name__)
+
+COLLAPSED_PRIOR = 0.9
+"""An estimated mix with this share or more on one class (where training had far less) is read
+as the model's answers collapsing under new-looking inputs, not as a change of mix: once the
+answers sit on one class, re-weighting the reference by predicted class explains any shift of
+embeddings (a contrast shift on a small model was corrected to "class 2 100%" and the drift got
+no other answer), and a correction toward that class only confirms the collapse."""
 
 OVERRULE_LABELS = 100
 """Labels of corrected predictions needed before feedback may overrule the correction."""
@@ -203,6 +210,12 @@ class ClassMix:
         est = em_priors(probs, self._train)
         shift = total_variation(est.priors, self._train)
         found |= {"priors": est.priors.round(4).tolist(), "shift": shift}
+        top = int(np.argmax(est.priors))
+        if est.priors[top] >= COLLAPSED_PRIOR > self._train[top]:
+            return found | {"answered": False, "reason": (
+                f"the answers collapsed onto class {top} ({est.priors[top]:.0%} of the estimated mix): "
+                "read as new-looking inputs, not a change of class mix"
+            )}  # fmt: skip
         if shift < self.min_shift and self._mix is not None:  # the drift is the mix going back
             self._clear(f"class mix back to training (total variation {shift:.3f})")
             return found | {"answered": True, "reason": (
