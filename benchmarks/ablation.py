@@ -70,6 +70,17 @@ def _row_config(row: str, epochs: int, quick: bool):
     return TrainConfig(**base, **ROWS[row])
 
 
+def _row_epochs(name: str, epochs: int) -> tuple[str, int]:
+    """``ROW@E`` -> (ROW, E): a row at its own number of epochs (rows compared at equal compute
+    train for different numbers of epochs); ``ROW`` -> (ROW, ``epochs``)."""
+    row, at, e = name.partition("@")
+    if not at:
+        return row, epochs
+    if not e.isdigit() or int(e) < 1:
+        raise SystemExit(f"row {name!r}: expected ROW@EPOCHS with EPOCHS a whole number >= 1")
+    return row, int(e)
+
+
 def run_row(row: str, epochs: int, quick: bool) -> dict:
     """Train one row (resuming) and measure it; the result is also written beside the checkpoint."""
     import torch
@@ -83,6 +94,7 @@ def run_row(row: str, epochs: int, quick: bool) -> dict:
     from lifelong.train.trainer import train_supernet
 
     torch.set_num_threads(1)
+    row, epochs = _row_epochs(row, epochs)
     cfg = _row_config(row, epochs, quick)
     tag = f"{row}-e{epochs}{'-quick' if quick else ''}"
     WORK.mkdir(parents=True, exist_ok=True)
@@ -113,6 +125,7 @@ def run_row(row: str, epochs: int, quick: bool) -> dict:
     steps = int(load_checkpoint(res.checkpoint).train["step"])
     out = {
         "row": row,
+        "epochs": epochs,
         "config": cfg.to_dict(),
         "checkpoint_sha256": file_sha256(res.checkpoint),
         "train_seconds": res.seconds,
@@ -132,13 +145,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--parallel", type=int, default=2, help="rows trained at once (one torch thread each)")
     ap.add_argument("--quick", action="store_true", help="3,000 training images, 1,000 test images")
+    ap.add_argument("--name", default="ablation", help="results name: benchmarks/results/NAME.json")
     ap.add_argument("--row", help=argparse.SUPPRESS)  # a worker process: train and measure one row
     args = ap.parse_args()
     if args.row:
         print(json.dumps(run_row(args.row, args.epochs, args.quick)))
         return
     rows = [r for r in args.rows.split(",") if r]
-    unknown = [r for r in rows if r not in ROWS and r != ALONE]
+    unknown = [
+        r for r in rows if _row_epochs(r, args.epochs)[0] not in ROWS and _row_epochs(r, args.epochs)[0] != ALONE
+    ]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; expected some of {[*ROWS, ALONE]}")
     t0 = time.monotonic()
@@ -164,45 +180,52 @@ def main() -> None:
             results[row] = json.loads(out.strip().splitlines()[-1])
             r = results[row]
             print(f"{row:<20} " + " ".join(f"{k} {100 * v:.2f}" for k, v in r["top1"].items()), flush=True)
-    alone = results.get(ALONE, {}).get("top1", {}).get("tutorial")
+    alone_by_epochs = {r["epochs"]: r["top1"]["tutorial"] for r in results.values() if r["row"] == ALONE}
+    alone = alone_by_epochs.get(args.epochs)
     table = []
     for row in rows:
-        if row == ALONE:
+        name, epochs = _row_epochs(row, args.epochs)
+        if name == ALONE:
             continue
         r = results[row]
         t = r["top1"]
+        at = alone_by_epochs.get(epochs)  # the tutorial alone for as many epochs
         table.append({
             "row": row,
-            "changes": ROWS[row],
+            "epochs": epochs,
+            "changes": ROWS[name],
             "largest": t["largest"],
             "smallest": t["smallest"],
             "tutorial": t["tutorial"],
-            "tutorial_gap": None if alone is None else alone - t["tutorial"],
+            "tutorial_gap": None if at is None else at - t["tutorial"],
             "random_mean": r["random_mean"],
             "seconds_per_step": r["seconds_per_step"],
+            "train_seconds": r["train_seconds"],
         })  # fmt: skip
-    base = next((t for t in table if t["row"] == "baseline"), None)
+    # each row against the row named baseline, else the first row
+    base = next((t for t in table if t["row"] == "baseline"), table[0] if table else None)
     targets = []
     for t in table:
-        if base is None or t["row"] == "baseline":
+        if base is None or t is base:
             continue
         gain = t["random_mean"] - base["random_mean"]
         targets.append(
-            target(f"{t['row']}: random-subnet mean top-1 minus baseline's (pt)", 100 * gain, "> 0", gain > 0)
+            target(f"{t['row']}: random-subnet mean top-1 minus {base['row']}'s (pt)", 100 * gain, "> 0", gain > 0)
         )
     lines = [
-        "| row | largest | smallest | tutorial | gap to alone | 6 random mean | s/step |",
-        "|---|---|---|---|---|---|---|",
+        "| row | epochs | largest | smallest | tutorial | gap to alone | 6 random mean | s/step | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in table:
         gap = "-" if t["tutorial_gap"] is None else f"{100 * t['tutorial_gap']:.2f}"
         lines.append(
-            f"| {t['row']} | {100 * t['largest']:.2f} | {100 * t['smallest']:.2f} | {100 * t['tutorial']:.2f} | {gap} "
-            f"| {100 * t['random_mean']:.2f} | {t['seconds_per_step']:.3f} |"
+            f"| {t['row']} | {t['epochs']} | {100 * t['largest']:.2f} | {100 * t['smallest']:.2f} | "
+            f"{100 * t['tutorial']:.2f} | {gap} | {100 * t['random_mean']:.2f} | {t['seconds_per_step']:.3f} | "
+            f"{t['train_seconds']:.0f} |"
         )
     print("\n".join(lines))
     print(markdown_targets(targets))
-    name = "ablation-quick" if args.quick else "ablation"
+    name = f"{args.name}-quick" if args.quick else args.name
     write_results(
         name,
         {
@@ -210,6 +233,7 @@ def main() -> None:
             "parallel": args.parallel,
             "rebuild": "nothing: each row trains itself (checkpoints kept in benchmarks/work/ablation/)",
             "alone_tutorial": alone,
+            "alone_tutorial_by_epochs": alone_by_epochs,
             "rows": results,
             "table": table,
             "wall_seconds": time.monotonic() - t0,
