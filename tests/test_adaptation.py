@@ -195,6 +195,25 @@ def test_the_label_free_decision_wants_answers_spread_like_the_reference_and_no_
     assert not big.swap and "over the budget of 5000" in big.reason
 
 
+def test_labels_that_already_arrived_judge_the_label_free_answer_instead_of_its_class_mix() -> None:
+    policy = Policy()  # swap.min_improvement 0.5 pt
+    collapsed, spread = [0.55] + [0.05] * 9, [0.12, 0.08] * 5
+
+    def measured(result: dict, cand: float, serving: float, n: int = 120) -> dict:
+        result["samples"]["labelled"] = n
+        result["candidate"]["local_accuracy"], result["serving"]["local_accuracy"] = cand, serving
+        return result
+
+    # its class mix is no closer (the mix rule refuses), but the labels say it is right more often
+    better = decide_swap(measured(_label_free(spread, [0.08, 0.12] * 5), 0.74, 0.62), policy)
+    assert better.swap and "74.00% vs 62.00% serving on 120 labelled local samples (+12.00 pt)" in better.reason
+    # its class mix is closer (the mix rule swaps), but the labels say it is no better
+    worse = decide_swap(measured(_label_free(spread, collapsed), 0.60, 0.62), policy)
+    assert not worse.swap and "below the minimum improvement" in worse.reason
+    # without labels the class mix judges, as before
+    assert decide_swap(_label_free(spread, collapsed), policy).swap
+
+
 # -- fine-tuning ---------------------------------------------------------------------------------
 
 

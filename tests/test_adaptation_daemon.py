@@ -336,3 +336,34 @@ def test_data_drift_gets_a_label_free_answer_from_unlabelled_samples_within_seco
     text = format_status(status)
     assert "adapt:    pending since" in text and "waiting for labelled local samples" in text, text
     assert "last swapped" in text and "label-free: BN statistics re-estimated" in text, text
+
+
+def test_the_label_free_job_measures_both_models_on_labels_that_already_arrived(label_free_state, fashion_test):
+    """The BN job with labelled local samples in its request: both models' top-1 on them, for the
+    decision; with too few, none (the class mix judges)."""
+    from lifelong.jobs.adapt_request import AdaptRequest
+    from lifelong.jobs.bn_adapt import MIN_LABELLED_CHECK, run_bn_adaptation
+    from policies import Policy, policy_to_dict
+
+    run, state, _, serving_path = label_free_state
+    x = _contrast(fashion_test.x[:600])
+    np.savez(run / "unlabelled.npz", x=x[:300])
+    np.savez(run / "labelled.npz", x=x[300:], y=fashion_test.y[300:600])
+    refs = tuple((f"{run / 'labelled.npz'}#{i}", int(fashion_test.y[300 + i])) for i in range(300))
+    subnet = str(SearchSpace(TINY_SPACE).largest(Precision(32, 32)))
+
+    def job(samples: tuple, out: str) -> dict:
+        req = AdaptRequest(
+            samples=samples, checkpoint=str(state / "supernet" / "supernet.pt"), supernet_dir=str(state / "supernet"),
+            out_dir=str(run / out), policy=policy_to_dict(Policy()), replay=str(run / "none.npz"), mode="bn",
+            serving={"model_id": "m", "subnet": subnet, "path": str(serving_path)},
+            unlabelled=str(run / "unlabelled.npz"), threads=1,
+        )  # fmt: skip
+        return run_bn_adaptation(req, Policy())
+
+    got = job(refs, "with-labels")
+    assert got["samples"] == {"unlabelled": 300, "labelled": 300}
+    cand, serving = got["candidate"]["local_accuracy"], got["serving"]["local_accuracy"]
+    assert cand > serving + 0.2, (cand, serving)  # contrast halved: the new statistics help a lot
+    few = job(refs[: MIN_LABELLED_CHECK - 1], "few-labels")
+    assert few["samples"]["labelled"] == 0 and "local_accuracy" not in few["candidate"]

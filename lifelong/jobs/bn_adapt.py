@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lifelong.data.local import load_refs
 from lifelong.deploy.export import export_subnet, onnx_session, run_onnx
 from lifelong.drift.priors import softmax
 from lifelong.errors import DataError, SpaceError
@@ -53,12 +54,15 @@ from lifelong.persist.versioned import write_json_atomic
 from lifelong.train.evaluate import predict_logits
 from policies import Policy
 
-__all__ = ["BN_RESULT_FORMAT", "MIN_UNLABELLED", "class_mix_figures", "run_bn_adaptation"]
+__all__ = ["BN_RESULT_FORMAT", "MIN_LABELLED_CHECK", "MIN_UNLABELLED", "class_mix_figures", "run_bn_adaptation"]
 
 logger = logging.getLogger(__name__)
 
 MIN_UNLABELLED = 64
 """Fewer images than this give BN statistics too noisy to serve with."""
+MIN_LABELLED_CHECK = 50
+"""Labelled local samples (of the new data, already arrived) from which the label-free answer
+is judged on their accuracy rather than on the class mix alone."""
 
 Progress = Callable[[float, str, str], None]
 
@@ -92,6 +96,32 @@ def _load_images(path: str | None) -> np.ndarray:
     if len(x) < MIN_UNLABELLED:
         raise DataError(f"{path}: {len(x)} images; BN statistics need at least {MIN_UNLABELLED}")
     return x
+
+
+def _labelled_check(req: AdaptRequest, models: list[str], notes: list[str]) -> dict[str, Any] | None:
+    """Top-1 of each ONNX file of ``models`` on the request's labelled local samples (``n`` and
+    ``accuracy``, in order), or None when fewer than :data:`MIN_LABELLED_CHECK` can be read.
+
+    The labels came as feedback on predictions of the new data; their images may be among the
+    unlabelled ones the statistics were estimated on (no label is used for that), which favours
+    the candidate a little."""
+    if len(req.samples) < MIN_LABELLED_CHECK:
+        return None
+    try:
+        local, unreadable = load_refs(req.samples)
+    except DataError as exc:
+        notes.append(f"the labelled local samples could not be read: {exc}")
+        return None
+    if unreadable:
+        notes.append(f"{len(unreadable)} labelled local samples could not be read (first: {unreadable[0]})")
+    if len(local) < MIN_LABELLED_CHECK or local.y is None:
+        return None
+    x = local.as_float()
+    accuracy = []
+    for path in models:
+        logits, _ = run_onnx(onnx_session(path, threads=req.threads), x, batch_size=256)
+        accuracy.append(round(float((logits.argmax(axis=1) == local.y).mean()), 4))
+    return {"n": len(local), "accuracy": accuracy}
 
 
 def run_bn_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | None = None) -> dict[str, Any]:
@@ -150,6 +180,11 @@ def run_bn_adaptation(request: AdaptRequest, policy: Policy, progress: Progress 
     )
     cand_logits, _ = run_onnx(onnx_session(str(report.path), threads=req.threads), images, batch_size=256)
 
+    notes: list[str] = []
+    labelled = _labelled_check(req, [serving["path"], str(report.path)], notes)
+    if labelled is not None:
+        serving_figures["local_accuracy"], cand_accuracy = labelled["accuracy"]
+
     phase("measure", 0.8, "latency of both models")
     batches = (policy.target.batch,)
     lat_serving, lat_cand = measure_pair(  # alternately: the device also serves meanwhile
@@ -170,20 +205,22 @@ def run_bn_adaptation(request: AdaptRequest, policy: Policy, progress: Progress 
         "requantized": report.requantized,
         **class_mix_figures(cand_logits),
     }
+    if labelled is not None:
+        candidate["local_accuracy"] = cand_accuracy
     phase("done", 1.0, "")
     result = {
         "kind": BN_RESULT_KIND,
         "format_version": BN_RESULT_FORMAT,
         "mode": "bn",
         "trigger": req.trigger,
-        "samples": {"unlabelled": int(len(x))},
+        "samples": {"unlabelled": int(len(x)), "labelled": 0 if labelled is None else labelled["n"]},
         "unlabelled": req.unlabelled,
         "reference_mix": None if req.reference_mix is None else list(req.reference_mix),
         "serving": serving_figures,
         "candidate": candidate,
         "phases": phases,
         "seconds": round(time.monotonic() - t0, 2),
-        "notes": [],
+        "notes": notes,
     }
     write_json_atomic(out_dir / "result.json", result, durable=False, indent=1)
     logger.info(

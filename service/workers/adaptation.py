@@ -27,7 +27,8 @@ window of samples has been served after the detection, the newest of them (unlab
 the daemon's memory of recent requests) go to a worker in ``"bn"`` mode
 (:mod:`lifelong.jobs.bn_adapt`: the serving subnet's BN statistics re-estimated on them,
 exported behind the parity gate), seconds instead of minutes and no label. Its candidate is
-judged by :func:`decide_label_free`. The labelled adaptation stays pending meanwhile and, once
+judged by :func:`decide_label_free`: on the labelled local samples that already arrived since
+the drift, where there are enough (the job measures both models on them), else on its class mix. The labelled adaptation stays pending meanwhile and, once
 its labels are in, replaces the first answer only by beating it on held-out local samples
 (the same :func:`decide_swap`, against whatever serves then).
 
@@ -242,7 +243,10 @@ class Adaptation:
             if images is None or len(images) < lf.samples // 2:
                 return f"label-free answer dropped: only {0 if images is None else len(images)} recent images kept"
             self._label_free_tried.add(lf.model_id)
-            return self._start_label_free(policy, p.trigger, images, lf, serving, serving_path)
+            # labels of the new data that already arrived judge the answer (none: its class mix does)
+            checks = self.store.labelled_samples(policy.adaptation.min_samples, since=p.since)
+            labelled = [(s.ref, int(s.label)) for s in checks if s.label is not None]
+            return self._start_label_free(policy, p.trigger, images, lf, serving, serving_path, labelled)
         a = policy.adaptation
         have = self.store.count_labelled(since=p.since)
         if have < a.min_samples:
@@ -260,7 +264,14 @@ class Adaptation:
         return self._start(policy, p.trigger, labelled, serving, serving_path, max_seconds=box)
 
     def _start_label_free(
-        self, policy: Policy, trigger: str, images: Any, lf: LabelFree, serving: ModelRecord, serving_path: Path | None
+        self,
+        policy: Policy,
+        trigger: str,
+        images: Any,
+        lf: LabelFree,
+        serving: ModelRecord,
+        serving_path: Path | None,
+        labelled: list[tuple[str, int]] | None = None,
     ) -> str:
         job_id = f"adapt-bn-{time.strftime('%Y%m%dT%H%M%S')}"
         folder = self.state_dir / "adapt" / job_id
@@ -268,8 +279,9 @@ class Adaptation:
         unlabelled = folder / "unlabelled.npz"
         np.savez(unlabelled, x=np.asarray(images, np.uint8))
         extra = {"mode": "bn", "unlabelled": str(unlabelled), "reference_mix": lf.reference_mix}
-        return self._start(policy, f"label-free: {trigger}", [], serving, serving_path, job_id=job_id, extra=extra,
-                           what=f"{len(images)} unlabelled local images")  # fmt: skip
+        checked = f" (judged on {len(labelled)} labelled ones)" if labelled else ""
+        return self._start(policy, f"label-free: {trigger}", labelled or [], serving, serving_path, job_id=job_id,
+                           extra=extra, what=f"{len(images)} unlabelled local images{checked}")  # fmt: skip
 
     def _start(
         self,

@@ -71,7 +71,9 @@ def decide_label_free(result: Mapping[str, Any], policy: Policy) -> SwapDecision
     unless the reference's own largest share is higher) and must answer with a class mix
     closer to the one the serving model predicted on its deployment data (the drift
     reference) by :data:`LABEL_FREE_MARGIN`. Entropy is not used: the unadapted model is
-    confidently wrong under contrast (see :mod:`lifelong.jobs.bn_adapt`).
+    confidently wrong under contrast (see :mod:`lifelong.jobs.bn_adapt`). Where labels of the new
+    data had already arrived (``samples["labelled"]``, both models measured on them), they judge
+    instead: the candidate must beat the serving model by ``swap.min_improvement``.
     """
     cand, serving = result.get("candidate"), result.get("serving") or {}
     if not cand:
@@ -90,6 +92,16 @@ def decide_label_free(result: Mapping[str, Any], policy: Policy) -> SwapDecision
         if over is not None:
             return over
     n = (result.get("samples") or {}).get("unlabelled")
+    labelled = (result.get("samples") or {}).get("labelled") or 0
+    if labelled and cand.get("local_accuracy") is not None and serving.get("local_accuracy") is not None:
+        gain = cand["local_accuracy"] - serving["local_accuracy"]
+        what = (
+            f"label-free: BN statistics re-estimated on {n} local images; {_pct(cand['local_accuracy'])} vs "
+            f"{_pct(serving['local_accuracy'])} serving on {labelled} labelled local samples ({gain * 100:+.2f} pt)"
+        )
+        if gain < policy.swap.min_improvement:
+            return SwapDecision(False, f"{what}: below the minimum improvement of {policy.swap.min_improvement * 100:.2f} pt")  # fmt: skip
+        return SwapDecision(True, what)
     ref = result.get("reference_mix")
     cap = max(COLLAPSE_SHARE, max(ref) if ref else 0.0)
     if cand["largest_share"] > cap:
