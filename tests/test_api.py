@@ -426,7 +426,8 @@ def test_measure_latency_and_throughput(served) -> None:
 
 
 def test_npy_bodies_read_by_the_fast_path_equal_np_load_and_others_fall_back() -> None:
-    from service.api.app import _npy, _npy_fast
+    from service.api.bodies import _npy_fast
+    from service.api.bodies import read_npy as _npy
 
     def body(a: np.ndarray) -> bytes:
         buf = io.BytesIO()
@@ -603,7 +604,8 @@ def test_corrupt_npy_and_npz_bodies_are_request_errors_whatever_numpy_raises() -
     """np.load raises ValueError, SyntaxError, TokenError, TypeError... on a corrupt header."""
     import random
 
-    from service.api.app import _npy, _npz
+    from service.api.bodies import read_npy as _npy
+    from service.api.bodies import read_npz as _npz
 
     npy, npz = io.BytesIO(), io.BytesIO()
     np.save(npy, np.zeros((1, 28, 28), np.uint8))

@@ -21,13 +21,9 @@ a second, owner-only socket (``public=False``: status and health besides what is
 
 from __future__ import annotations
 
-import functools
-import io
 import itertools
 import json
 import logging
-import math
-import re
 import secrets
 import threading
 import time
@@ -41,6 +37,7 @@ from urllib.parse import parse_qs
 import numpy as np
 
 from lifelong.deploy.model_format import INPUT_SHAPE
+from service.api.bodies import JSON, NPY, NPZ, array_field, body_kind, read_json, read_npy, read_npz
 from service.errors import (
     Forbidden,
     NoModelError,
@@ -56,7 +53,6 @@ __all__ = ["ApiApp", "FeedbackLabel", "FeedbackSink", "MemoryFeedback"]
 
 logger = logging.getLogger(__name__)
 
-NPY, NPZ, JSON = "application/x-npy", "application/x-npz", "application/json"
 ADMIN_PATHS = ("/v1/deploy", "/v1/rollback", "/v1/history")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -245,7 +241,7 @@ class ApiApp:
         """The body parsed as JSON; with ``optional`` an empty body reads as ``{}``."""
         if optional and str(environ.get("CONTENT_LENGTH") or "0").strip() == "0":
             return {}
-        return _json(self._read_body(environ))
+        return read_json(self._read_body(environ))
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         start, path, method = time.perf_counter(), environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
@@ -290,14 +286,14 @@ class ApiApp:
 
     def _predict(self, environ: dict[str, Any]) -> tuple[int, Any]:
         body = self._read_body(environ)
-        kind = _body_kind(environ, body)
+        kind = body_kind(environ, body)
         if kind == JSON:
-            doc = _json(body)
+            doc = read_json(body)
             if not isinstance(doc, dict) or "inputs" not in doc:
                 raise RequestError('JSON body must be an object {"inputs": [[...28 x 28 pixels...]]}')
-            images = _array(doc["inputs"], "inputs")
+            images = array_field(doc["inputs"], "inputs")
         elif kind == NPY:
-            images = _npy(body)
+            images = read_npy(body)
         else:
             raise UnsupportedMediaType(f"Content-Type {kind!r} is not read here; send {NPY} or {JSON}")
         pred = self.runtime.predict(images)  # checks and converts them (RequestError)
@@ -319,25 +315,25 @@ class ApiApp:
         if self.feedback is None:
             raise NoModelError("this daemon takes no feedback: no feedback sink is configured")
         body = self._read_body(environ)
-        kind, classes = _body_kind(environ, body), self.runtime.stats().num_classes
+        kind, classes = body_kind(environ, body), self.runtime.stats().num_classes
         if kind == JSON:
-            doc = _json(body)
+            doc = read_json(body)
             if isinstance(doc, dict) and "labels" in doc and "inputs" not in doc:
                 return 200, {"accepted": self.feedback.label(_label_items(doc["labels"], classes))}
             if not isinstance(doc, dict) or "inputs" not in doc:
                 raise RequestError(
                     'JSON feedback must be {"labels": [{"request_id", "index", "label"}]} or {"inputs", "labels"}'
                 )
-            images, labels = _array(doc["inputs"], "inputs"), _array(doc.get("labels"), "labels")
+            images, labels = array_field(doc["inputs"], "inputs"), array_field(doc.get("labels"), "labels")
         elif kind == NPZ:
-            images, labels = _npz(body)
+            images, labels = read_npz(body)
         elif kind == NPY:
             query = parse_qs(environ.get("QUERY_STRING", "")).get("labels", [""])[0]
             try:
                 labels = np.array([int(v) for v in query.split(",") if v.strip()], np.int64)
             except ValueError:
                 raise RequestError(f"?labels={query!r} is not a comma-separated list of integers") from None
-            images = _npy(body)
+            images = read_npy(body)
         else:
             raise UnsupportedMediaType(f"Content-Type {kind!r} is not read here; send {JSON}, {NPZ} or {NPY}")
         x, y = as_model_input(images), _check_labels(labels, classes)
@@ -388,101 +384,6 @@ _REASONS = {
 }
 _REASONS |= {415: "Unsupported Media Type", 422: "Unprocessable Entity", 500: "Internal Server Error"}
 _REASONS |= {503: "Service Unavailable"}
-
-
-def _body_kind(environ: Mapping[str, Any], body: bytes) -> str:
-    """The body's format: its Content-Type, or its magic bytes when the type says nothing (curl's default)."""
-    ctype = str(environ.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
-    if ctype in ("", "application/octet-stream", "application/x-www-form-urlencoded"):
-        if body[:6] == b"\x93NUMPY":
-            return NPY
-        if body[:4] == b"PK\x03\x04":
-            return NPZ
-        if body[:64].lstrip()[:1] == b"{":
-            return JSON
-    return ctype or "none"
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"body is not valid JSON ({exc}); expected a JSON object") from None
-    except RecursionError:  # the parser's own guard against deep nesting: fails fast
-        raise RequestError("JSON nested too deeply; expected an object of arrays a few levels deep") from None
-    except ValueError as exc:  # an integer of over 4,300 digits, say
-        raise RequestError(f"body is JSON this service does not read ({exc}); expected a JSON object") from None
-
-
-def _array(value: Any, what: str) -> np.ndarray:
-    if value is None:
-        raise RequestError(f"{what!r} is missing")
-    try:
-        return np.asarray(value)
-    except (ValueError, TypeError) as exc:  # ragged nesting
-        raise RequestError(f"{what!r} is not a rectangular array of numbers: {exc}") from None
-
-
-_NPY_HEADER = re.compile(
-    rb"\{'descr': '([<>|=][uif][1248])', 'fortran_order': False, 'shape': \(((?:\d+, ?)*\d*)\), \} *\n"
-)
-"""The header ``numpy.save`` writes for a C-ordered array of plain numbers (format 1.0)."""
-
-
-@functools.lru_cache(maxsize=64)
-def _npy_header(header: bytes) -> tuple[np.dtype | None, tuple[int, ...]]:
-    """The dtype and shape of a plain ``.npy`` header, or ``(None, ())`` for any other. Cached:
-    an application sends the same few headers (one per batch size) request after request."""
-    m = _NPY_HEADER.fullmatch(header)
-    if m is None:
-        return None, ()
-    try:
-        dtype = np.dtype(m.group(1).decode())
-    except TypeError:  # '|f1' and the like: np.load says what is wrong
-        return None, ()
-    return dtype, tuple(int(v) for v in m.group(2).split(b",") if v.strip())
-
-
-def _npy_fast(body: bytes) -> np.ndarray | None:
-    """The array of a ``.npy`` body whose header is the plain one ``numpy.save`` writes, read
-    without ``np.load``'s header parser (about 0.1 ms a request); None for anything else."""
-    if body[6:8] != b"\x01\x00" or len(body) < 10:
-        return None
-    end = 10 + int.from_bytes(body[8:10], "little")
-    dtype, shape = _npy_header(body[10:end])
-    if dtype is None:
-        return None
-    count = math.prod(shape)
-    if len(body) - end != count * dtype.itemsize:
-        return None  # np.load says what is wrong
-    # a copy, as np.load makes: a view would keep the request body alive as long as the array
-    return np.frombuffer(body, dtype, count, offset=end).reshape(shape).copy()
-
-
-def _npy(body: bytes) -> np.ndarray:
-    if body[:6] != b"\x93NUMPY":
-        raise RequestError("body is not a .npy file (no \\x93NUMPY magic); write it with numpy.save")
-    fast = _npy_fast(body)
-    if fast is not None:
-        return fast
-    try:
-        return np.load(io.BytesIO(body), allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - a corrupt header raises ValueError, SyntaxError, TokenError, TypeError...
-        raise RequestError(f"body is not a readable .npy array: {exc}") from None
-
-
-def _npz(body: bytes) -> tuple[np.ndarray, np.ndarray]:
-    if body[:4] != b"PK\x03\x04":
-        raise RequestError("body is not a .npz archive (no zip header); write it with numpy.savez(x=..., y=...)")
-    try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
-            if not {"x", "y"} <= set(npz.files):
-                raise RequestError(f"the .npz holds {npz.files}; expected arrays 'x' (images) and 'y' (labels)")
-            return npz["x"], npz["y"]
-    except RequestError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - as for .npy: whatever a corrupt member raises
-        raise RequestError(f"body is not a readable .npz archive: {exc}") from None
 
 
 def _check_labels(labels: np.ndarray, classes: int | None) -> np.ndarray:
