@@ -8,6 +8,9 @@
     .venv/bin/python benchmarks/supernet.py --checkpoint CKPT --alone-only
                                                                   # only the 7 subnets alone (the supernet
                                                                   # may still be training: its recipe is known)
+    .venv/bin/python benchmarks/supernet.py --checkpoint CKPT --alone-from benchmarks/results/supernet.json
+                                                                  # reuse the subnets trained alone of an earlier
+                                                                  # result where the recipe digest matches
 
 Rebuilding what it needs: without ``--checkpoint`` it trains the default supernet itself into
 ``benchmarks/work/supernet/`` (resumable); ``lifelong train --state-dir DIR`` makes the same
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -82,6 +86,13 @@ def main() -> None:
     ap.add_argument("--no-standalone", action="store_true", help="skip training subnets alone")
     ap.add_argument("--alone-only", action="store_true", help="only train the subnets alone (cached), then stop")
     ap.add_argument("--max-alone-mmacs", type=float, default=30.0)
+    ap.add_argument(
+        "--alone-from",
+        type=Path,
+        default=None,
+        metavar="RESULTS",
+        help="reuse the subnets trained alone of an earlier supernet.json whose recipe digest matches",
+    )
     args = ap.parse_args()
     name = "supernet-quick" if args.quick else "supernet"
     work = args.work / name
@@ -186,10 +197,17 @@ def main() -> None:
         )
         return targets
 
+    earlier = _earlier_alone(args.alone_from, cfg, plan) if args.alone_from else {}  # read before it is rewritten
     standalone: dict = {}
     targets = finish(standalone)  # written now, rewritten after each subnet trained alone
     if not args.no_standalone:
         for label, arch in plan.items():
+            if label in earlier:
+                standalone[label] = earlier[label] | {"supernet_top1": evals[label]["top1"]}
+                print(f"alone {label:<14} {100 * standalone[label]['alone_top1']:6.2f}% (reused from "
+                      f"{args.alone_from}; in supernet {100 * evals[label]['top1']:.2f}%)", flush=True)  # fmt: skip
+                targets = finish(standalone)
+                continue
             path, seconds = _train_alone(train, work, cfg, label, arch)
             alone = load_checkpoint(path).build()
             e, _ = evaluate_subnet(alone, arch, calib, x_test, y_test)
@@ -207,11 +225,40 @@ def main() -> None:
     print(f"wrote benchmarks/results/{name}.json")
 
 
+def _alone_name(cfg: TrainConfig, label: str, arch: object) -> str:
+    """The file name of ``arch`` trained alone with ``cfg``'s recipe: keyed by that config's digest."""
+    return f"alone-{hashlib.sha256(alone_config(cfg, arch).to_json().encode()).hexdigest()[:12]}-{label}.pt"
+
+
+def _earlier_alone(path: Path, cfg: TrainConfig, plan: dict) -> dict[str, dict]:
+    """The standalone entries of an earlier result that trained the same subnets with the same
+    recipe (same config digest in the checkpoint name), marked with where they come from.
+
+    A subnet trained alone depends on neither the supernet's weights nor its sampling
+    (:data:`SUPERNET_ONLY_KEYS`), so an earlier run's figure measures the same thing; the
+    machine it ran on is recorded with it."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--alone-from {path}: cannot read an earlier supernet result (JSON): {exc}") from exc
+    out = {}
+    for label, arch in plan.items():
+        e = (earlier.get("standalone") or {}).get(label)
+        if e and e.get("checkpoint") == _alone_name(cfg, label, arch) and e.get("subnet") == str(arch):
+            out[label] = {k: v for k, v in e.items() if k != "supernet_top1"} | {
+                "reused_from": {"file": str(path), "finished": earlier.get("finished"), "machine": earlier.get("machine"),
+                                "supernet_sha256": earlier.get("checkpoint_sha256")}
+            }  # fmt: skip
+    missing = [label for label in plan if label not in out]
+    if missing:
+        print(f"--alone-from {path}: no matching recipe for {', '.join(missing)}: trained here", flush=True)
+    return out
+
+
 def _train_alone(train: object, work: Path, cfg: TrainConfig, label: str, arch: object) -> tuple[Path, float]:
     """Train ``arch`` alone with ``cfg``'s recipe, or find it trained: its checkpoint and training seconds."""
-    alone_cfg = alone_config(cfg, arch)
-    path = work / f"alone-{hashlib.sha256(alone_cfg.to_json().encode()).hexdigest()[:12]}-{label}.pt"
-    r = train_supernet(train, path, alone_cfg)
+    path = work / _alone_name(cfg, label, arch)
+    r = train_supernet(train, path, alone_config(cfg, arch))
     return path, float(r.seconds or load_checkpoint(path).train.get("seconds", 0.0))
 
 

@@ -52,6 +52,7 @@ from lifelong.errors import LifelongError
 from service.api.client import Client
 from service.demo.candidates import prepare_initial
 from service.demo.daemon import DemoDaemon, atomic_write
+from service.demo.preference import PreferenceSteps
 from service.demo.prepare import (
     ExportedPick,
     StepRunner,
@@ -63,6 +64,7 @@ from service.demo.prepare import (
 )
 from service.demo.report import Timeline, build_report, format_summary, live_line, status_facts, write_report
 from service.demo.stream import SHIFTS, Streamer
+from service.demo.waits import AdaptationWaits
 from service.errors import DemoError, ServiceError
 from service.state.paths import default_front
 
@@ -72,14 +74,6 @@ Say = Callable[[str], None]
 
 POOL_A = 7000
 """Test images (of 10,000, shuffled) streamed before adaptation; the rest measure after it, unseen by it."""
-NO_ADAPTATION_WAIT_S = 30.0
-"""How long to wait for an adaptation swap from a daemon whose status has no adaptation section."""
-PREFERENCE_WAIT_S = 60.0
-"""How long to wait for the daemon to answer the new policy."""
-EXPORT_WAIT_S = 180.0
-"""How long to wait for the daemon to export the front's choice from the adapted supernet and swap."""
-LABELLED_WAIT_S = 240.0
-"""How long to wait for the labelled answer after the label-free one."""
 _SERVICE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "STATE_DIRECTORY", "RUNTIME_DIRECTORY",
                 "CONFIGURATION_DIRECTORY", "LIFELONG_SOCKET", "LIFELONG_POLICY", "LIFELONG_STATE_DIR")  # fmt: skip
 
@@ -139,7 +133,7 @@ class DemoSettings:
             raise ValueError("; ".join(problems))
 
 
-class _Demo:
+class _Demo(AdaptationWaits, PreferenceSteps):
     def __init__(self, settings: DemoSettings, say: Say) -> None:
         self.s, self.say = settings, say
         self.state = settings.state_dir
@@ -413,236 +407,6 @@ class _Demo:
                 self._stream("adapted", pool_b, min_samples=s.measure_samples, timeout=s.timeout, shift=s.shift)
                 note.detail = f"accuracy {100 * (self.streamer.tallies['adapted'].accuracy or 0):.1f}%"
             self._relax(pool_b)
-
-    def _relax(self, pool: np.ndarray) -> None:
-        """The budget lowered before the shift is raised again after the adaptation.
-
-        The daemon answers from the adapted supernet's front. A choice never exported from the
-        adapted supernet is exported by a worker and swapped in (a file exported from the
-        original would throw the adaptation away); the adapted model itself may be the choice.
-        """
-        s = self.s
-        if self.fast is None or "fast" not in self.picks:
-            return
-        b1, b0 = self.fast.budgets.latency_ms_p95, self.initial.budgets.latency_ms_p95
-        what = f"latency budget {b1:g} -> {b0:g} ms"
-        limit = min(s.timeout, EXPORT_WAIT_S)
-        with self.runner.step(
-            f"preference change after the adaptation: rewrite the policy file ({what}); the daemon answers from "
-            f"the adapted supernet's front, exporting its choice if needed (at most {limit:.0f} s)"
-        ) as note:
-            before = status_facts(self.last_status)["model"]
-            written = time.time()
-            atomic_write(self.daemon.policy, policy_text(self.initial, f"lifelong demo: the budget relaxed ({what})"))
-            self.timeline.note("preference", f"policy file rewritten: {what} (policy {self.initial.name!r})")
-
-            def export_last(f: dict[str, Any]) -> dict[str, Any] | None:
-                last = (f.get("export") or {}).get("last") or {}
-                return last if float(last.get("finished") or 0) >= written else None
-
-            def settled(f: dict[str, Any]) -> bool:
-                if (f["model"] is not None and f["model"] != before) or export_last(f) is not None:
-                    return True
-                answer = self.timeline.first("preference", after=written, source="daemon")
-                return answer is not None and "export" not in answer["message"]  # answered without an export
-
-            # a fifth of the rate while the worker exports: it needs the CPU
-            self._stream("relaxed", pool, until=settled, timeout=limit, rate=s.rate / 5, shift=s.shift)
-            facts = status_facts(self.last_status)
-            last = export_last(facts)
-            moved = facts["model"] is not None and facts["model"] != before
-            if moved:
-                deployed = self.timeline.first("deploy", after=written, source="daemon")
-                self.milestones["export_swap_s"] = round((deployed["at"] if deployed else time.time()) - written, 1)
-                self.names.setdefault(facts["model"], "re-exported")
-                if last is not None:
-                    self.models.setdefault(facts["model"], {}).update(
-                        {"name": self.names[facts["model"]], "subnet": last.get("subnet")}
-                    )
-                note.detail = f"now serving {facts['model']}" + (f": {last['reason']}" if last else "")
-            elif last is not None:
-                note.detail = f"export {last.get('outcome')}: {last.get('reason')}"
-                self.notes.append(f"the budget relaxed after the adaptation was not answered by a swap: {note.detail}")
-            else:
-                answer = self.timeline.first("preference", after=written, source="daemon")
-                if answer is not None and "export" not in answer["message"]:
-                    note.detail = f"the daemon kept {before}: {answer['message']}"
-                else:
-                    note.outcome = "timed out"
-                    note.detail = f"no export and swap within {limit:.0f} s of the relaxed budget"
-                    self.notes.append(note.detail)
-        if moved:
-            with self.runner.step(f"measure the re-exported model on {s.measure_samples} shifted images") as note:
-                self._stream("re-exported", pool, min_samples=s.measure_samples, timeout=s.timeout, shift=s.shift)
-                tally = self.streamer.tallies["re-exported"] if self.streamer else None
-                note.detail = f"accuracy {100 * (tally.accuracy or 0):.1f}%" if tally else ""
-
-    def _wait_adaptation(self, pool: np.ndarray, shift_at: float) -> bool:
-        """Wait for the adaptation's outcome; True if the daemon swapped to an adapted model."""
-        s = self.s
-        supported = bool(self.last_status and "adaptation" in self.last_status)
-        limit = s.timeout if supported else min(s.timeout, NO_ADAPTATION_WAIT_S)
-        with self.runner.step(
-            f"wait for the first answer: BN statistics of the new data (no labels needed), or fine-tune, "
-            f"re-search, validate, swap once labels are in (at most {limit:.0f} s)"
-        ) as note:
-            t0 = time.monotonic()
-            known = set(self.names)
-
-            def last_outcome(f: dict[str, Any]) -> dict[str, Any] | None:
-                last = (f["adaptation"] or {}).get("last") or {}
-                return last if float(last.get("finished") or 0) >= shift_at else None
-
-            def ended(f: dict[str, Any]) -> bool:
-                return last_outcome(f) is not None or (f["model"] is not None and f["model"] not in known)
-
-            def started(f: dict[str, Any]) -> bool:
-                return (f["adaptation"] or {}).get("state") == "running" or ended(f)
-
-            # full rate until the labels are in and the worker runs, then a fifth: the worker needs the CPU
-            self._stream("shifted", pool, until=started, timeout=limit, shift=s.shift, expect=known)
-            left = max(0.0, limit - (time.monotonic() - t0))
-            done = self._stream(
-                "shifted", pool, until=ended, timeout=left, rate=s.rate / 5, shift=s.shift, expect=known
-            )
-            if done and last_outcome(status_facts(self.last_status)) is None:  # swapped: its record follows
-                self._stream("shifted", pool, until=lambda f: last_outcome(f) is not None, timeout=10,
-                             rate=s.rate / 5, shift=s.shift, expect=known)  # fmt: skip
-            facts = status_facts(self.last_status)
-            last = last_outcome(facts)
-            serving = facts["model"]
-            moved = serving is not None and serving not in known
-            swapped = moved or (last is not None and last.get("outcome") == "swapped")  # (a canary may undo it)
-            if last is not None:
-                self.adaptation = last
-                self.milestones["adaptation_outcome"] = last.get("outcome")
-                self.milestones["adaptation_mode"] = last.get("mode")
-                self.milestones["adaptation_after_detection_s"] = self._after_detection(last)
-                note.detail = f"{last.get('outcome')}: {last.get('reason')}"
-                cand = last.get("candidate") or {}
-                if cand:
-                    adapted = next((m for m, n in self.names.items() if n == "adapted"), None)  # from its deploy event
-                    key = cand.get("model_id") or (serving if moved else adapted) or "(candidate)"
-                    self.models.setdefault(key, {}).update(
-                        {"name": "adapted" if swapped else "adaptation candidate", "subnet": cand.get("subnet"),
-                         "local_accuracy": cand.get("local_accuracy"), "latency_ms": cand.get("latency_ms")}
-                    )  # fmt: skip
-                if last.get("outcome") != "swapped":
-                    self.notes.append(f"the adaptation {last.get('outcome')} the serving model: {last.get('reason')}")
-            elif swapped:
-                note.detail = f"the daemon swapped to {serving}"
-            else:
-                note.outcome = "timed out"
-                why = (
-                    "" if supported else " (this daemon's status has no adaptation section: adaptation is not built in)"
-                )
-                note.detail = f"no adaptation within {limit:.0f} s{why}; the original model serves on"
-                self.notes.append(note.detail)
-            if moved:
-                self.names.setdefault(serving, "adapted")
-                self.models.setdefault(serving, {}).setdefault("name", "adapted")
-            if swapped:
-                entry = self.timeline.first("deploy", after=shift_at, source="daemon")
-                if entry is not None:
-                    self.milestones["adapted_swap_t"] = entry["t"]
-            if not done and last is None and not swapped and supported:
-                self.notes.append(f"the adaptation did not finish within {limit:.0f} s")
-        return swapped
-
-    def _after_detection(self, last: dict[str, Any]) -> float | None:
-        """Seconds from the drift's detection to when an adaptation's outcome was recorded."""
-        at = self.milestones.get("drift_detected_t")
-        finished = last.get("finished")
-        return None if at is None or finished is None else round(float(finished) - self.timeline.started - at, 1)
-
-    def _wait_labelled(self, pool: np.ndarray, after: float) -> bool:
-        """After the label-free first answer (swapped in or kept out): the labelled adaptation
-        stayed pending; wait for its outcome (it replaces the serving model only if better on
-        held-out local samples). True if the daemon swapped to its model."""
-        s = self.s
-        limit = min(s.timeout, LABELLED_WAIT_S)
-        with self.runner.step(
-            "wait for the labelled answer: fine-tune with replay once the labels are in, swapped in only if "
-            f"it beats the label-free answer on held-out local samples (at most {limit:.0f} s)"
-        ) as note:
-            t0, known = time.monotonic(), set(self.names)
-
-            def last_after(f: dict[str, Any]) -> dict[str, Any] | None:
-                last = (f["adaptation"] or {}).get("last") or {}
-                return last if float(last.get("finished") or 0) > after else None
-
-            def started(f: dict[str, Any]) -> bool:
-                return (f["adaptation"] or {}).get("state") == "running" or last_after(f) is not None
-
-            self._stream("shifted", pool, until=started, timeout=limit, shift=s.shift, expect=known)
-            left = max(0.0, limit - (time.monotonic() - t0))
-            self._stream("shifted", pool, until=lambda f: last_after(f) is not None, timeout=left,
-                         rate=s.rate / 5, shift=s.shift, expect=known)  # fmt: skip
-            facts = status_facts(self.last_status)
-            last = last_after(facts)
-            if last is None:
-                note.outcome = "timed out"
-                note.detail = f"no labelled answer within {limit:.0f} s; the model serving goes on"
-                self.notes.append(note.detail)
-                return False
-            self.milestones["labelled_outcome"] = last.get("outcome")
-            self.milestones["labelled_after_detection_s"] = self._after_detection(last)
-            note.detail = f"{last.get('outcome')}: {last.get('reason')}"
-            serving = facts["model"]
-            if last.get("outcome") == "swapped" and serving is not None and serving not in known:
-                self.names[serving] = "adapted (labelled)"
-                cand = last.get("candidate") or {}
-                self.models.setdefault(serving, {}).update(
-                    {"name": "adapted (labelled)", "subnet": cand.get("subnet"),
-                     "local_accuracy": cand.get("local_accuracy"), "latency_ms": cand.get("latency_ms")}
-                )  # fmt: skip
-                return True
-            return False
-
-    def _preference(self, pool: np.ndarray, shift: str | None) -> None:
-        s = self.s
-        if self.fast is None or "fast" not in self.picks:
-            return
-        b0, b1 = self.initial.budgets.latency_ms_p95, self.fast.budgets.latency_ms_p95
-        what = f"latency budget {b0:g} -> {b1:g} ms"
-        with self.runner.step(f"preference change: rewrite the policy file ({what})") as note:
-            before = status_facts(self.last_status)["model"]
-            header = f"lifelong demo: the preference change ({what})"
-            written = time.time()
-            atomic_write(self.daemon.policy, policy_text(self.fast, header))
-            self.timeline.note("preference", f"policy file rewritten: {what} (policy 'demo-fast')")
-
-            def answered(f: dict[str, Any]) -> bool:
-                return (
-                    f["model"] != before
-                    or self.timeline.first("preference", after=written, source="daemon") is not None
-                )
-
-            limit = min(s.timeout, PREFERENCE_WAIT_S)
-            self._stream("transition", pool, until=answered, timeout=limit, shift=shift)
-            facts = status_facts(self.last_status)
-            answer = self.timeline.first("preference", after=written, source="daemon")
-            if facts["model"] != before and facts["model"] is not None:
-                self.milestones["preference_swap_s"] = round(time.time() - written, 1)
-                note.detail = f"now serving {self.names.get(facts['model'], facts['model'])} ({facts['model']})"
-                if self.names.get(before) == "adapted" and facts["model"] == self.picks["fast"].model_id:
-                    self.notes.append(
-                        f"the preference change was answered with {facts['model']}, exported from the original "
-                        "supernet before the adaptation: the adapted supernet's version of that subnet was never "
-                        "exported, so what the adaptation gained on the new data is lost"
-                    )
-            elif answer is not None:
-                note.detail = f"the daemon kept {before}: {answer['message']}"
-            else:
-                note.outcome = "timed out"
-                note.detail = f"no answer to the new policy within {limit:.0f} s"
-                self.notes.append(note.detail)
-        if facts["model"] != before:
-            kind = "shifted" if shift else "clean"
-            with self.runner.step(f"measure the preferred model on {s.measure_samples} {kind} images") as note:
-                self._stream("preference", pool, min_samples=s.measure_samples, timeout=s.timeout, shift=shift)
-                tally = self.streamer.tallies["preference"] if self.streamer else None
-                note.detail = f"accuracy {100 * (tally.accuracy or 0):.1f}%" if tally else ""
 
     # -- the report ------------------------------------------------------------------------------
     def _report(self, outcome: str) -> dict[str, Any]:
