@@ -645,13 +645,21 @@ class Scenario:
             "recovered_fraction": recovered_fraction(clean_acc, before_acc, after_acc),
         }
         forgetting: dict[str, Any] = {"original_clean_accuracy": self.setup.clean_accuracy}
-        if swap_model is not None:
-            path = self.state / "models" / swap_model / "model.onnx"
+        # the model the adaptation ends with (the labelled answer's, where it replaced the first),
+        # and the first answer's when another replaced it
+        final = (out.get("labelled") or {}).get("serving_after") or swap_model
+        if final == self.model_a:
+            final = swap_model
+        for key, model in (("", final), ("first_answer_", swap_model if swap_model != final else None)):
+            if model is None:
+                continue
+            path = self.state / "models" / model / "model.onnx"
             if path.is_file():
                 acc = clean_accuracy(path, self.setup.x, self.setup.y)
-                forgetting |= {"new_clean_accuracy": acc, "clean_drop_pt": 100 * (self.setup.clean_accuracy - acc)}
+                forgetting |= {f"{key}model": model, f"{key}new_clean_accuracy": acc,
+                               f"{key}clean_drop_pt": 100 * (self.setup.clean_accuracy - acc)}  # fmt: skip
             else:
-                forgetting["error"] = f"{path} not found"
+                forgetting[f"{key}error"] = f"{path} not found"
         if corrected is not None:  # no weight changed; the correction goes when the mix returns (tested)
             forgetting |= {"new_clean_accuracy": self.setup.clean_accuracy, "clean_drop_pt": 0.0,
                            "note": "the model did not change: a logit correction, removed when the mix returns"}  # fmt: skip

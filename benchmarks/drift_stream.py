@@ -194,6 +194,16 @@ def build_targets(results: dict[str, dict[str, Any]], labelled: bool = True) -> 
                 _met(drop, lambda v: v <= 0.5),
             )
         )
+        first = r["forgetting"].get("first_answer_clean_drop_pt")
+        if first is not None:  # the label-free answer, replaced by the labelled one since
+            out.append(
+                target(
+                    f"{name}: clean test accuracy drop of the first answer, since replaced (pt)",
+                    first,
+                    "<= 0.5",
+                    _met(first, lambda v: v <= 0.5),
+                )
+            )
     r = results.get("none")
     if r is not None and "error" not in r:
         n = r["false_alarms"]

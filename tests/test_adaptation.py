@@ -4,6 +4,7 @@ request file, the swap decision, and fine-tuning a tiny supernet on shifted loca
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,76 @@ def test_the_swap_decision_follows_the_policy() -> None:
     assert decide_swap(slower, policy).swap, "slower than the serving model but within the budget: chosen"
     assert decide_swap(_result(0.5, None), policy).swap, "nothing measured to beat"
     assert not decide_swap({"candidate": None}, policy).swap
+
+
+def test_forgetting_is_measured_against_the_model_before_the_drift_not_the_label_free_answer() -> None:
+    policy = Policy(swap=SwapRules(min_improvement=0.005, max_forgetting=0.02))
+
+    def after_label_free(cand_local: float, cand_replay: float, serving_replay: float = 0.45) -> dict:
+        r = _result(cand_local, 0.88, replay_accuracy=cand_replay)
+        r["serving"]["replay_accuracy"] = serving_replay  # the BN answer: good on the new data, lost the old
+        return r | {"original": {"model_id": "m0", "replay_accuracy": 0.91}}
+
+    # better on the new data and on the original than the interim answer, yet 10 pt under the model before
+    forgets = decide_swap(after_label_free(0.92, 0.81), policy)
+    assert not forgets.swap and "loses 10.00 pt on the original data" in forgets.reason
+    assert "vs 91.00% before the drift" in forgets.reason
+    # keeps the original data: it replaces the interim answer even 0.3 pt below it on the new data
+    keeps = decide_swap(after_label_free(0.877, 0.90), policy)
+    assert keeps.swap and "against the model before the drift" in keeps.reason
+    assert "the label-free answer serving lost 46.00 pt there" in keeps.reason
+    # ... but not when it is worse there by more than the minimum improvement
+    worse = decide_swap(after_label_free(0.87, 0.90), policy)
+    assert not worse.swap and "more than 0.50 pt below the label-free answer serving" in worse.reason
+    # an interim answer within the budget itself: the candidate must beat it as usual
+    usual = decide_swap(after_label_free(0.877, 0.90, serving_replay=0.90), policy)
+    assert not usual.swap and "below the minimum improvement of 0.50 pt" in usual.reason
+    # without an original (no label-free answer in between) the serving model is the reference
+    plain = _result(0.92, 0.88, replay_accuracy=0.81)
+    plain["serving"]["replay_accuracy"] = 0.45
+    assert decide_swap(plain, policy).swap
+
+
+def test_the_labelled_job_is_told_the_model_a_label_free_answer_replaced(tmp_path: Path) -> None:
+    from service.state.store import ModelRecord, Sample, Store
+    from service.workers.adaptation import Adaptation, LabelFree
+
+    (tmp_path / "supernet").mkdir()
+    (tmp_path / "supernet" / "supernet.pt").write_bytes(b"x")
+    store = Store.open(tmp_path)
+    started: list[dict] = []
+    try:
+        a = Adaptation(tmp_path, store, supervisor=None, post=lambda event: None)  # type: ignore[arg-type]
+        a._start = lambda *args, **kw: started.append(kw) or "started"  # type: ignore[method-assign]
+        a.request("data drift", at=1000.0, label_free=LabelFree("m0", 0, 10, None))
+        assert a.pending is not None and a.pending.original == "m0"
+        a.pending.label_free = None  # the label-free answer ran and swapped in m1
+        a.pending.since = 0.0
+        store.add_samples([Sample(f"ref{i}", "feedback", label=i % 10) for i in range(Policy().adaptation.min_samples)])
+        m1 = ModelRecord(id="m1", sha256="1" * 64, bytes=1, created=1.0, source="adaptation", subnet="s")
+        paths = {"m0": tmp_path / "m0.onnx"}
+        assert a.tick(Policy(), m1, tmp_path / "m1.onnx", model_path=paths.get) == "started"
+        assert started[-1]["extra"] == {"original": {"model_id": "m0", "path": str(tmp_path / "m0.onnx")}}
+    finally:
+        store.close()
+
+
+def test_the_labelled_job_measures_the_model_before_the_drift_as_its_forgetting_reference(tmp_path: Path) -> None:
+    from tiny_models import write_classifier
+
+    from lifelong.jobs.adapt import _original_figures
+
+    model = write_classifier(tmp_path / "m0.onnx", favour_class=3, seed=3)  # answers 3 whatever the image
+    local, replay = _data(40, seed=1), _data(50, seed=2)  # labels 0..9 in turn: a tenth are 3s
+    req = AdaptRequest(samples=(), checkpoint="c", supernet_dir="s", out_dir="o", policy={}, replay="r",
+                       original={"model_id": "m0", "path": str(model)}, threads=1)  # fmt: skip
+    notes: list[str] = []
+    got = _original_figures(req, local, replay, notes)
+    assert got == {"model_id": "m0", "path": str(model), "local_accuracy": 0.1, "replay_accuracy": 0.1}
+    assert _original_figures(req, local, None, notes) is None  # no replay: nothing to measure forgetting on
+    gone = _original_figures(replace(req, original={"model_id": "m0", "path": str(tmp_path / "gone.onnx")}), local, replay, notes)  # fmt: skip
+    assert gone is None and "the model before the drift could not be measured" in notes[-1]
+    assert _original_figures(replace(req, original=None), local, replay, notes) is None
 
 
 def _label_free(cand_mix: list[float], serving_mix: list[float], cand_ms: float = 0.5, serving_ms: float = 0.5) -> dict:

@@ -169,6 +169,11 @@ def test_targets_met_and_missed():
     t = {x["name"]: x for x in D.build_targets(results)}
     assert not t["false alarms (drift episodes) in 20000 clean samples"]["met"]
     assert t["request errors, all scenarios"]["value"] == 2 and not t["request errors, all scenarios"]["met"]
+    assert not any("since replaced" in k for k in t)  # one answer: one forgetting figure
+    results["noise"]["forgetting"] |= {"first_answer_clean_drop_pt": 40.0}  # the label-free answer, replaced
+    t = {x["name"]: x for x in D.build_targets(results)}
+    assert t["noise: clean test accuracy drop after adaptation (pt)"]["met"]
+    assert not t["noise: clean test accuracy drop of the first answer, since replaced (pt)"]["met"]
     t = {x["name"]: x for x in D.build_targets({"noise": {"error": "the daemon exited", "request_errors": 0}})}
     assert not t["request errors, all scenarios"]["met"]  # a scenario that failed is not "no errors"
 

@@ -91,6 +91,10 @@ class AdaptResult:
     notes: list[str] = field(default_factory=list)
     front: str | None = None
     """The adapted supernet's front: its measured subnets (``front.json`` in the job's folder), or None."""
+    original: dict[str, Any] | None = None
+    """The model that served when the drift began, measured on the held-out replay samples,
+    where a label-free answer replaced it since (the request's ``original``): the reference
+    forgetting is measured against."""
     format_version: int = ADAPT_RESULT_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,6 +147,21 @@ def _onnx_figures(
         rl, _ = run_onnx(session, replay_holdout.as_float(), batch_size=256)
         out["replay_accuracy"] = float((rl.argmax(1) == replay_holdout.y).mean())
     return out
+
+
+def _original_figures(
+    req: AdaptRequest, holdout: ArrayDataset, replay_holdout: ArrayDataset | None, notes: list[str]
+) -> dict[str, Any] | None:
+    """The request's ``original`` (the model before the drift, replaced since by a label-free
+    answer) measured like the serving model, or None when there is none or it cannot be run."""
+    original = dict(req.original or {})
+    if not original.get("path") or replay_holdout is None:
+        return None
+    try:
+        return {**original, **_onnx_figures(original["path"], holdout, replay_holdout, req.threads)}
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; the serving model is the reference then
+        notes.append(f"the model before the drift could not be measured: {type(exc).__name__}: {exc}")
+        return None
 
 
 def _latency(path: Path, policy: Policy) -> dict[str, float]:
@@ -303,6 +322,7 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
             serving_figures["latency_ms"] = _latency(Path(serving["path"]), policy)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types; the job goes on without it
             notes.append(f"the serving model could not be measured: {type(exc).__name__}: {exc}")
+    original_figures = _original_figures(req, holdout, replay_holdout, notes)
 
     ckpt_path = Path(req.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
@@ -336,7 +356,8 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
 
     clock.phase("measure", f"{len(focus)} candidate subnets on held-out local samples")
     calibs = calibration_sets(tune, replay_tune, settings.calib_images, seed=req.seed)
-    serving_replay = None if serving_figures is None else serving_figures.get("replay_accuracy")
+    reference = original_figures or serving_figures  # forgetting: against the model before the drift
+    serving_replay = None if reference is None else reference.get("replay_accuracy")
     floor = None if serving_replay is None else serving_replay - policy.swap.max_forgetting
     every = measure_subnets(model, focus, calibs, holdout, replay_holdout, deadline=clock.at(MEASURE_SHARE))
     measured = best_calibrations(every, floor)
@@ -413,6 +434,7 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
         trigger=req.trigger,
         samples=samples,
         serving=serving_figures,
+        original=original_figures,
         candidate=candidate,
         measurements=[m.to_dict() for m in measured],
         finetune=ft.to_dict(),
@@ -434,8 +456,9 @@ def _pick(
     serving_replay: float | None = None,
 ) -> tuple[SubnetMeasurement, str]:
     """The policy's choice among the measured subnets (their local accuracy, predicted latency
-    and bytes), among those that forget at most ``swap.max_forgetting`` of the serving model's
-    accuracy on the original data when there are any: the daemon would refuse the others."""
+    and bytes), among those that forget at most ``swap.max_forgetting`` of the reference's
+    accuracy on the original data (``serving_replay``: the model before the drift, else the
+    serving one) when there are any: the daemon would refuse the others."""
     if not measured:
         raise TrainingError("no candidate subnet could be measured within the time box")
     note = ""

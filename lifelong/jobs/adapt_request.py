@@ -64,6 +64,9 @@ class AdaptRequest:
         front, predictor, profile: The cached front, the accuracy predictor and the device
             profile (each may be None or missing: the search step is then skipped).
         serving: The serving model: ``{"model_id", "subnet", "path"}`` (its ONNX file).
+        original: The model that served when the drift began, where another (the label-free
+            answer) has replaced it since: ``{"model_id", "path"}``. Forgetting is measured
+            against it, not against the interim answer.
         trigger: Why (the drift, in words).
         max_seconds: The policy's time box; the job plans to finish within it.
         steps: Fine-tuning steps.
@@ -92,6 +95,7 @@ class AdaptRequest:
     predictor: str | None = None
     profile: str | None = None
     serving: dict[str, Any] | None = None
+    original: dict[str, Any] | None = None
     trigger: str = ""
     max_seconds: float = 300.0
     steps: int = 200

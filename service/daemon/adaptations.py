@@ -7,6 +7,7 @@ the job and the swap rule).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,9 +54,16 @@ class AdaptationAnswers(DaemonParts):
             path,
             served=self.drift_feed.counts["samples"],
             recent_images=None if feedback is None else lambda n: feedback.recent_images(n, serving_id),
+            model_path=self._registered_path,
         )
         if message is not None:
             self._event("adapt", message)
+
+    def _registered_path(self, model_id: str) -> Path | None:
+        """The ONNX file of ``model_id`` if the registry still has it, else None."""
+        if self.registry is None or model_id not in self.registry:
+            return None
+        return self.registry.path(model_id)
 
     def _on_adaptation_done(self, event: AdaptationDone) -> None:
         """The adaptation worker ended (on the loop): swap if the candidate is better, else say why not."""

@@ -104,14 +104,18 @@ class AdaptationDone:
 
 def _summary(result: Mapping[str, Any]) -> dict[str, Any]:
     """What the store's ``searches`` row keeps of an adaptation's result."""
-    return {k: result.get(k) for k in ("candidate", "serving", "seconds", "phases", "mode")}
+    return {k: result.get(k) for k in ("candidate", "serving", "original", "seconds", "phases", "mode")}
 
 
 def _last_record(
     outcome: str, reason: str, trigger: str, started: float, finished: float | None, result: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     """How an adaptation ended, for the status (from the job just ended, or from the store)."""
-    cand, serving = (result or {}).get("candidate"), (result or {}).get("serving")
+    cand, serving, original = (
+        (result or {}).get("candidate"),
+        (result or {}).get("serving"),
+        (result or {}).get("original"),
+    )
     return {
         "outcome": outcome,
         "reason": reason,
@@ -126,6 +130,7 @@ def _last_record(
         "serving": None
         if not serving
         else {k: serving.get(k) for k in ("model_id", "subnet", "local_accuracy", "replay_accuracy")},
+        "original": None if not original else {k: original.get(k) for k in ("model_id", "replay_accuracy")},
     }
 
 
@@ -145,6 +150,7 @@ class _Pending:
     trigger: str
     since: float
     label_free: LabelFree | None = None
+    original: str | None = None  # the model serving when the drift began (the label-free answer may replace it)
 
 
 class Adaptation:
@@ -193,7 +199,7 @@ class Adaptation:
             label_free = None
         if label_free is not None and not self.running and current_supernet(self.supernet_dir()).is_file():
             if self.pending is None:
-                self.pending = _Pending(trigger, now, label_free)
+                self.pending = _Pending(trigger, now, label_free, original=label_free.model_id)
             elif self.pending.label_free is None:
                 self.pending.label_free = label_free
             return (
@@ -223,6 +229,7 @@ class Adaptation:
         *,
         served: int = 0,
         recent_images: Callable[[int], Any] | None = None,
+        model_path: Callable[[str], Path | None] | None = None,
     ) -> str | None:
         """Start the pending adaptation if enough labels arrived, or its label-free answer once
         enough samples were served (on the loop); returns an event message.
@@ -230,6 +237,9 @@ class Adaptation:
         Args:
             served: Samples served so far (the drift feed's count).
             recent_images: The newest ``n`` served images, uint8 ``(n, 28, 28)`` (or fewer, or None).
+            model_path: The ONNX file of a registered model (None if gone): the model that served
+                when the drift began, when a label-free answer has replaced it since, goes to the
+                labelled job as the ``original`` its forgetting is measured against.
         """
         p = self.pending
         if p is None or self.running:
@@ -261,7 +271,12 @@ class Adaptation:
         samples = self.store.labelled_samples(a.max_samples, since=p.since)
         labelled = [(s.ref, int(s.label)) for s in samples if s.label is not None]
         box = a.labelled_box(time.time() - p.since)
-        return self._start(policy, p.trigger, labelled, serving, serving_path, max_seconds=box)
+        extra = None
+        if p.original and (serving is None or serving.id != p.original) and model_path is not None:
+            original_path = model_path(p.original)
+            if original_path is not None:
+                extra = {"original": {"model_id": p.original, "path": str(original_path)}}
+        return self._start(policy, p.trigger, labelled, serving, serving_path, max_seconds=box, extra=extra)
 
     def _start_label_free(
         self,
