@@ -555,6 +555,29 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def rss_by_mapping(pid: int) -> dict[str, float]:
+    """Resident MB of ``pid`` by what is mapped (``/proc/PID/smaps``): the heap, anonymous
+    mappings (thread heaps, onnxruntime's arenas, numpy buffers), thread stacks,
+    libonnxruntime, other shared libraries and Python extension modules, and the rest."""
+    out: dict[str, float] = {}
+    kind = "other"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
+            name = head[5] if len(head) > 5 else ""
+            kind = (
+                "heap" if name == "[heap]"
+                else "stack" if name.startswith("[stack")
+                else "anonymous" if not name
+                else "libonnxruntime" if "onnxruntime" in name and ".so" in name
+                else "shared libraries" if ".so" in name
+                else "other"
+            )  # fmt: skip
+        elif head and head[0] == "Rss:":
+            out[kind] = out.get(kind, 0.0) + int(head[1]) / 1024
+    return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
 def torch_mappings(pid: int) -> list[str]:
     """Files mapped into ``pid`` that belong to torch (libtorch*, .../site-packages/torch/...)."""
     paths = set()
@@ -729,8 +752,10 @@ def main() -> None:
             "torch_imported": torch_imported,
             "torch_mappings": torch_maps,
             "idle_heap_trims": (st.get("memory_trim") or {}).get("trims"),
+            "rss_by_mapping_mb": rss_by_mapping(pid),
         }
         print(f"idle RSS {memory['rss_idle_mb']:.1f} MB (peak {memory['rss_peak_mb']:.1f}); torch: {torch_imported}")
+        print(f"  by mapping (MB): {memory['rss_by_mapping_mb']}")
         client.close()
         rc = daemon.stop()
         log_lines = daemon.log_path.read_text(errors="replace").splitlines()

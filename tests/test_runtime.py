@@ -153,6 +153,20 @@ def test_parity_against_expected_outputs(runtime: OrtRuntime, models: dict) -> N
     assert runtime.current_id == "b"
 
 
+def test_idle_memory_release_shrinks_the_arena_and_leaves_serving_as_it_was(models: dict) -> None:
+    rt = OrtRuntime(RuntimeSettings(warmup_runs=1))
+    assert not rt.release_memory(), "nothing serves: nothing to release"
+    rt.swap("a", models["a"])
+    x = rng.random((32, 28, 28), dtype=np.float32)
+    before = rt.predict(x)
+    n = rt.stats().predictions
+    assert rt.release_memory()
+    after = rt.predict(x)
+    assert np.array_equal(before.probabilities, after.probabilities) and after.model_id == "a"
+    assert rt.stats().predictions == n + 1, "the release run is not a prediction"
+    assert MemoryRuntime({"m": _fn(0)}).release_memory() is False  # no session: nothing to release
+
+
 def test_rollback_returns_to_the_previous_model(runtime: OrtRuntime, models: dict) -> None:
     with pytest.raises(NoModelError, match="no previous model"):
         runtime.rollback()

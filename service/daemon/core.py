@@ -71,7 +71,7 @@ from service.daemon.exports import ExportAnswers
 from service.daemon.fault_injection import PAUSE_POINTS, arm_registry_pause, pause_for_tests
 from service.daemon.intake import Intake
 from service.daemon.loop import EventLoop, Reload, Stop
-from service.daemon.memory_trim import IdleTrim
+from service.daemon.memory_trim import IdleTrim, malloc_trim
 from service.daemon.policy_reload import PolicyReload
 from service.daemon.profile_status import ProfileStatus
 from service.daemon.sdnotify import Notifier
@@ -104,6 +104,7 @@ from service.workers.supervisor import WorkerSupervisor
 __all__ = ["CANARY_CHECK_JOB", "CANARY_CHECK_S", "DRIFT_CHECK_JOB", "Daemon", "DaemonSettings", "PAUSE_POINTS"]
 
 logger = logging.getLogger(__name__)
+_LIBC_TRIM = malloc_trim()  # glibc's malloc_trim(0), None elsewhere
 
 CANARY_CHECK_JOB = "canary-check"
 ADAPT_JOB = "adaptation"
@@ -155,7 +156,7 @@ class Daemon(Commands, Intake, CanaryWatching, DriftAnswers, ExportAnswers, Adap
         self.last_probe: dict[str, Any] | None = None
         self.recent_inputs = RecentInputs(settings.warmup_samples)
         self.live = LiveMonitor()
-        self.memory_trim = IdleTrim(self._activity)
+        self.memory_trim = IdleTrim(self._activity, trim=self._trim_memory)
         self.canary: CanaryWatch | None = None  # set and cleared on the loop; read by API threads
         self._canary_check_queued = False
         self._recall_watch: tuple[str, int, int] | None = None
@@ -366,6 +367,13 @@ class Daemon(Commands, Intake, CanaryWatching, DriftAnswers, ExportAnswers, Adap
             *drift,
             *self._extra_jobs,
         ]
+
+    def _trim_memory(self) -> None:
+        """Idle: the serving model's arena shrunk, then glibc's free heap pages given back."""
+        if self.runtime is not None:
+            self.runtime.release_memory()
+        if _LIBC_TRIM is not None:
+            _LIBC_TRIM()
 
     def _activity(self) -> tuple[int, int]:
         """What changes while the service works: predictions and swaps served."""
