@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from lifelong.errors import DataError
 
@@ -352,6 +351,8 @@ def read_image(path: str | os.PathLike[str], size: int = 28) -> np.ndarray:
     Raises:
         DataError: the file is not a readable PNG or JPEG.
     """
+    from PIL import Image, ImageOps  # here: the serving process loads Pillow only once it reads an image file
+
     try:
         with Image.open(path, formats=("PNG", "JPEG")) as img:
             img = ImageOps.exif_transpose(img)
