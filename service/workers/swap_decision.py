@@ -55,6 +55,16 @@ def _over_budget(cand: Mapping[str, Any], policy: Policy) -> SwapDecision | None
     return None
 
 
+def _short_of(what: str, gain: float, need: float) -> SwapDecision | None:
+    """A refusal when the candidate's ``gain`` on the local samples is under ``need`` (negative:
+    it may be that much below the serving model), else None."""
+    if gain >= need:
+        return None
+    if need < 0:
+        return SwapDecision(False, f"{what}: more than {-need * 100:.2f} pt below the label-free answer serving")
+    return SwapDecision(False, f"{what}: below the minimum improvement of {need * 100:.2f} pt")
+
+
 LABEL_FREE_MARGIN = 0.05
 """How much closer (total variation) to the reference class mix a label-free candidate's
 answers must be than the serving model's."""
@@ -103,9 +113,7 @@ def decide_label_free(result: Mapping[str, Any], policy: Policy) -> SwapDecision
             f"label-free: BN statistics re-estimated on {n} local images; {_pct(cand['local_accuracy'])} vs "
             f"{_pct(serving['local_accuracy'])} serving on {labelled} labelled local samples ({gain * 100:+.2f} pt)"
         )
-        if gain < policy.swap.min_improvement:
-            return SwapDecision(False, f"{what}: below the minimum improvement of {policy.swap.min_improvement * 100:.2f} pt")  # fmt: skip
-        return SwapDecision(True, what)
+        return _short_of(what, gain, policy.swap.min_improvement) or SwapDecision(True, what)
     ref = result.get("reference_mix")
     cap = max(COLLAPSE_SHARE, max(ref) if ref else 0.0)
     if cand["largest_share"] > cap:
@@ -156,10 +164,9 @@ def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
         # the interim answer gave up the original data; a candidate that keeps it need not beat
         # it on the new data, only not lose more than the minimum improvement there
         need = -policy.swap.min_improvement
-    if gain < need:
-        if need < 0:
-            return SwapDecision(False, f"{vs}: more than {-need * 100:.2f} pt below the label-free answer serving")
-        return SwapDecision(False, f"{vs}: below the minimum improvement of {need * 100:.2f} pt")
+    short = _short_of(vs, gain, need)
+    if short is not None:
+        return short
     if forget is not None and forget > cap:
         return SwapDecision(
             False,
