@@ -177,10 +177,14 @@ def test_forgetting_is_measured_against_the_model_before_the_drift_not_the_label
         r["serving"]["replay_accuracy"] = serving_replay  # the BN answer: good on the new data, lost the old
         return r | {"original": {"model_id": "m0", "replay_accuracy": 0.91}}
 
-    # better on the new data and on the original than the interim answer, yet 10 pt under the model before
-    forgets = decide_swap(after_label_free(0.92, 0.81), policy)
-    assert not forgets.swap and "loses 10.00 pt on the original data" in forgets.reason
+    # 10 pt under the model before the drift, and no better there than the interim answer
+    forgets = decide_swap(after_label_free(0.92, 0.45), policy)
+    assert not forgets.swap and "loses 46.00 pt on the original data" in forgets.reason
     assert "vs 91.00% before the drift" in forgets.reason
+    # 10 pt under the model before, but 36 pt over the interim answer there and as good on the new data
+    restores = decide_swap(after_label_free(0.88, 0.81), policy)
+    assert restores.swap and "original data -10.00 pt against the model before the drift" in restores.reason
+    assert "lost 46.00 pt there, this one 10.00" in restores.reason
     # keeps the original data: it replaces the interim answer even 0.3 pt below it on the new data
     keeps = decide_swap(after_label_free(0.877, 0.90), policy)
     assert keeps.swap and "against the model before the drift" in keeps.reason

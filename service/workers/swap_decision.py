@@ -6,7 +6,8 @@ result and the policy, run on the daemon's loop when the worker ends.
   forget the original data by more than ``swap.max_forgetting`` (held-out replay samples),
   measured against the model that served before the drift where a label-free answer has
   replaced it since. When that interim answer itself lost more than the budget on the original
-  data, a candidate within the budget replaces it unless it is worse on the new data by more
+  data, a candidate within the budget, or one that gives back at least ``swap.min_improvement``
+  of what the interim answer lost there, replaces it unless it is worse on the new data by more
   than ``swap.min_improvement``: the labelled answer is the durable one. A
   candidate slower than the serving model but within the latency budget is accepted: the
   policy's objective already traded its latency against its accuracy when the worker chose it.
@@ -160,14 +161,20 @@ def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
         ref is original and serving.get("replay_accuracy") is not None
         and ref["replay_accuracy"] - serving["replay_accuracy"] > cap
     )  # fmt: skip
-    if interim_forgot and forget is not None and forget <= cap:
-        # the interim answer gave up the original data; a candidate that keeps it need not beat
-        # it on the new data, only not lose more than the minimum improvement there
+    # a candidate that gives back to the original data part of what the interim answer lost
+    restores = (
+        interim_forgot and cand.get("replay_accuracy") is not None
+        and cand["replay_accuracy"] >= serving["replay_accuracy"] + policy.swap.min_improvement
+    )  # fmt: skip
+    if interim_forgot and forget is not None and (forget <= cap or restores):
+        # the interim answer gave up the original data; a candidate that keeps (or restores)
+        # more of it need not beat it on the new data, only not lose more than the minimum
+        # improvement there
         need = -policy.swap.min_improvement
     short = _short_of(vs, gain, need)
     if short is not None:
         return short
-    if forget is not None and forget > cap:
+    if forget is not None and forget > cap and not restores:
         return SwapDecision(
             False,
             f"{vs}, but it loses {forget * 100:.2f} pt on the original data (replay "
@@ -176,8 +183,9 @@ def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
         )
     kept = "" if forget is None else f"; original data {forget * -100:+.2f} pt against the model {ref_name}"
     if interim_forgot and need < 0:
+        lost = 100 * (ref["replay_accuracy"] - serving["replay_accuracy"])
         kept += (
-            f" (the label-free answer serving lost {100 * (ref['replay_accuracy'] - serving['replay_accuracy']):.2f} pt "
-            f"there, so within {policy.swap.min_improvement * 100:.2f} pt of it on the new data is enough)"
+            f" (the label-free answer serving lost {lost:.2f} pt there, this one "
+            f"{100 * max(forget or 0.0, 0.0):.2f}: within {policy.swap.min_improvement * 100:.2f} pt of it on the new data is enough)"
         )
     return SwapDecision(True, f"{vs}{kept}")
