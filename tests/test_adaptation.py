@@ -418,3 +418,19 @@ def test_the_adapted_front_holds_the_measured_subnets_with_their_local_accuracy(
     assert got[big].latency_at(1) == 1.0 and got[small].model_bytes == 100
     assert got.info["checkpoint_sha256"] == "c" * 64 and got.info["adapted_from"] == "p" * 64
     assert got.info["validation_measured"] == sorted([big, small]) and got.info["seed"] == 3
+
+
+def test_an_adaptation_candidate_is_checked_on_its_held_out_local_samples(tmp_path: Path) -> None:
+    from lifelong.jobs.adapt_request import save_task_data
+    from service.daemon.adaptations import _task_data
+
+    none = _task_data({"mode": "bn", "task_data": None})
+    assert none is not None and none.images is None and "class mix" in none.source
+    path = save_task_data(tmp_path / "task.npz", np.full((60, 28, 28), 255, np.uint8), np.arange(60) % 10)
+    got = _task_data({"mode": "finetune", "task_data": str(path)})
+    assert got is not None and got.images.shape == (60, 1, 28, 28) and float(got.images.max()) == 1.0
+    assert got.labels.tolist()[:3] == [0, 1, 2] and str(path) in got.source
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    assert _task_data({"mode": "finetune", "task_data": str(tmp_path / "bad.npz")}) is None  # the task images then
+    with pytest.raises(DataError, match="task data must be uint8"):
+        save_task_data(tmp_path / "x.npz", np.zeros((3, 28, 28), np.float32), np.zeros(3))

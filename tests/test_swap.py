@@ -203,3 +203,34 @@ def test_a_model_that_does_not_fit_the_task_is_refused_with_the_figure_and_remov
     floor["value"] = 0.2  # a model no worse than the one serving passes whatever the floor
     swapper.deploy_file(tmp_path / "one.onnx", reason="as poor as what serves")
     assert runtime.current_id not in (served.model_id, zero.model_id)
+
+
+def test_an_adapted_model_is_checked_on_the_data_it_was_adapted_to(
+    parts, tmp_path: Path, fashion_train, fashion_test
+) -> None:
+    """A model of inverted images fails the clean task images but passes on the images it
+    serves; without labels of them (a label-free answer) the class count alone is checked."""
+    from tiny_models import write_linear_fashion
+
+    from lifelong.jobs.adapt_request import load_task_data, save_task_data
+    from service.serving.task_check import TaskCheck, TaskData
+
+    store, registry, runtime, swapper = parts
+    held = fashion_test.head(1000)
+    runtime.task = TaskCheck(10, held.as_float(), held.y, lambda: 0.5, lambda: 0.02, "1000 test images")
+    clean = write_linear_fashion(tmp_path / "clean.onnx", fashion_train.x[:20_000], fashion_train.y[:20_000])
+    served = swapper.deploy_file(clean, reason="a real classifier")
+    inverted = write_linear_fashion(tmp_path / "inv.onnx", 255 - fashion_train.x[:20_000], fashion_train.y[:20_000])
+    with pytest.raises(ModelLoadError, match=r"held-out task images \(1000 test images\)"):
+        swapper.deploy_file(inverted, reason="adapted, checked on clean images")
+    local = save_task_data(tmp_path / "task.npz", 255 - fashion_test.x[1000:1500], fashion_test.y[1000:1500])
+    x, y = load_task_data(local)
+    assert x.shape == (500, 1, 28, 28) and x.dtype == np.float32 and float(x.max()) <= 1.0
+    adapted = swapper.deploy_file(inverted, reason="adapted", task=TaskData(x, y, "held-out local samples"))
+    assert runtime.current_id == adapted.model_id != served.model_id
+    three = write_classifier(tmp_path / "three.onnx", num_classes=3)
+    with pytest.raises(ModelLoadError, match="it has 3 classes"):  # still checked without labels
+        swapper.deploy_file(three, reason="label-free", task=TaskData(None, None, "no labels"))
+    with pytest.raises(ModelLoadError, match=r"held-out images \(held-out local samples\) is .*below the floor"):
+        swapper.deploy_file(write_classifier(tmp_path / "one.onnx", favour_class=3), reason="broken",
+                            task=TaskData(x, y, "held-out local samples"))  # fmt: skip

@@ -43,7 +43,13 @@ from lifelong.data.local import load_refs
 from lifelong.data.replay import build_replay, load_replay, save_replay
 from lifelong.deploy.export import export_subnet, onnx_session, run_onnx
 from lifelong.errors import DataError, LifelongError, TrainingError
-from lifelong.jobs.adapt_request import ADAPT_REQUEST_FORMAT, ADAPT_RESULT_FORMAT, ADAPT_RESULT_KIND, AdaptRequest
+from lifelong.jobs.adapt_request import (
+    ADAPT_REQUEST_FORMAT,
+    ADAPT_RESULT_FORMAT,
+    ADAPT_RESULT_KIND,
+    AdaptRequest,
+    save_task_data,
+)
 from lifelong.nn.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
 from lifelong.nn.supernet import recalibrate_bn
 from lifelong.persist.supernet_versions import adapted_path
@@ -95,6 +101,9 @@ class AdaptResult:
     """The model that served when the drift began, measured on the held-out replay samples,
     where a label-free answer replaced it since (the request's ``original``): the reference
     forgetting is measured against."""
+    task_data: str | None = None
+    """The held-out local samples (:func:`~lifelong.jobs.adapt_request.save_task_data`): the
+    daemon's task check measures the candidate on them, a model of the new data."""
     format_version: int = ADAPT_RESULT_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -429,8 +438,12 @@ def run_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | N
         as_exported = [m for m in every if m.calibration == winner.calibration] or measured
         adapted = adapted_front(evaluator, space, as_exported, new_front.info, sha, parent_sha)
         front_path = str(adapted.save(out_dir / "front.json"))
+    task_path = None
+    if holdout.y is not None and len(holdout):
+        task_path = str(save_task_data(out_dir / "task.npz", holdout.x, holdout.y))
     result = AdaptResult(
         front=front_path,
+        task_data=task_path,
         trigger=req.trigger,
         samples=samples,
         serving=serving_figures,

@@ -12,8 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lifelong.errors import DataError, FormatVersionError
 from lifelong.persist.versioned import read_versioned_json, write_json_atomic
+from lifelong.persist.versioned_npz import read_versioned_npz, write_npz_atomic
 
 __all__ = [
     "ADAPT_MODES",
@@ -22,8 +25,11 @@ __all__ = [
     "ADAPT_RESULT_KIND",
     "BN_RESULT_FORMAT",
     "BN_RESULT_KIND",
+    "TASK_DATA_FORMAT",
     "AdaptRequest",
+    "load_task_data",
     "read_adapt_result",
+    "save_task_data",
 ]
 
 ADAPT_REQUEST_FORMAT = 1
@@ -33,6 +39,33 @@ ADAPT_RESULT_KIND, ADAPT_RESULT_FORMAT = "lifelong-adapt-result", 1
 """The labelled adaptation's ``result.json`` (:mod:`lifelong.jobs.adapt`)."""
 BN_RESULT_KIND, BN_RESULT_FORMAT = "lifelong-bn-adapt-result", 1
 """The label-free answer's ``result.json`` (:mod:`lifelong.jobs.bn_adapt`)."""
+
+
+TASK_DATA_KIND, TASK_DATA_FORMAT = "lifelong-adapt-task-data", 1
+"""An adaptation's labelled local samples, held out from what made its candidate
+(``task.npz`` beside the result, ``result["task_data"]``): the daemon checks the candidate on
+them instead of the service's clean task images, since it is a model of the new data."""
+
+
+def save_task_data(path: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """Write uint8 ``(N, 28, 28)`` images and their labels for the daemon's task check."""
+    x, y = np.asarray(images), np.asarray(labels, np.int64)
+    if x.dtype != np.uint8 or x.ndim != 3 or len(x) != len(y) or not len(x):
+        raise DataError(f"task data must be uint8 (N, H, W) images with N labels, got {x.dtype} {x.shape}, {y.shape}")
+    return write_npz_atomic(path, kind=TASK_DATA_KIND, version=TASK_DATA_FORMAT, arrays={"x": x, "y": y})
+
+
+def load_task_data(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The images (float32 ``(N, 1, H, W)`` in [0, 1]) and labels of :func:`save_task_data`.
+
+    Raises:
+        DataError: missing, unreadable, of another kind or version, or malformed.
+    """
+    d = read_versioned_npz(path, kind=TASK_DATA_KIND, version=TASK_DATA_FORMAT, what="task data file", needs=("x", "y"))
+    x, y = d["x"], d["y"]
+    if x.dtype != np.uint8 or x.ndim != 3 or y.shape != (len(x),) or not len(x):
+        raise DataError(f"{path}: task data must be uint8 (N, H, W) images with N labels, got {x.dtype} {x.shape}")
+    return x[:, None].astype(np.float32) / np.float32(255.0), y.astype(np.int64)
 
 
 def read_adapt_result(path: str | Path, mode: str) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from lifelong.data.local import load_refs
 from lifelong.deploy.export import export_subnet, onnx_session, run_onnx
 from lifelong.drift.priors import softmax
 from lifelong.errors import DataError, SpaceError
-from lifelong.jobs.adapt_request import BN_RESULT_FORMAT, BN_RESULT_KIND, AdaptRequest
+from lifelong.jobs.adapt_request import BN_RESULT_FORMAT, BN_RESULT_KIND, AdaptRequest, save_task_data
 from lifelong.nn.checkpoint import file_sha256, load_checkpoint
 from lifelong.nn.supernet import recalibrate_bn
 from lifelong.persist.versioned import write_json_atomic
@@ -121,7 +121,8 @@ def _labelled_check(req: AdaptRequest, models: list[str], notes: list[str]) -> d
     for path in models:
         logits, _ = run_onnx(onnx_session(path, threads=req.threads), x, batch_size=256)
         accuracy.append(round(float((logits.argmax(axis=1) == local.y).mean()), 4))
-    return {"n": len(local), "accuracy": accuracy}
+    task = save_task_data(Path(req.out_dir) / "task.npz", local.x, local.y)  # the daemon's task check, on the new data
+    return {"n": len(local), "accuracy": accuracy, "task_data": str(task)}
 
 
 def run_bn_adaptation(request: AdaptRequest, policy: Policy, progress: Progress | None = None) -> dict[str, Any]:
@@ -214,6 +215,7 @@ def run_bn_adaptation(request: AdaptRequest, policy: Policy, progress: Progress 
         "mode": "bn",
         "trigger": req.trigger,
         "samples": {"unlabelled": int(len(x)), "labelled": 0 if labelled is None else labelled["n"]},
+        "task_data": None if labelled is None else labelled["task_data"],
         "unlabelled": req.unlabelled,
         "reference_mix": None if req.reference_mix is None else list(req.reference_mix),
         "serving": serving_figures,

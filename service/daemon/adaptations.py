@@ -14,10 +14,12 @@ import numpy as np
 
 from lifelong.data.calibration import domain_calibration, save_calibration
 from lifelong.errors import LifelongError
+from lifelong.jobs.adapt_request import load_task_data
 from lifelong.persist.supernet_versions import find_version, sha_in_use
 from lifelong.persist.supernet_versions import set_current as set_current_supernet
 from lifelong.search.front import Front
 from service.daemon.parts import DaemonParts
+from service.serving.task_check import TaskData
 from service.state.paths import default_front
 from service.workers.adaptation import (
     AdaptationDone,
@@ -27,6 +29,23 @@ logger = logging.getLogger(__name__)
 
 
 __all__ = ["AdaptationAnswers"]
+
+
+def _task_data(result: dict[str, Any]) -> TaskData | None:
+    """What an adaptation's candidate is checked on before it serves: the labelled local samples
+    the job held out (it is a model of the new data; the service's clean task images can be far
+    from it), or, for a label-free answer without labels, nothing: its class mix judged it and
+    it is the serving subnet with other BN statistics, behind the parity gate. None (the
+    service's task images check it) when the samples cannot be read."""
+    path = result.get("task_data")
+    if not path:
+        return TaskData(None, None, "a label-free answer with no labels of the new data yet: judged on its class mix")
+    try:
+        x, y = load_task_data(path)
+    except LifelongError as exc:
+        logger.warning("the adaptation's held-out local samples cannot be read (%s): the task images check it", exc)
+        return None
+    return TaskData(x, y, f"held-out local samples of the data it was adapted to, {path}")
 
 
 class AdaptationAnswers(DaemonParts):
@@ -76,7 +95,8 @@ class AdaptationAnswers(DaemonParts):
         if decision.swap and result is not None:
             cand = result["candidate"]
             try:
-                self._deploy(path=cand["path"], reason=f"adaptation: {decision.reason}", judge="accuracy")
+                self._deploy(path=cand["path"], reason=f"adaptation: {decision.reason}", judge="accuracy",
+                             task=_task_data(result))  # fmt: skip
             except LifelongError as exc:
                 outcome, reason = "kept", f"{decision.reason}; the deploy was refused: {exc}"
             else:

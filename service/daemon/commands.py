@@ -16,6 +16,7 @@ from service.daemon.canary import (
 )
 from service.daemon.parts import DaemonParts
 from service.errors import SettingsError
+from service.serving.task_check import TaskData
 from service.workers.front_export import prune_job_folders
 
 __all__ = ["Commands"]
@@ -34,13 +35,15 @@ class Commands(DaemonParts):
         name: str | None = None,
         reason: str | None = None,
         judge: str = "all",
+        task: TaskData | None = None,
     ) -> dict[str, Any]:
         """Deploy through the validated swap.
 
         ``judge``: what the canary compares with the replaced model: ``"all"`` (errors,
         latency, accuracy), ``"accuracy"`` (errors and accuracy: an adapted model, slower by
         choice within the budget), ``"errors"`` (a preference change: slower or less accurate
-        is what was asked for).
+        is what was asked for). ``task``: the data the model is deployed for, checked instead of
+        the service's task images (an adaptation's candidate, a model of the new data).
         """
         assert self.swapper is not None
         what = model or path or f"upload {name or 'model.onnx'}"
@@ -53,9 +56,10 @@ class Commands(DaemonParts):
         state = "active" if baseline is None else "canary"
         try:
             if model is not None:
-                result = self.swapper.deploy_model(model, reason=reason, state=state)
+                result = self.swapper.deploy_model(model, reason=reason, state=state, task=task)
             elif path is not None:
-                result = self.swapper.deploy_file(path, reason=reason, meta={"source": f"file {path}"}, state=state)
+                meta = {"source": f"file {path}"}
+                result = self.swapper.deploy_file(path, reason=reason, meta=meta, state=state, task=task)
             elif data is not None:
                 meta = {"source": f"upload {name or '-'}"}
                 result = self.swapper.deploy_file(data, reason=reason, meta=meta, state=state)

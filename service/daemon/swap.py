@@ -45,6 +45,7 @@ import numpy as np
 from lifelong.deploy.model_format import EMBEDDING_OUTPUT, LOGITS_OUTPUT
 from service.errors import ModelLoadError, RecordNotFound, RegistryError
 from service.serving.runtime import Runtime
+from service.serving.task_check import TaskData
 from service.state.registry import Registry
 from service.state.store import Deployment, Store
 
@@ -133,11 +134,14 @@ class Swapper:
         meta: Mapping[str, Any] | None = None,
         parity: tuple[np.ndarray, Mapping[str, np.ndarray]] | None = None,
         state: str = "active",
+        task: TaskData | None = None,
     ) -> SwapResult:
         """Add a model file (or its bytes) to the registry and deploy it.
 
         A path's sibling ``NAME.parity.npz`` is used as the parity sample unless ``parity``
-        is given. ``state`` is the deployment's once committed, as for :meth:`deploy_model`.
+        is given. ``state`` is the deployment's once committed, as for :meth:`deploy_model`;
+        ``task``, the data the model is deployed for, replaces the service's task images in
+        its check (an adaptation's candidate).
 
         Raises:
             ModelLoadError: the file is not a readable ONNX model, or it fails to load or
@@ -164,7 +168,7 @@ class Swapper:
             raise ModelLoadError(f"{what}: {detail}") from exc
         self.store.record_model(record)
         try:
-            return self.deploy_model(record.id, reason=reason, parity=parity, state=state)
+            return self.deploy_model(record.id, reason=reason, parity=parity, state=state, task=task)
         except ModelLoadError:
             if record.id not in known and self.registry.discard(record.id, self.store):
                 logger.warning("model %s was refused and removed from the registry", record.id)
@@ -177,6 +181,7 @@ class Swapper:
         reason: str,
         parity: tuple[np.ndarray, Mapping[str, np.ndarray]] | None = None,
         state: str = "active",
+        task: TaskData | None = None,
     ) -> SwapResult:
         """Serve and commit a model already in the registry.
 
@@ -198,7 +203,7 @@ class Swapper:
             return SwapResult(model_id, previous, False, reason, live)
         if self.store.get_model(model_id) is None:
             self.store.record_model(self.registry.get(model_id))
-        load_ms = self._swap_runtime(model_id, reason, parity)
+        load_ms = self._swap_runtime(model_id, reason, parity, task=task)
         self._pause("swap")
         try:
             deployment = self.registry.deploy(self.store, model_id, reason=reason, state=state)
@@ -273,11 +278,12 @@ class Swapper:
         parity: tuple[np.ndarray, Mapping[str, np.ndarray]] | None,
         *,
         record_failure: bool = True,
+        task: TaskData | None = None,
     ) -> float:
         sample, expected = (parity[0], dict(parity[1])) if parity is not None else (self._samples(), None)
         start = time.perf_counter()
         try:
-            self.runtime.swap(model_id, self.registry.path(model_id), sample, expected_outputs=expected)
+            self.runtime.swap(model_id, self.registry.path(model_id), sample, expected_outputs=expected, task=task)
         except ModelLoadError as exc:
             if record_failure:
                 self.store.record_deployment(model_id, reason=reason, state="failed", detail=str(exc))

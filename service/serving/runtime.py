@@ -52,7 +52,7 @@ from lifelong.device.threads import threads_for
 from service.errors import InferenceError, ModelLoadError, NoModelError, RequestError
 
 if TYPE_CHECKING:
-    from service.serving.task_check import TaskCheck
+    from service.serving.task_check import TaskCheck, TaskData
 
 __all__ = [
     "AUTO_FALLBACK_THREADS",
@@ -226,6 +226,7 @@ class Runtime(ABC):
         sample_inputs: Any | None = None,
         *,
         expected_outputs: Mapping[str, np.ndarray] | None = None,
+        task: TaskData | None = None,
     ) -> None:
         """Load, validate and warm up a model, then make it the one that serves.
 
@@ -235,6 +236,8 @@ class Runtime(ABC):
             sample_inputs: Local samples to validate and warm up on, in addition to a probe.
             expected_outputs: ``{"logits": ..., "embedding": ...}`` the model must reproduce
                 on ``sample_inputs`` (for instance the exporter's torch outputs).
+            task: The labelled data the model is deployed for, checked instead of the
+                service's task images (:class:`~service.serving.task_check.TaskData`).
 
         Raises:
             ModelLoadError: the model cannot serve; the current model serves on.
@@ -438,6 +441,7 @@ class _SwappingRuntime(Runtime):
         sample_inputs: Any | None = None,
         *,
         expected_outputs: Mapping[str, np.ndarray] | None = None,
+        task: TaskData | None = None,
     ) -> None:
         path_str = None if path is None else str(path)
         with self._swap_lock:
@@ -445,7 +449,7 @@ class _SwappingRuntime(Runtime):
             start = time.perf_counter()
             try:
                 candidate = self._open(model_id, path_str)
-                samples = self._validate(candidate, sample_inputs, expected_outputs)
+                samples = self._validate(candidate, sample_inputs, expected_outputs, task)
                 self._warm_up(candidate, samples)
             except Exception as exc:
                 with self._lock:
@@ -473,7 +477,11 @@ class _SwappingRuntime(Runtime):
         )
 
     def _validate(
-        self, model: _LoadedModel, sample_inputs: Any | None, expected: Mapping[str, np.ndarray] | None
+        self,
+        model: _LoadedModel,
+        sample_inputs: Any | None,
+        expected: Mapping[str, np.ndarray] | None,
+        task: TaskData | None = None,
     ) -> np.ndarray:
         """Run the model on a probe (+ the samples) and check every output; return the batch used."""
         sample = None if sample_inputs is None else as_model_input(sample_inputs)
@@ -502,7 +510,7 @@ class _SwappingRuntime(Runtime):
                 got = {LOGITS_OUTPUT: logits[-len(sample) :], EMBEDDING_OUTPUT: embedding[-len(sample) :]}
                 problems += self._parity(got, expected)
         if not problems and self.task is not None:
-            problems += self.task.problems(model, int(logits.shape[1]), self._current)
+            problems += self.task.problems(model, int(logits.shape[1]), self._current, task)
         if problems:
             raise ModelLoadError(f"model {model.model_id!r} failed validation: " + "; ".join(problems))
         model.num_classes = int(logits.shape[1])
