@@ -9,14 +9,14 @@ A mixin of the demo's run (:class:`service.demo.run._Demo`), which holds the sta
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from service.demo.daemon import atomic_write
-from service.demo.prepare import ExportedPick, StepRunner, policy_text
-from service.demo.report import Timeline, status_facts
+from service.demo.parts import DemoParts
+from service.demo.prepare import policy_text
+from service.demo.report import status_facts
 
 __all__ = ["EXPORT_WAIT_S", "PREFERENCE_WAIT_S", "PreferenceSteps"]
 
@@ -26,23 +26,8 @@ EXPORT_WAIT_S = 180.0
 """How long to wait for the daemon to export the front's choice from the adapted supernet and swap."""
 
 
-class PreferenceSteps:
+class PreferenceSteps(DemoParts):
     """The two policy rewrites and their waits (the demo's run provides the attributes)."""
-
-    s: Any  # DemoSettings
-    runner: StepRunner
-    timeline: Timeline
-    daemon: Any  # DemoDaemon: its policy file
-    streamer: Any  # Streamer | None
-    initial: Any  # Policy
-    fast: Any  # Policy | None
-    picks: dict[str, ExportedPick]
-    names: dict[str, str]
-    models: dict[str, dict[str, Any]]
-    milestones: dict[str, Any]
-    notes: list[str]
-    last_status: dict[str, Any] | None
-    _stream: Callable[..., bool]
 
     def _preference(self, pool: np.ndarray, shift: str | None) -> None:
         s = self.s

@@ -10,13 +10,12 @@ record what they saw in the run's milestones, models and notes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from service.demo.prepare import StepRunner
-from service.demo.report import Timeline, status_facts
+from service.demo.parts import DemoParts
+from service.demo.report import status_facts
 
 __all__ = ["LABELLED_WAIT_S", "NO_ADAPTATION_WAIT_S", "AdaptationWaits"]
 
@@ -26,19 +25,8 @@ LABELLED_WAIT_S = 240.0
 """How long to wait for the labelled answer after the label-free one."""
 
 
-class AdaptationWaits:
+class AdaptationWaits(DemoParts):
     """Waiting for the adaptation's answers (the demo's run provides the attributes)."""
-
-    s: Any  # DemoSettings
-    runner: StepRunner
-    timeline: Timeline
-    names: dict[str, str]
-    models: dict[str, dict[str, Any]]
-    milestones: dict[str, Any]
-    notes: list[str]
-    last_status: dict[str, Any] | None
-    adaptation: dict[str, Any] | None
-    _stream: Callable[..., bool]
 
     def _wait_adaptation(self, pool: np.ndarray, shift_at: float) -> bool:
         """Wait for the adaptation's outcome; True if the daemon swapped to an adapted model."""
