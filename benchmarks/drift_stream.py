@@ -221,8 +221,9 @@ def labelled_answer(events: Sequence[dict[str, Any]], t_detect: float) -> dict[s
         m = str(e.get("message", ""))
         if e.get("kind") != "adapt" or e["at"] < t_detect or not m.startswith("adaptation "):
             continue
-        outcome = m.removeprefix("adaptation ").split(":", 1)[0]
-        if outcome not in ("swapped", "kept", "failed", "cancelled") or "label-free" in m:
+        outcome, _, why = m.removeprefix("adaptation ").partition(":")
+        # the label-free answer's reason starts "label-free:"; a labelled one may name it later on
+        if outcome not in ("swapped", "kept", "failed", "cancelled") or why.strip().startswith("label-free"):
             continue
         return {"outcome": outcome, "reason": m, "detection_to_labelled_s": e["at"] - t_detect}
     return {"outcome": None, "reason": "no labelled outcome among the daemon's events", "detection_to_labelled_s": None}

@@ -247,3 +247,9 @@ def test_the_labelled_answer_is_read_from_the_daemons_events_not_the_label_free_
     got = D.labelled_answer(events, t_detect=10.0)
     assert got["outcome"] == "kept" and got["detection_to_labelled_s"] == 100.0
     assert D.labelled_answer(events[:3], t_detect=10.0)["outcome"] is None
+    named = {"at": 90.0, "kind": "adapt",
+             "message": "adaptation swapped: candidate 75% vs 73% serving; original data -0.75 pt (the label-free answer serving lost 19 pt there)"}  # fmt: skip
+    got = D.labelled_answer([*events[:3], named], t_detect=10.0)
+    assert got["outcome"] == "swapped" and got["detection_to_labelled_s"] == 80.0, (
+        "naming the first answer is not being it"
+    )
