@@ -4,6 +4,7 @@ promoting a good model and rolling back a slow one and an inaccurate one by itse
 from __future__ import annotations
 
 import math
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -270,6 +271,15 @@ def test_status_text_shows_canary_progress_live_figures_and_precision() -> None:
     assert "precision w8a8 x3, w32a32 x1 (4 layers: c32 w8a8 x2 | c64 w32a32 | head w8a8)" in text
     doc["store"]["model"]["subnet"], doc["precision"] = "tiny_mlp", None
     assert "precision unknown (subnet 'tiny_mlp' is not a lifelong subnet string)" in format_status(doc)
+    # during a drift episode the labels from before it are marked stale, and every figure says its age
+    now = time.time()
+    doc["live"]["feedback"] |= {"labelled": 500, "correct": 343, "accuracy": 0.686, "newest_at": now - 3,
+                                "drift": {"since": now - 42, "labelled": 120, "correct": 26, "accuracy": 26 / 120, "stale": 380}}  # fmt: skip
+    text = format_status(doc)
+    assert "accuracy 68.6% on its last 500 feedback labels (newest 3 s ago); since the drift began 42 s ago: " in text
+    assert "21.7% on 120, the other 380 stale; latency" in text
+    doc["live"]["feedback"]["drift"] |= {"labelled": 0, "accuracy": None, "stale": 500}
+    assert "since the drift began 42 s ago: no label yet, the other 500 stale" in format_status(doc)
 
 
 # -- the real daemon -------------------------------------------------------------------------------------

@@ -140,6 +140,12 @@ def test_a_data_drift_episode_is_stored_once_announced_and_counted(parts) -> Non
     assert 'lifelong_drift_events_total{kind="data"} 1' in text
     assert 'lifelong_drift_drifting{kind="data"} 1' in text and 'lifelong_drift_checks_total{kind="accuracy"} 0' in text
     assert "# TYPE lifelong_drift_p_value gauge" in text
+    since = check.episode_since()  # status figures from before it are stale
+    assert since is not None and since == store.recent_drift(detector="data")[0].detail["episode"]["since"]
+    for seed in (4, 5, 6):  # the data goes back: the episode ends
+        feed_rows(feed, "m1", *normal(100, seed=seed))
+        check.run()
+    assert check.status()["drifting"] == [] and check.episode_since() is None
 
 
 def test_the_reference_is_kept_on_disk_and_used_again_after_a_restart(parts, tmp_path: Path) -> None:

@@ -145,6 +145,15 @@ def _live(live: Mapping[str, Any]) -> str:
         if fb.get("labelled")
         else "accuracy unknown (no feedback labels yet)"
     )
+    if fb.get("labelled") and fb.get("newest_at"):
+        acc += f" (newest {_ago(fb['newest_at'], time.time())})"
+    drift = fb.get("drift")
+    if drift:  # figures from before the drift episode describe data the model no longer sees
+        acc += (
+            f"; since the drift began {_ago(drift['since'], time.time())}: "
+            + (f"{_pct(drift['accuracy'])} on {drift['labelled']}" if drift.get("labelled") else "no label yet")
+            + f", the other {drift['stale']} stale"
+        )
     latency = (
         f"latency p50 {_ms(lat.get('p50_ms'))} p95 {_ms(lat.get('p95_ms'))} (batch {lat.get('batch')}, "
         f"{lat.get('n')} requests)"

@@ -140,6 +140,7 @@ class DriftCheck:
         self._error: str | None = None
         self._skipped = 0
         self._drifting: frozenset[str] = frozenset()  # the kinds with an episode under way, for readers
+        self._episode_since: float | None = None  # when the open data/label/accuracy episode began, for readers
         self._mix_answered: tuple[DriftDecision, ...] = ()  # the drift the class-mix correction answered
 
     def job(self) -> JobSpec:
@@ -241,7 +242,7 @@ class DriftCheck:
     def _forget(self) -> None:
         self._monitor, self._model, self._built_for = None, None, None
         with self._lock:
-            self._watch, self._drifting = {}, frozenset()
+            self._watch, self._drifting, self._episode_since = {}, frozenset(), None
 
     def _monitor_for(self, serving: str, policy: Policy) -> DriftMonitor | None:
         """The monitor of ``serving``: built anew after a swap or new drift settings, else updated."""
@@ -289,7 +290,7 @@ class DriftCheck:
         with self._lock:
             if changed:  # the old model's decisions; a policy change's answer stays
                 self._latest = {k: v for k, v in self._latest.items() if k == "preference"}
-            self._error, self._drifting = None, frozenset()
+            self._error, self._drifting, self._episode_since = None, frozenset(), None
             self._watch = {
                 "model": serving,
                 "since": now,
@@ -435,7 +436,16 @@ class DriftCheck:
                     self._quiet[d.kind] = {"since": now, "checks": 0}
         with self._lock:
             self._drifting = frozenset(self._episodes)
+            starts = [e["since"] for k, e in self._episodes.items() if k in ("data", "label", "accuracy")]
+            self._episode_since = min(starts) if starts else None
         return begun
+
+    def episode_since(self) -> float | None:
+        """When the data, label or accuracy drift episode under way on the serving model began
+        (the earliest kind's start), or None when there is none: figures from before it describe
+        data the model no longer sees."""
+        with self._lock:
+            return self._episode_since
 
     def record_preference(self, decision: DriftDecision, answer: PreferenceAnswer | None) -> None:
         """Store a preference-drift decision (only if the policy changed) with the answer given to it."""
