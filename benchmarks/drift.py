@@ -55,7 +55,7 @@ the share of the lost accuracy recovered (:func:`recovered_fraction`); seconds f
 detection to the swap (the ``adaptation:`` deployment in the history, else the first
 answer of the new model); every exception of the streaming client; and the clean test-set
 accuracy of the new model (its ONNX file from ``STATE/models/ID/model.onnx``, run with
-:class:`service.serving.runtime.OrtRuntime` offline) against the original's.
+:class:`service.serving.ort_runtime.OrtRuntime` offline) against the original's.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ from common import target  # noqa: E402
 from service.api.client import Client  # noqa: E402
 from service.demo.stream import SHIFTS as CAMERA_SHIFTS  # noqa: E402
 from service.demo.stream import shift_images as camera_shift  # noqa: E402
-from service.serving.runtime import OrtRuntime, RuntimeSettings  # noqa: E402
+from service.serving.ort_runtime import OrtRuntime  # noqa: E402
+from service.serving.runtime import RuntimeSettings  # noqa: E402
 
 SHIFTS = ("noise", "contrast", "brightness", "rotation", "class-prior")
 DRIFT_KINDS = ("data", "label", "accuracy", "environment")

@@ -28,7 +28,7 @@ graph takes.
    alternating blocks so that all see the same load: ``api`` (request and answer through
    the daemon), ``wsgi`` (the daemon's API app called in this process, with the client's
    encoding and decoding: the API less HTTP and the socket), ``runtime``
-   (:class:`service.serving.runtime.OrtRuntime` in this process: input conversion, session run,
+   (:class:`service.serving.ort_runtime.OrtRuntime` in this process: input conversion, session run,
    softmax, checks) and ``raw`` (``session.run`` of a session
    opened with the runtime's own options: threads capped, spinning off). The daemon's own
    ``latency_ms`` (its session time) is kept too, and a ``GET /v1/health`` round trip gives
@@ -86,7 +86,8 @@ from lifelong.space.config import Precision, SearchSpace  # noqa: E402
 from lifelong.space.cost import subnet_cost  # noqa: E402
 from service.api.app import ApiApp, MemoryFeedback  # noqa: E402
 from service.api.client import Client  # noqa: E402
-from service.serving.runtime import OrtRuntime, RuntimeSettings  # noqa: E402
+from service.serving.ort_runtime import OrtRuntime  # noqa: E402
+from service.serving.runtime import RuntimeSettings  # noqa: E402
 from tests.daemon_harness import DaemonProcess, short_dir  # noqa: E402
 
 THREADS = 2  # onnxruntime intra-op threads, in the daemon and in the raw sessions

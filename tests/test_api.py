@@ -30,7 +30,8 @@ from service.errors import (
     RecordNotFound,
     RequestError,
 )
-from service.serving.runtime import MemoryRuntime, OrtRuntime, RuntimeSettings
+from service.serving.ort_runtime import OrtRuntime
+from service.serving.runtime import MemoryRuntime, RuntimeSettings
 
 FAVOUR = {"a": 3, "b": 7, "c": 5}
 MAX_BODY = 256 * 1024

@@ -401,7 +401,7 @@ def test_a_replaced_model_without_live_figures_is_timed_beside_the_new_one_not_t
     tmp_path,
 ) -> None:
     """The idle probe said 0.2 ms; under load both models are slower: the paired timing is the baseline."""
-    from service.serving.runtime import OrtRuntime
+    from service.serving.ort_runtime import OrtRuntime
     from service.state.registry import Registry
 
     registry = Registry(tmp_path)

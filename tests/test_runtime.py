@@ -12,7 +12,8 @@ import pytest
 from tiny_models import BROKEN_KINDS, write_classifier, write_corrupt
 
 from service.errors import InferenceError, ModelLoadError, NoModelError, RequestError
-from service.serving.runtime import MemoryRuntime, OrtRuntime, RuntimeSettings, as_model_input
+from service.serving.ort_runtime import OrtRuntime
+from service.serving.runtime import MemoryRuntime, RuntimeSettings, as_model_input
 
 rng = np.random.default_rng(0)
 

@@ -16,7 +16,8 @@ from service.api.feedback import StoreFeedback
 from service.daemon.swap import Swapper
 from service.errors import ModelLoadError, RecordNotFound, RegistryError
 from service.serving.ingest import RecentInputs, class_label, ingest_file
-from service.serving.runtime import OrtRuntime, Prediction, RuntimeSettings
+from service.serving.ort_runtime import OrtRuntime
+from service.serving.runtime import Prediction, RuntimeSettings
 from service.state.registry import Registry
 from service.state.store import Store
 

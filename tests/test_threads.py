@@ -16,7 +16,8 @@ from lifelong.device.profile import random_net
 from lifelong.device.threads import META_THREADS, choose_threads, threads_for, time_threads, write_thread_choice
 from lifelong.space.config import SearchSpace
 from policies import PolicyValidationError, Target
-from service.serving.runtime import AUTO_FALLBACK_THREADS, OrtRuntime, RuntimeSettings
+from service.serving.ort_runtime import OrtRuntime
+from service.serving.runtime import AUTO_FALLBACK_THREADS, RuntimeSettings
 
 
 def test_both_counts_are_timed_at_each_batch_and_the_faster_is_chosen() -> None:

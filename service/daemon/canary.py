@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -56,7 +56,7 @@ import numpy as np
 
 from policies import SwapRules
 from service.serving.live import LiveFigures
-from service.state.store import Store
+from service.state.store import Sample, Store
 
 __all__ = [
     "ALPHA",
@@ -300,10 +300,20 @@ def paired_baseline(baseline: Baseline, batch: int, old_ms: Sequence[float]) -> 
     return replace(baseline, latency={**baseline.latency, batch: paired})
 
 
+def feedback_rows(store: Store, model_id: str, limit: int) -> list[Sample]:
+    """The model's last ``limit`` feedback labels in the store (those of its own predictions)."""
+    return [s for s in store.labelled_samples(limit, source="feedback", model_id=model_id) if s.predicted is not None]
+
+
+def tally(rows: Iterable[Sample]) -> tuple[int, int]:
+    """``(labelled, correct)`` of feedback rows."""
+    rows = list(rows)
+    return len(rows), sum(int(s.label == s.predicted) for s in rows)
+
+
 def store_accuracy(store: Store, model_id: str, limit: int) -> tuple[int, int]:
     """``(labelled, correct)`` over the model's last ``limit`` feedback labels in the store."""
-    rows = [s for s in store.labelled_samples(limit, source="feedback", model_id=model_id) if s.predicted is not None]
-    return len(rows), sum(int(s.label == s.predicted) for s in rows)
+    return tally(feedback_rows(store, model_id, limit))
 
 
 def store_probe_p95(store: Store, model_id: str, limit: int = 500) -> dict[int, float]:

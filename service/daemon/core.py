@@ -85,8 +85,9 @@ from service.drift.preference import FrontCache
 from service.jobs import JobSpec, Scheduler
 from service.serving.ingest import RecentInputs
 from service.serving.live import LiveMonitor
+from service.serving.ort_runtime import OrtRuntime
 from service.serving.probe import probe_latency
-from service.serving.runtime import OrtRuntime, RuntimeSettings
+from service.serving.runtime import RuntimeSettings
 from service.serving.task_check import task_check
 from service.state.paths import default_front, default_profile
 from service.state.policy_state import PolicyState

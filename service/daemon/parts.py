@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from service.jobs import Scheduler
     from service.serving.ingest import RecentInputs
     from service.serving.live import LiveMonitor
-    from service.serving.runtime import OrtRuntime
+    from service.serving.ort_runtime import OrtRuntime
     from service.state.policy_state import PolicyState
     from service.state.registry import Registry
     from service.state.store import Store

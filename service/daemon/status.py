@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from lifelong.deploy.model_format import META_SUBNET
 from service.daemon import documents as status_doc
-from service.daemon.canary import decide
+from service.daemon.canary import decide, feedback_rows, tally
 from service.daemon.profile_status import ProfileStatus
 
 if TYPE_CHECKING:
@@ -115,16 +115,14 @@ class DaemonStatus:
         serving = None if d.runtime is None else d.runtime.current_id
         if serving is None or d.store is None:
             return None
-        rows = [s for s in d.store.labelled_samples(BASELINE_LABELS, source="feedback", model_id=serving)
-                if s.predicted is not None]  # fmt: skip
-        labelled, correct = len(rows), sum(int(s.label == s.predicted) for s in rows)
+        rows = feedback_rows(d.store, serving, BASELINE_LABELS)
+        labelled, correct = tally(rows)
         feedback: dict[str, Any] = {"labelled": labelled, "correct": correct,
                                     "accuracy": correct / labelled if labelled else None,
                                     "newest_at": max((s.labelled_at or 0.0 for s in rows), default=None)}  # fmt: skip
         since = None if d.drift is None else d.drift.episode_since()
         if since is not None:  # the labels from before the drift describe data the model no longer sees
-            fresh = [s for s in rows if (s.labelled_at or 0.0) >= since]
-            n, right = len(fresh), sum(int(s.label == s.predicted) for s in fresh)
+            n, right = tally(s for s in rows if (s.labelled_at or 0.0) >= since)
             feedback["drift"] = {"since": since, "labelled": n, "correct": right,
                                  "accuracy": right / n if n else None, "stale": labelled - n}  # fmt: skip
         return d.live.figures(serving).to_dict() | {"feedback": feedback}

@@ -166,10 +166,10 @@ def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
         interim_forgot and cand.get("replay_accuracy") is not None
         and cand["replay_accuracy"] >= serving["replay_accuracy"] + policy.swap.min_improvement
     )  # fmt: skip
-    if interim_forgot and forget is not None and (forget <= cap or restores):
-        # the interim answer gave up the original data; a candidate that keeps (or restores)
-        # more of it need not beat it on the new data, only not lose more than the minimum
-        # improvement there
+    # the interim answer gave up the original data; a candidate that keeps (or restores) more
+    # of it need not beat it on the new data, only not lose more than the minimum improvement there
+    relaxed = interim_forgot and forget is not None and (forget <= cap or restores)
+    if relaxed:
         need = -policy.swap.min_improvement
     short = _short_of(vs, gain, need)
     if short is not None:
@@ -182,7 +182,7 @@ def decide_swap(result: Mapping[str, Any], policy: Policy) -> SwapDecision:
             f"{cap * 100:.2f} pt allowed by swap.max_forgetting)",
         )
     kept = "" if forget is None else f"; original data {forget * -100:+.2f} pt against the model {ref_name}"
-    if interim_forgot and need < 0:
+    if relaxed:
         lost = 100 * (ref["replay_accuracy"] - serving["replay_accuracy"])
         kept += (
             f" (the label-free answer serving lost {lost:.2f} pt there, this one "
